@@ -1,0 +1,56 @@
+//! The `roster` binary: a thin shell over `roster-server`. It parses flags (etcd's
+//! names for `serve`), sets up tracing (process-global state belongs here, not in
+//! the library), and runs the chosen command.
+
+mod dev;
+mod duration;
+mod serve;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "roster",
+    version,
+    about = "Roster: a replicated service registry that speaks the etcd v3 API"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one node (etcd's flag names). With no flags: a one-node cluster on
+    /// 127.0.0.1:2379 (clients) and 2380 (peers), data in ./default.roster.
+    Serve(Box<serve::ServeArgs>),
+    /// Run a local 3-node cluster (three `roster serve` processes) until Ctrl-C.
+    Dev(dev::DevArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("roster: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve::run(*args).await,
+            Command::Dev(args) => dev::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("roster: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

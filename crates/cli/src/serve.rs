@@ -1,0 +1,176 @@
+//! `roster serve`: one node, configured with etcd's flag names so that scripts
+//! written for etcd start Roster unchanged.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use roster_server::{ClusterState, InitialMember, NodeConfig, RunningNode};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Human-readable name of this member.
+    #[arg(long, default_value = "default")]
+    name: String,
+    /// Path to the data directory [default: ./<name>.roster].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// URLs to listen on for client traffic (comma-separated).
+    #[arg(long, default_value = "http://127.0.0.1:2379", value_delimiter = ',')]
+    listen_client_urls: Vec<String>,
+    /// Client URLs of this member advertised to the cluster [default: --listen-client-urls].
+    #[arg(long, value_delimiter = ',')]
+    advertise_client_urls: Vec<String>,
+    /// URLs to listen on for peer traffic (comma-separated).
+    #[arg(long, default_value = "http://127.0.0.1:2380", value_delimiter = ',')]
+    listen_peer_urls: Vec<String>,
+    /// Peer URLs of this member advertised to the cluster [default: --listen-peer-urls].
+    #[arg(long, value_delimiter = ',')]
+    initial_advertise_peer_urls: Vec<String>,
+    /// Initial cluster configuration: name=peer-url,... [default: <name>=<advertised peer URL>].
+    #[arg(long)]
+    initial_cluster: Option<String>,
+    /// `new` to bootstrap a new cluster, `existing` to join one.
+    #[arg(long, default_value = "new")]
+    initial_cluster_state: String,
+    /// Initial cluster token, part of member and cluster ids.
+    #[arg(long, default_value = "etcd-cluster")]
+    initial_cluster_token: String,
+    /// Time (ms) of a heartbeat interval.
+    #[arg(long, default_value_t = 100)]
+    heartbeat_interval: u64,
+    /// Time (ms) for an election to time out.
+    #[arg(long, default_value_t = 1000)]
+    election_timeout: u64,
+    /// How often the leader checkpoints the remaining TTL of long leases (e.g. 5s).
+    #[arg(long, default_value = "5s", value_parser = crate::duration::parse)]
+    lease_checkpoint_interval: Duration,
+    /// sled page cache per node, MiB.
+    #[arg(long, default_value_t = 64)]
+    cache_mb: u64,
+    /// Log level: debug, info, warn, error (RUST_LOG overrides it).
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
+
+/// `name=url,name=url` (a name may repeat for several URLs).
+fn parse_initial_cluster(text: &str) -> anyhow::Result<Vec<InitialMember>> {
+    let mut members: Vec<InitialMember> = Vec::new();
+    for part in text.split(',').filter(|p| !p.is_empty()) {
+        let Some((name, url)) = part.split_once('=') else {
+            bail!("--initial-cluster: {part:?} is not name=peer-url");
+        };
+        match members.iter_mut().find(|m| m.name == name) {
+            Some(m) => m.peer_urls.push(url.to_string()),
+            None => members.push(InitialMember {
+                name: name.to_string(),
+                peer_urls: vec![url.to_string()],
+            }),
+        }
+    }
+    if members.is_empty() {
+        bail!("--initial-cluster is empty");
+    }
+    Ok(members)
+}
+
+impl ServeArgs {
+    fn into_config(self) -> anyhow::Result<NodeConfig> {
+        if self.election_timeout < 5 * self.heartbeat_interval {
+            bail!(
+                "--election-timeout ({} ms) should be at least 5 times --heartbeat-interval ({} ms)",
+                self.election_timeout,
+                self.heartbeat_interval
+            );
+        }
+        let state = match self.initial_cluster_state.as_str() {
+            "new" => ClusterState::New,
+            "existing" => ClusterState::Existing,
+            other => bail!("--initial-cluster-state must be new or existing, not {other:?}"),
+        };
+        let advertise_peer = or_default(self.initial_advertise_peer_urls, &self.listen_peer_urls);
+        let initial_cluster = match &self.initial_cluster {
+            Some(text) => parse_initial_cluster(text)?,
+            None => vec![InitialMember {
+                name: self.name.clone(),
+                peer_urls: advertise_peer.clone(),
+            }],
+        };
+        let data_dir = self
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from(format!("{}.roster", self.name)));
+        let mut config = NodeConfig::single(&self.name, data_dir);
+        config.advertise_client_urls =
+            or_default(self.advertise_client_urls, &self.listen_client_urls);
+        config.listen_client_urls = self.listen_client_urls;
+        config.listen_peer_urls = self.listen_peer_urls;
+        config.initial_advertise_peer_urls = advertise_peer;
+        config.initial_cluster = initial_cluster;
+        config.initial_cluster_state = state;
+        config.initial_cluster_token = self.initial_cluster_token;
+        config.heartbeat_interval = Duration::from_millis(self.heartbeat_interval);
+        config.election_timeout = Duration::from_millis(self.election_timeout);
+        config.lease_checkpoint_interval = self.lease_checkpoint_interval;
+        config.cache_capacity = self.cache_mb * 1024 * 1024;
+        Ok(config)
+    }
+}
+
+fn or_default(given: Vec<String>, fallback: &[String]) -> Vec<String> {
+    if given.is_empty() {
+        fallback.to_vec()
+    } else {
+        given
+    }
+}
+
+fn init_tracing(level: &str) {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("{level},openraft=warn,sled=warn,h2=warn")));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .try_init();
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    init_tracing(&args.log_level);
+    let config = args.into_config()?;
+    let node = RunningNode::start(config)
+        .await
+        .context("cannot start the node")?;
+    wait_for_signal().await?;
+    tracing::info!("stopping on signal");
+    node.shutdown().await;
+    Ok(())
+}
+
+/// Returns on SIGTERM or SIGINT.
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initial_cluster_parses_and_rejects_garbage() {
+        let members = parse_initial_cluster("a=http://1:2,b=http://3:4").expect("valid");
+        assert_eq!(members.len(), 2);
+        assert_eq!(members[1].peer_urls, vec!["http://3:4".to_string()]);
+        let err = parse_initial_cluster("a").expect_err("invalid");
+        assert!(err.to_string().contains("name=peer-url"));
+    }
+}

@@ -1,0 +1,22 @@
+//! Raft for Roster, on openraft 0.9: the type config, sled-backed durable log and
+//! vote storage, the adapter that drives `roster-state`'s state machine, and the
+//! gRPC peer transport.
+//!
+//! Durability rule (DESIGN.md, "Persistence"): an append or a vote is reported to
+//! openraft only after sled's `flush` *and* an fsync of sled's data file through a
+//! handle of our own (sled 0.34 flushes with `sync_file_range`, which covers neither
+//! the drive cache nor metadata). One flush covers every append waiting at that
+//! moment (group commit), done off the async runtime threads.
+
+mod log_store;
+pub mod network;
+mod sled_engine;
+mod state_store;
+mod storage;
+mod types;
+
+pub use log_store::LogStore;
+pub use sled_engine::SledEngine;
+pub use state_store::{SharedState, StateStore};
+pub use storage::{open_storage, Storage, StorageOptions};
+pub use types::{ApplyObserver, Member, NodeId, Raft, TypeConfig};

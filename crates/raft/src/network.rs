@@ -1,0 +1,268 @@
+//! The peer transport: openraft's three RPCs carried over gRPC on the peer port.
+//!
+//! Each openraft request and response travels as one bincode blob inside a
+//! `roster.raftpb` message, so the wire format follows openraft's own types and the
+//! proto stays a thin envelope. The client side ([`GrpcNetworkFactory`]) connects
+//! lazily and maps transport failures to `Unreachable` (openraft then backs off) and
+//! remote raft errors to `RemoteError`; the server side ([`RaftPeerService`]) hands
+//! each request to the local [`Raft`].
+//!
+//! The factory is one implementation of openraft's `RaftNetworkFactory`: the node is
+//! generic over it so that a simulated network can replace it in tests.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use roster_proto::raftpb::raft_peer_client::RaftPeerClient;
+use roster_proto::raftpb::raft_peer_server::RaftPeer;
+use roster_proto::raftpb::{RaftReply, RaftRequest};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::types::{Member, NodeId, Raft, TypeConfig};
+
+/// Largest raft message accepted on the peer port (snapshot chunks and entry batches).
+const MAX_PEER_MESSAGE: usize = 64 * 1024 * 1024;
+
+/// A failure to encode or decode a peer message.
+#[derive(Debug, thiserror::Error)]
+#[error("peer message codec: {0}")]
+pub struct CodecError(String);
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
+    bincode::serialize(value).map_err(|e| CodecError(e.to_string()))
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    bincode::deserialize(bytes).map_err(|e| CodecError(e.to_string()))
+}
+
+/// Builds one [`GrpcNetwork`] per peer; connections are made lazily.
+#[derive(Debug, Clone, Default)]
+pub struct GrpcNetworkFactory;
+
+impl RaftNetworkFactory<TypeConfig> for GrpcNetworkFactory {
+    type Network = GrpcNetwork;
+
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> GrpcNetwork {
+        GrpcNetwork::new(target, node)
+    }
+}
+
+/// The client half of the transport, talking to one peer.
+pub struct GrpcNetwork {
+    target: NodeId,
+    client: Result<RaftPeerClient<Channel>, String>,
+}
+
+impl GrpcNetwork {
+    fn new(target: NodeId, node: &Member) -> Self {
+        GrpcNetwork {
+            target,
+            client: peer_client(node),
+        }
+    }
+
+    /// Sends one request and decodes the remote `Result<Resp, RaftError<E>>`.
+    async fn call<Req, Resp, E>(
+        &mut self,
+        kind: RpcKind,
+        request: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, Member, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let client = match &mut self.client {
+            Ok(client) => client,
+            Err(reason) => {
+                let err = std::io::Error::other(reason.clone());
+                return Err(RPCError::Unreachable(Unreachable::new(&err)));
+            }
+        };
+        let payload = encode(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let mut req = tonic::Request::new(RaftRequest { payload });
+        req.set_timeout(option.hard_ttl());
+        let reply = match kind {
+            RpcKind::Append => client.append_entries(req).await,
+            RpcKind::Vote => client.vote(req).await,
+            RpcKind::Snapshot => client.install_snapshot(req).await,
+        };
+        let reply = reply.map_err(status_to_rpc_error)?.into_inner();
+        if !reply.error.is_empty() {
+            let err = std::io::Error::other(reply.error);
+            return Err(RPCError::Network(NetworkError::new(&err)));
+        }
+        let result: Result<Resp, RaftError<NodeId, E>> =
+            decode(&reply.payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+#[derive(Clone, Copy)]
+enum RpcKind {
+    Append,
+    Vote,
+    Snapshot,
+}
+
+/// A peer that cannot be reached is `Unreachable` (openraft backs off); anything
+/// else is a retryable network error.
+fn status_to_rpc_error<E: std::error::Error>(
+    status: tonic::Status,
+) -> RPCError<NodeId, Member, RaftError<NodeId, E>> {
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
+            RPCError::Unreachable(Unreachable::new(&status))
+        }
+        _ => RPCError::Network(NetworkError::new(&status)),
+    }
+}
+
+impl RaftNetwork<TypeConfig> for GrpcNetwork {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        self.call(RpcKind::Append, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.call(RpcKind::Snapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        self.call(RpcKind::Vote, &rpc, &option).await
+    }
+}
+
+/// Handles client requests that a follower forwards to this node (the leader).
+/// The payload format belongs to the server crate; the transport only carries it.
+#[tonic::async_trait]
+pub trait ForwardHandler: Send + Sync + 'static {
+    /// Answers one forwarded request; an `Err` text goes back as the reply's error.
+    async fn forward(&self, payload: Vec<u8>) -> Result<Vec<u8>, String>;
+}
+
+/// The server half: peer RPCs handed to the local raft node.
+#[derive(Clone)]
+pub struct RaftPeerService {
+    raft: Raft,
+    forward: Arc<dyn ForwardHandler>,
+}
+
+impl RaftPeerService {
+    pub fn new(raft: Raft, forward: Arc<dyn ForwardHandler>) -> Self {
+        RaftPeerService { raft, forward }
+    }
+
+    /// The tonic service, with message limits large enough for entry batches.
+    pub fn into_server(self) -> roster_proto::raftpb::raft_peer_server::RaftPeerServer<Self> {
+        roster_proto::raftpb::raft_peer_server::RaftPeerServer::new(self)
+            .max_decoding_message_size(MAX_PEER_MESSAGE)
+            .max_encoding_message_size(MAX_PEER_MESSAGE)
+    }
+}
+
+/// Encodes a local raft result as the reply payload; a codec failure is the
+/// reply's error text.
+fn reply<T: Serialize>(result: &T) -> Result<tonic::Response<RaftReply>, tonic::Status> {
+    Ok(tonic::Response::new(match encode(result) {
+        Ok(payload) => RaftReply {
+            payload,
+            error: String::new(),
+        },
+        Err(e) => RaftReply {
+            payload: Vec::new(),
+            error: e.to_string(),
+        },
+    }))
+}
+
+fn request<T: DeserializeOwned>(req: tonic::Request<RaftRequest>) -> Result<T, tonic::Status> {
+    decode(&req.into_inner().payload).map_err(|e| tonic::Status::invalid_argument(e.to_string()))
+}
+
+#[tonic::async_trait]
+impl RaftPeer for RaftPeerService {
+    async fn append_entries(
+        &self,
+        req: tonic::Request<RaftRequest>,
+    ) -> Result<tonic::Response<RaftReply>, tonic::Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> = request(req)?;
+        reply(&self.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(
+        &self,
+        req: tonic::Request<RaftRequest>,
+    ) -> Result<tonic::Response<RaftReply>, tonic::Status> {
+        let rpc: VoteRequest<NodeId> = request(req)?;
+        reply(&self.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: tonic::Request<RaftRequest>,
+    ) -> Result<tonic::Response<RaftReply>, tonic::Status> {
+        let rpc: InstallSnapshotRequest<TypeConfig> = request(req)?;
+        reply(&self.raft.install_snapshot(rpc).await)
+    }
+
+    async fn forward(
+        &self,
+        req: tonic::Request<RaftRequest>,
+    ) -> Result<tonic::Response<RaftReply>, tonic::Status> {
+        let reply = match self.forward.forward(req.into_inner().payload).await {
+            Ok(payload) => RaftReply {
+                payload,
+                error: String::new(),
+            },
+            Err(error) => RaftReply {
+                payload: Vec::new(),
+                error,
+            },
+        };
+        Ok(tonic::Response::new(reply))
+    }
+}
+
+/// A client for forwarding requests to another member's peer port.
+pub fn peer_client(member: &Member) -> Result<RaftPeerClient<Channel>, String> {
+    let url = member
+        .peer_urls
+        .first()
+        .ok_or_else(|| format!("member {member} has no peer URL"))?;
+    let endpoint =
+        Endpoint::from_shared(url.clone()).map_err(|e| format!("peer URL {url}: {e}"))?;
+    let channel = endpoint
+        .connect_timeout(Duration::from_millis(500))
+        .tcp_nodelay(true)
+        .connect_lazy();
+    Ok(RaftPeerClient::new(channel)
+        .max_decoding_message_size(MAX_PEER_MESSAGE)
+        .max_encoding_message_size(MAX_PEER_MESSAGE))
+}

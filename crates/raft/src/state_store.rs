@@ -1,0 +1,321 @@
+//! The adapter between openraft and `roster-state`: openraft's `RaftStateMachine`
+//! and `RaftSnapshotBuilder` over `StateMachine<SledEngine>`.
+//!
+//! Each entry is applied with its log id (and, for membership entries, the new
+//! membership) as metadata of the same atomic engine batch, so the applied position
+//! on disk always matches the state. Blank and membership entries apply
+//! `Command::Noop`, which changes no key but still records that position. The state
+//! machine is not flushed per entry: it may lag the (durable) log after a crash and
+//! is then caught up by replaying the log.
+//!
+//! The current snapshot (meta + bytes) is kept in the `snapshot` tree so that
+//! `get_current_snapshot` survives a restart.
+//!
+//! Calling context: openraft calls these methods from its state-machine worker, a
+//! task on the caller's tokio runtime. All sled work runs under `spawn_blocking`
+//! rather than `block_in_place`, because `block_in_place` panics on a
+//! current-thread runtime (`#[tokio::test]`, simulations) and would also stall every
+//! other task sharing the worker thread while it runs.
+
+use std::io::Cursor;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
+use openraft::{
+    AnyError, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, StorageError,
+    StorageIOError, StoredMembership,
+};
+use roster_state::{Command, EngineError, Response, SnapshotData, StateMachine};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::sled_engine::SledEngine;
+use crate::storage::{FlushError, GroupCommit, OpenError};
+use crate::types::{ApplyObserver, Member, NodeId, TypeConfig};
+
+/// The state machine as the server reads it. Take the lock briefly, and not on an
+/// async runtime thread for long reads.
+pub type SharedState = Arc<RwLock<StateMachine<SledEngine>>>;
+
+const STATE_TREE: &str = "state";
+const SNAPSHOT_TREE: &str = "snapshot";
+const SNAPSHOT_META_KEY: &[u8] = b"current/meta";
+const SNAPSHOT_DATA_KEY: &[u8] = b"current/data";
+/// State-machine metadata names (stored by `roster-state` under `m/<name>`).
+const APPLIED_META: &[u8] = b"raft/applied";
+const MEMBERSHIP_META: &[u8] = b"raft/membership";
+
+type StorageResult<T> = Result<T, StorageError<NodeId>>;
+type Membership = StoredMembership<NodeId, Member>;
+type Meta = SnapshotMeta<NodeId, Member>;
+
+/// A failure inside the state store, before it is wrapped for openraft.
+#[derive(Debug, thiserror::Error)]
+pub enum StateStoreError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("encoding: {0}")]
+    Codec(#[from] bincode::Error),
+    #[error(transparent)]
+    Flush(#[from] FlushError),
+    #[error("blocking task: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    #[error("the state machine lock is poisoned (a panic during apply)")]
+    Poisoned,
+}
+
+/// openraft's state machine for a node. Clones share everything; a clone is also
+/// the snapshot builder.
+#[derive(Clone)]
+pub struct StateStore {
+    sm: SharedState,
+    snapshots: sled::Tree,
+    /// For `generate_id`: unique snapshot ids, monotonic across restarts.
+    db: sled::Db,
+    flusher: GroupCommit,
+    observer: Arc<dyn ApplyObserver>,
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StateStoreError> {
+    Ok(bincode::serialize(value)?)
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StateStoreError> {
+    Ok(bincode::deserialize(bytes)?)
+}
+
+/// Runs blocking work on tokio's blocking pool (see the module doc).
+async fn blocking<T, F>(f: F) -> Result<T, StateStoreError>
+where
+    F: FnOnce() -> Result<T, StateStoreError> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f).await?
+}
+
+fn read_sm_err(e: StateStoreError) -> StorageError<NodeId> {
+    StorageIOError::read_state_machine(AnyError::new(&e)).into()
+}
+
+fn write_sm_err(e: StateStoreError) -> StorageError<NodeId> {
+    StorageIOError::write_state_machine(AnyError::new(&e)).into()
+}
+
+fn read_snapshot_err(e: StateStoreError) -> StorageError<NodeId> {
+    StorageIOError::read_snapshot(None, AnyError::new(&e)).into()
+}
+
+fn write_snapshot_err(meta: &Meta, e: StateStoreError) -> StorageError<NodeId> {
+    StorageIOError::write_snapshot(Some(meta.signature()), AnyError::new(&e)).into()
+}
+
+/// What applying one entry means for the state machine: the command, the metadata
+/// to store with it, and whether the observer hears of it (client commands only).
+fn prepare(
+    entry: Entry<TypeConfig>,
+) -> Result<(Command, Vec<(Vec<u8>, Vec<u8>)>, bool), StateStoreError> {
+    let mut meta = vec![(APPLIED_META.to_vec(), encode(&entry.log_id)?)];
+    let (command, observed) = match entry.payload {
+        EntryPayload::Normal(command) => (command, true),
+        EntryPayload::Blank => (Command::Noop, false),
+        EntryPayload::Membership(membership) => {
+            let stored = Membership::new(Some(entry.log_id), membership);
+            meta.push((MEMBERSHIP_META.to_vec(), encode(&stored)?));
+            (Command::Noop, false)
+        }
+    };
+    Ok((command, meta, observed))
+}
+
+impl StateStore {
+    /// Opens the state machine over the `state` tree of `db`. Blocking.
+    pub(crate) fn open(
+        db: &sled::Db,
+        flusher: GroupCommit,
+        observer: Arc<dyn ApplyObserver>,
+    ) -> Result<Self, OpenError> {
+        let engine = SledEngine::new(db.open_tree(STATE_TREE)?, flusher.clone());
+        Ok(StateStore {
+            sm: Arc::new(RwLock::new(StateMachine::open(engine)?)),
+            snapshots: db.open_tree(SNAPSHOT_TREE)?,
+            db: db.clone(),
+            flusher,
+            observer,
+        })
+    }
+
+    /// The state machine, for the server's reads.
+    pub fn shared(&self) -> SharedState {
+        self.sm.clone()
+    }
+
+    fn read(&self) -> Result<RwLockReadGuard<'_, StateMachine<SledEngine>>, StateStoreError> {
+        self.sm.read().map_err(|_| StateStoreError::Poisoned)
+    }
+
+    fn write(&self) -> Result<RwLockWriteGuard<'_, StateMachine<SledEngine>>, StateStoreError> {
+        self.sm.write().map_err(|_| StateStoreError::Poisoned)
+    }
+
+    /// Applies one entry; the lock is released before the observer runs, so the
+    /// observer may read the state.
+    fn apply_one(&self, entry: Entry<TypeConfig>) -> StorageResult<Response> {
+        let log_id = entry.log_id;
+        let apply_err = |e: StateStoreError| StorageIOError::apply(log_id, AnyError::new(&e));
+        let (command, meta, observed) = prepare(entry).map_err(apply_err)?;
+        let applied = self
+            .write()
+            .and_then(|mut sm| Ok(sm.apply(&command, meta)?))
+            .map_err(apply_err)?;
+        if observed {
+            self.observer.applied(log_id.index, &command, &applied);
+        }
+        Ok(applied.response)
+    }
+
+    fn applied_state_blocking(
+        &self,
+    ) -> Result<(Option<LogId<NodeId>>, Membership), StateStoreError> {
+        let sm = self.read()?;
+        read_applied(&sm)
+    }
+
+    /// Takes the state and its applied position under one read lock, so they agree.
+    fn build_snapshot_blocking(&self) -> Result<Snapshot<TypeConfig>, StateStoreError> {
+        let (applied, membership, data) = {
+            let sm = self.read()?;
+            let (applied, membership) = read_applied(&sm)?;
+            (applied, membership, sm.snapshot()?)
+        };
+        let bytes = data.encode();
+        let meta = SnapshotMeta {
+            snapshot_id: self.snapshot_id(applied.as_ref())?,
+            last_log_id: applied,
+            last_membership: membership,
+        };
+        self.save_current(&meta, &bytes)?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        })
+    }
+
+    /// `<term>-<index>-<counter>`; the counter (sled's persisted id generator)
+    /// keeps two snapshots at the same log id apart, also across restarts.
+    fn snapshot_id(&self, applied: Option<&LogId<NodeId>>) -> Result<String, StateStoreError> {
+        let counter = self.db.generate_id()?;
+        let (term, index) = applied.map_or((0, 0), |id| (id.leader_id.term, id.index));
+        Ok(format!("{term}-{index}-{counter}"))
+    }
+
+    fn save_current(&self, meta: &Meta, bytes: &[u8]) -> Result<(), StateStoreError> {
+        let mut batch = sled::Batch::default();
+        batch.insert(SNAPSHOT_META_KEY, encode(meta)?);
+        batch.insert(SNAPSHOT_DATA_KEY, bytes);
+        self.snapshots.apply_batch(batch)?;
+        Ok(())
+    }
+
+    fn load_current(&self) -> Result<Option<Snapshot<TypeConfig>>, StateStoreError> {
+        let Some(meta) = self.snapshots.get(SNAPSHOT_META_KEY)? else {
+            return Ok(None);
+        };
+        let bytes = self.snapshots.get(SNAPSHOT_DATA_KEY)?.unwrap_or_default();
+        Ok(Some(Snapshot {
+            meta: decode(&meta)?,
+            snapshot: Box::new(Cursor::new(bytes.to_vec())),
+        }))
+    }
+
+    fn install_blocking(&self, meta: &Meta, bytes: Vec<u8>) -> Result<(), StateStoreError> {
+        let data = SnapshotData::decode(&bytes)?;
+        self.write()?.install(data)?;
+        self.save_current(meta, &bytes)
+    }
+}
+
+fn read_applied(
+    sm: &StateMachine<SledEngine>,
+) -> Result<(Option<LogId<NodeId>>, Membership), StateStoreError> {
+    let applied = sm.meta(APPLIED_META)?.map(|v| decode(&v)).transpose()?;
+    let membership = sm
+        .meta(MEMBERSHIP_META)?
+        .map(|v| decode(&v))
+        .transpose()?
+        .unwrap_or_default();
+    Ok((applied, membership))
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateStore {
+    async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
+        let this = self.clone();
+        blocking(move || this.build_snapshot_blocking())
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(None, AnyError::new(&e)).into())
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateStore {
+    type SnapshotBuilder = StateStore;
+
+    async fn applied_state(&mut self) -> StorageResult<(Option<LogId<NodeId>>, Membership)> {
+        let this = self.clone();
+        blocking(move || this.applied_state_blocking())
+            .await
+            .map_err(read_sm_err)
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<Response>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<_> = entries.into_iter().collect();
+        let this = self.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            entries
+                .into_iter()
+                .map(|entry| this.apply_one(entry))
+                .collect::<StorageResult<Vec<_>>>()
+        });
+        task.await
+            .map_err(|e| write_sm_err(StateStoreError::Task(e)))?
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    /// Replaces the state with the snapshot and makes it durable before returning:
+    /// the leader counts an installed snapshot as replicated.
+    async fn install_snapshot(
+        &mut self,
+        meta: &Meta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> StorageResult<()> {
+        let (this, owned_meta) = (self.clone(), meta.clone());
+        let bytes = snapshot.into_inner();
+        blocking(move || this.install_blocking(&owned_meta, bytes))
+            .await
+            .map_err(|e| write_snapshot_err(meta, e))?;
+        self.flusher
+            .flush()
+            .await
+            .map_err(|e| write_snapshot_err(meta, e.into()))?;
+        self.observer.installed_snapshot();
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
+        let this = self.clone();
+        blocking(move || this.load_current())
+            .await
+            .map_err(read_snapshot_err)
+    }
+}

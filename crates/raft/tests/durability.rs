@@ -1,0 +1,222 @@
+//! What is written survives closing and reopening the same directory: log entries
+//! with their full log ids, vote, committed and purge point, and the state machine
+//! (applied position, membership, keys) with its current snapshot.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{blank, log_id, membership, normal, open, put, Recorder};
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
+use openraft::{EntryPayload, RaftLogReader, RaftSnapshotBuilder, Vote};
+use roster_state::{RangeRequest, Response};
+use tempfile::TempDir;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn log_vote_committed_and_purge_survive_reopen() {
+    let dir = TempDir::new().unwrap();
+    let written: Vec<_> = (1..=20)
+        .map(|i| normal(2, i, put(&format!("k{i}"), "v")))
+        .collect();
+    {
+        let mut s = open(dir.path(), Arc::default()).await;
+        s.log.blocking_append(written.clone()).await.unwrap();
+        s.log.save_vote(&Vote::new_committed(3, 7)).await.unwrap();
+        s.log.save_committed(Some(log_id(2, 1, 15))).await.unwrap();
+        s.log.purge(log_id(2, 1, 5)).await.unwrap();
+        s.log.truncate(log_id(2, 1, 18)).await.unwrap();
+    }
+
+    let mut s = open(dir.path(), Arc::default()).await;
+    assert_eq!(
+        s.log.read_vote().await.unwrap(),
+        Some(Vote::new_committed(3, 7))
+    );
+    assert_eq!(
+        s.log.read_committed().await.unwrap(),
+        Some(log_id(2, 1, 15))
+    );
+    let state = s.log.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(log_id(2, 1, 5)));
+    assert_eq!(state.last_log_id, Some(log_id(2, 1, 17)));
+    let read = s.log.try_get_log_entries(0..100).await.unwrap();
+    assert_eq!(
+        read,
+        written[5..17].to_vec(),
+        "entries 6..=17, whole log ids and payloads"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn log_state_after_purging_everything() {
+    let dir = TempDir::new().unwrap();
+    {
+        let mut s = open(dir.path(), Arc::default()).await;
+        s.log
+            .blocking_append((1..=3).map(|i| blank(1, i)))
+            .await
+            .unwrap();
+        s.log.purge(log_id(4, 2, 9)).await.unwrap();
+    }
+    let mut s = open(dir.path(), Arc::default()).await;
+    let state = s.log.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(log_id(4, 2, 9)));
+    assert_eq!(state.last_log_id, Some(log_id(4, 2, 9)));
+    assert!(s.log.try_get_log_entries(..).await.unwrap().is_empty());
+}
+
+fn range_all() -> RangeRequest {
+    RangeRequest {
+        key: b"a".to_vec(),
+        range_end: vec![0],
+        ..RangeRequest::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn applied_state_keys_and_snapshot_survive_reopen() {
+    let dir = TempDir::new().unwrap();
+    let recorder = Arc::new(Recorder::default());
+    let built = {
+        let mut s = open(dir.path(), recorder.clone()).await;
+        let responses = s
+            .state
+            .apply([
+                blank(1, 1),
+                membership(1, 2, &[1, 2, 3]),
+                normal(1, 3, put("alpha", "1")),
+                normal(1, 4, put("beta", "2")),
+            ])
+            .await
+            .unwrap();
+        assert!(matches!(responses[0], Response::Done { .. }));
+        assert!(matches!(responses[1], Response::Done { .. }));
+        assert!(matches!(responses[3], Response::Put { .. }));
+        s.state
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap()
+    };
+    let told: Vec<u64> = recorder
+        .applied
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(i, _)| *i)
+        .collect();
+    assert_eq!(
+        told,
+        [3, 4],
+        "the observer hears of client commands only, in order"
+    );
+
+    let mut s = open(dir.path(), Arc::default()).await;
+    let (applied, members) = s.state.applied_state().await.unwrap();
+    assert_eq!(applied, Some(log_id(1, 1, 4)));
+    assert_eq!(*members.log_id(), Some(log_id(1, 1, 2)));
+    assert_eq!(members.voter_ids().collect::<Vec<_>>(), [1, 2, 3]);
+    let keys: Vec<_> = {
+        let sm = s.state.shared();
+        let sm = sm.read().unwrap();
+        sm.range(&range_all())
+            .unwrap()
+            .kvs
+            .into_iter()
+            .map(|kv| (kv.key, kv.value))
+            .collect()
+    };
+    assert_eq!(
+        keys,
+        [
+            (b"alpha".to_vec(), b"1".to_vec()),
+            (b"beta".to_vec(), b"2".to_vec())
+        ]
+    );
+    let current = s.state.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta, built.meta);
+    assert_eq!(current.snapshot.into_inner(), built.snapshot.into_inner());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn installed_snapshot_replaces_state_and_survives_reopen() {
+    let (leader_dir, follower_dir) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    let mut leader = open(leader_dir.path(), Arc::default()).await;
+    leader
+        .state
+        .apply([membership(1, 1, &[1]), normal(1, 2, put("only", "leader"))])
+        .await
+        .unwrap();
+    let snap = leader
+        .state
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+
+    let recorder = Arc::new(Recorder::default());
+    {
+        let mut f = open(follower_dir.path(), recorder.clone()).await;
+        f.state
+            .apply([normal(1, 1, put("stale", "x"))])
+            .await
+            .unwrap();
+        let mut receiving = f.state.begin_receiving_snapshot().await.unwrap();
+        *receiving = *snap.snapshot;
+        f.state
+            .install_snapshot(&snap.meta, receiving)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        recorder.installs.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+
+    let mut f = open(follower_dir.path(), Arc::default()).await;
+    assert_eq!(
+        f.state.applied_state().await.unwrap().0,
+        Some(log_id(1, 1, 2))
+    );
+    let sm = f.state.shared();
+    let kvs = sm.read().unwrap().range(&range_all()).unwrap().kvs;
+    let keys: Vec<_> = kvs.into_iter().map(|kv| kv.key).collect();
+    assert_eq!(keys, [b"only".to_vec()], "the stale key is gone");
+    let current = f.state.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta, snap.meta);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn snapshot_ids_are_unique_across_restarts() {
+    let dir = TempDir::new().unwrap();
+    let first = {
+        let mut s = open(dir.path(), Arc::default()).await;
+        s.state.apply([blank(1, 1)]).await.unwrap();
+        s.state.build_snapshot().await.unwrap().meta.snapshot_id
+    };
+    let mut s = open(dir.path(), Arc::default()).await;
+    let second = s.state.build_snapshot().await.unwrap().meta.snapshot_id;
+    assert!(
+        first.starts_with("1-1-") && second.starts_with("1-1-"),
+        "{first} {second}"
+    );
+    assert_ne!(first, second);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn entries_survive_bincode_round_trip_with_membership() {
+    let dir = TempDir::new().unwrap();
+    let entry = membership(7, 1, &[4, 5]);
+    {
+        let mut s = open(dir.path(), Arc::default()).await;
+        s.log.blocking_append([entry.clone()]).await.unwrap();
+    }
+    let mut s = open(dir.path(), Arc::default()).await;
+    let read = s.log.try_get_log_entries(1..=1).await.unwrap();
+    assert_eq!(read, [entry.clone()]);
+    assert!(matches!(read[0].payload, EntryPayload::Membership(_)));
+}

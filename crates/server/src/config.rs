@@ -1,0 +1,100 @@
+//! A node's configuration, in etcd's terms (the CLI maps etcd's flag names onto
+//! it), and how those settings become openraft's.
+//!
+//! Timing: etcd's `--election-timeout E` becomes openraft's randomized election
+//! timeout in `[E/2, E)`; openraft's leader lease (a follower refuses to vote for
+//! another candidate for `election_timeout_max = E` after a leader's heartbeat)
+//! is what makes rule 2 of DESIGN.md sound. A follower that stops hearing from its
+//! leader campaigns after `E + [E/2, E)`, so with E = 1000 ms failover takes about
+//! 1.5-2 s plus one election round.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Whether this node bootstraps a new cluster or joins an existing one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterState {
+    New,
+    Existing,
+}
+
+/// One entry of `--initial-cluster`: `name=peer-url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitialMember {
+    pub name: String,
+    pub peer_urls: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub listen_client_urls: Vec<String>,
+    pub advertise_client_urls: Vec<String>,
+    pub listen_peer_urls: Vec<String>,
+    pub initial_advertise_peer_urls: Vec<String>,
+    pub initial_cluster: Vec<InitialMember>,
+    pub initial_cluster_state: ClusterState,
+    pub initial_cluster_token: String,
+    pub heartbeat_interval: Duration,
+    pub election_timeout: Duration,
+    /// How often the leader checkpoints the remaining TTL of long leases.
+    pub lease_checkpoint_interval: Duration,
+    /// sled page cache budget, bytes.
+    pub cache_capacity: u64,
+}
+
+impl NodeConfig {
+    /// etcd's defaults: a one-node cluster on 127.0.0.1:2379 / 2380.
+    pub fn single(name: &str, data_dir: PathBuf) -> Self {
+        let peer = "http://127.0.0.1:2380".to_string();
+        NodeConfig {
+            name: name.to_string(),
+            data_dir,
+            listen_client_urls: vec!["http://127.0.0.1:2379".into()],
+            advertise_client_urls: vec!["http://127.0.0.1:2379".into()],
+            listen_peer_urls: vec![peer.clone()],
+            initial_advertise_peer_urls: vec![peer.clone()],
+            initial_cluster: vec![InitialMember {
+                name: name.to_string(),
+                peer_urls: vec![peer],
+            }],
+            initial_cluster_state: ClusterState::New,
+            initial_cluster_token: "etcd-cluster".into(),
+            heartbeat_interval: Duration::from_millis(100),
+            election_timeout: Duration::from_millis(1000),
+            lease_checkpoint_interval: Duration::from_secs(5),
+            cache_capacity: 64 * 1024 * 1024,
+        }
+    }
+
+    /// The smallest TTL a lease gets: ceil(1.5 x election timeout), in seconds, as
+    /// in etcd. Shorter requested TTLs are raised to it.
+    pub fn min_lease_ttl(&self) -> i64 {
+        let ms = self.election_timeout.as_millis() as i64 * 3 / 2;
+        (ms + 999) / 1000
+    }
+
+    /// How long after a quorum confirmed our leadership we may still act as leader:
+    /// followers that confirmed will not vote for anyone else for the election
+    /// timeout after the heartbeat; keep a margin for clock drift and scheduling.
+    pub fn leader_lease_window(&self) -> Duration {
+        let et = self.election_timeout;
+        (et.saturating_sub(et / 5)).saturating_sub(Duration::from_millis(20))
+    }
+
+    /// The openraft configuration these settings imply.
+    pub fn raft_config(&self) -> openraft::Config {
+        let et = self.election_timeout.as_millis() as u64;
+        openraft::Config {
+            cluster_name: self.initial_cluster_token.clone(),
+            heartbeat_interval: self.heartbeat_interval.as_millis() as u64,
+            election_timeout_min: (et / 2).max(2),
+            election_timeout_max: et.max(3),
+            max_payload_entries: 512,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(20_000),
+            max_in_snapshot_log_to_keep: 1_000,
+            ..Default::default()
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! etcd's gRPC errors: the same code and message etcd sends, so that clients
+//! react to Roster exactly as they react to etcd (retry on "no leader", give up on
+//! "requested lease not found", ...).
+
+use roster_state::{EngineError, StateError};
+use tonic::Status;
+
+use crate::route::RouteError;
+
+pub fn state_status(error: &StateError) -> Status {
+    match error {
+        StateError::LeaseNotFound => Status::not_found("etcdserver: requested lease not found"),
+        StateError::LeaseExists => Status::failed_precondition("etcdserver: lease already exists"),
+        StateError::LeaseTtlTooLarge(_) => Status::out_of_range("etcdserver: too large lease TTL"),
+        StateError::EmptyKey => Status::invalid_argument("etcdserver: key is not provided"),
+        StateError::KeyNotFound => Status::invalid_argument("etcdserver: key not found"),
+    }
+}
+
+pub fn route_status(error: RouteError) -> Status {
+    match error {
+        RouteError::NoLeader => Status::unavailable("etcdserver: no leader"),
+        RouteError::Timeout => Status::unavailable("etcdserver: request timed out"),
+        RouteError::Unavailable(reason) => {
+            tracing::debug!(%reason, "request failed");
+            Status::unavailable("etcdserver: request timed out")
+        }
+    }
+}
+
+pub fn engine_status(error: EngineError) -> Status {
+    tracing::error!(%error, "storage failure while serving a request");
+    Status::internal(format!("etcdserver: {error}"))
+}
+
+pub fn empty_key() -> Status {
+    state_status(&StateError::EmptyKey)
+}
+
+pub fn too_large() -> Status {
+    Status::invalid_argument("etcdserver: request is too large")
+}
+
+pub fn future_revision() -> Status {
+    Status::out_of_range("etcdserver: mvcc: required revision is a future revision")
+}

@@ -1,0 +1,79 @@
+//! The etcd v3 API on the client port: KV, Lease, Cluster and Maintenance,
+//! wire-compatible so that `etcdctl` and etcd's client libraries work unchanged.
+//!
+//! Each service is a thin translation: validate the request as etcd does, turn it
+//! into a [`roster_state::Command`] (through the [`Router`]) or a read of the local
+//! state machine, and answer with etcd's header and etcd's error messages.
+
+mod cluster;
+mod errors;
+mod kv;
+mod lease;
+mod maintenance;
+
+use roster_proto::etcdserverpb::ResponseHeader;
+use roster_raft::{Raft, SharedState};
+use roster_state::StateMachine;
+use tonic::Status;
+
+pub use errors::{route_status, state_status};
+pub use maintenance::API_VERSION;
+
+use crate::route::Router;
+
+/// etcd's default `--max-request-bytes`: 1.5 MiB.
+pub const MAX_REQUEST_BYTES: usize = 1536 * 1024;
+/// The gRPC message limit on the client port: the request limit plus etcd's
+/// 512 KiB allowance for the envelope.
+pub const MAX_GRPC_MESSAGE: usize = MAX_REQUEST_BYTES + 512 * 1024;
+
+/// What every etcd service of one node shares. Cheap to clone.
+#[derive(Clone)]
+pub struct EtcdApi {
+    pub(crate) raft: Raft,
+    pub(crate) state: SharedState,
+    pub(crate) router: Router,
+    pub(crate) cluster_id: u64,
+    pub(crate) member_id: u64,
+    /// Lease TTLs below this are raised to it (seconds).
+    pub(crate) min_lease_ttl: i64,
+    /// The node's data dir, for the db size in `Status`.
+    pub(crate) data_dir: std::path::PathBuf,
+}
+
+impl EtcdApi {
+    /// etcd's response header at `revision`.
+    pub(crate) fn header(&self, revision: i64) -> Option<ResponseHeader> {
+        Some(ResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.member_id,
+            revision,
+            raft_term: self.raft.metrics().borrow().current_term,
+        })
+    }
+
+    /// Reads the local state machine under its lock.
+    pub(crate) fn read<T>(
+        &self,
+        f: impl FnOnce(&StateMachine<roster_raft::SledEngine>) -> Result<T, Status>,
+    ) -> Result<T, Status> {
+        let sm = self
+            .state
+            .read()
+            .map_err(|_| Status::internal("state machine lock poisoned"))?;
+        f(&sm)
+    }
+
+    /// The current revision of the local state machine.
+    pub(crate) fn revision(&self) -> Result<i64, Status> {
+        self.read(|sm| Ok(sm.revision()))
+    }
+
+    /// Makes a following local read linearizable unless `serializable`.
+    pub(crate) async fn before_read(&self, serializable: bool) -> Result<(), Status> {
+        if serializable {
+            return Ok(());
+        }
+        self.router.linearize().await.map_err(route_status)
+    }
+}

@@ -1,0 +1,527 @@
+//! The lessor: the whole life cycle of lease clocks in one place (DESIGN.md,
+//! "Leases: the rules that make them trustworthy").
+//!
+//! - Only the leader runs clocks (rule 1). When this node becomes leader of a term it
+//!   first makes its state machine current (`ensure_linearizable`), then starts every
+//!   lease's clock afresh: the full granted TTL, or the checkpointed remaining TTL
+//!   when the log holds one newer than the lease's last acknowledged keepalive
+//!   (rule 4). Deadlines sit in a min-heap; one task sleeps until the earliest.
+//! - Keepalives are not log writes (rule 2). They are collected in batches; each
+//!   batch is acknowledged only after a quorum confirmed our leadership, and only
+//!   while less than the leader-lease window has passed since that confirmation
+//!   began. A lease whose log holds a checkpoint first gets a `LeaseRenewed` record
+//!   committed (rule 5), once per lease per checkpoint.
+//! - Expiry goes through the log (rule 3): due leases are proposed in batches as
+//!   `LeaseExpire`; a batch that fails to commit is retried, never forgotten.
+//! - Long leases are checkpointed through the log every interval (rule 5), so
+//!   repeated failovers cannot keep a dead holder's lease alive.
+//!
+//! Deadlines are never extended past their passing: a keepalive for a lease whose
+//! deadline has passed answers TTL 0 (it is expiring), as etcd answers for an
+//! unknown lease.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use openraft::ServerState;
+use roster_raft::{Raft, SharedState};
+use roster_state::{Command, Response};
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::time::Instant;
+
+/// Most leases expired by one log entry.
+const EXPIRE_BATCH: usize = 1_000;
+/// Most leases checkpointed by one log entry.
+const CHECKPOINT_BATCH: usize = 1_000;
+/// Most keepalives acknowledged after one quorum confirmation.
+const KEEPALIVE_BATCH: usize = 4_096;
+/// Pause after a failed expiry proposal before trying again.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// Why a keepalive could not be answered here.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LessorError {
+    /// This node is not (or no longer) the leader running the clocks.
+    #[error("not the lease primary")]
+    NotPrimary,
+    #[error("lease keepalive could not be confirmed: {0}")]
+    Unavailable(String),
+}
+
+/// Timing settings of the lessor.
+#[derive(Debug, Clone)]
+pub struct LessorConfig {
+    pub leader_lease_window: Duration,
+    pub checkpoint_interval: Duration,
+}
+
+/// One lease's clock on the leader.
+#[derive(Debug, Clone)]
+struct Clock {
+    ttl: i64,
+    deadline: Instant,
+    /// The log holds a checkpoint of this lease not followed by `LeaseRenewed`.
+    checkpointed: bool,
+    /// A `LeaseExpire` for it is in flight.
+    expiring: bool,
+}
+
+/// The clocks, present only while this node is the primary of a term.
+#[derive(Default)]
+struct Clocks {
+    term: Option<u64>,
+    leases: HashMap<i64, Clock>,
+    heap: BinaryHeap<Reverse<(Instant, i64)>>,
+}
+
+impl Clocks {
+    fn set(&mut self, id: i64, ttl: i64, deadline: Instant, checkpointed: bool) {
+        self.leases.insert(
+            id,
+            Clock {
+                ttl,
+                deadline,
+                checkpointed,
+                expiring: false,
+            },
+        );
+        self.heap.push(Reverse((deadline, id)));
+    }
+
+    /// The earliest live deadline, dropping heap entries that no longer match.
+    fn next_deadline(&mut self) -> Option<Instant> {
+        while let Some(Reverse((at, id))) = self.heap.peek().copied() {
+            match self.leases.get(&id) {
+                Some(clock) if clock.deadline == at && !clock.expiring => return Some(at),
+                _ => {
+                    self.heap.pop();
+                }
+            }
+        }
+        None
+    }
+
+    /// Takes up to `EXPIRE_BATCH` due leases and marks them expiring.
+    fn take_due(&mut self, now: Instant) -> Vec<i64> {
+        let mut due = Vec::new();
+        while due.len() < EXPIRE_BATCH {
+            match self.next_deadline() {
+                Some(at) if at <= now => {
+                    if let Some(Reverse((_, id))) = self.heap.pop() {
+                        if let Some(clock) = self.leases.get_mut(&id) {
+                            clock.expiring = true;
+                        }
+                        due.push(id);
+                    }
+                }
+                _ => break,
+            }
+        }
+        due
+    }
+}
+
+struct KeepaliveRequest {
+    id: i64,
+    reply: oneshot::Sender<Result<i64, LessorError>>,
+}
+
+/// The lessor of one node. Cheap to clone.
+#[derive(Clone)]
+pub struct Lessor {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    raft: Raft,
+    state: SharedState,
+    config: LessorConfig,
+    clocks: Mutex<Clocks>,
+    wake: Notify,
+    keepalives: mpsc::Sender<KeepaliveRequest>,
+    /// Serializes keepalive batches with checkpoint passes, so that in the log a
+    /// checkpoint of a lease is never newer than its last acknowledged keepalive
+    /// unless a `LeaseRenewed` follows it: a checkpoint is computed from deadlines
+    /// that include every acknowledged keepalive, and a keepalive after a
+    /// checkpoint records the renewal before it is acknowledged.
+    order: tokio::sync::Mutex<()>,
+}
+
+impl Lessor {
+    /// Creates the lessor and spawns its tasks (leadership watch, expiry, keepalive
+    /// batching, checkpoints) on the current runtime.
+    pub fn start(raft: Raft, state: SharedState, config: LessorConfig) -> Self {
+        let (tx, rx) = mpsc::channel(KEEPALIVE_BATCH * 4);
+        let lessor = Lessor {
+            inner: Arc::new(Inner {
+                raft,
+                state,
+                config,
+                clocks: Mutex::new(Clocks::default()),
+                wake: Notify::new(),
+                keepalives: tx,
+                order: tokio::sync::Mutex::new(()),
+            }),
+        };
+        tokio::spawn(lessor.clone().watch_leadership());
+        tokio::spawn(lessor.clone().expire_loop());
+        tokio::spawn(lessor.clone().keepalive_loop(rx));
+        tokio::spawn(lessor.clone().checkpoint_loop());
+        lessor
+    }
+
+    fn clocks(&self) -> MutexGuard<'_, Clocks> {
+        // A poisoned lock means a panic while holding it; the clocks are then
+        // untrustworthy, but dropping them is safe: we stop being primary.
+        match self.inner.clocks.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => {
+                let mut guard = poisoned.into_inner();
+                *guard = Clocks::default();
+                guard
+            }
+        }
+    }
+
+    /// Whether this node currently runs the lease clocks.
+    pub fn is_primary(&self) -> bool {
+        self.clocks().term.is_some()
+    }
+
+    /// Told of every command this node proposed as leader and saw applied: starts
+    /// clocks of granted leases, stops those of revoked ones.
+    pub fn on_applied(&self, command: &Command, response: &Response) {
+        let mut clocks = self.clocks();
+        if clocks.term.is_none() {
+            return;
+        }
+        match (command, response) {
+            (Command::LeaseGrant { .. }, Response::LeaseGranted { id, ttl, .. }) => {
+                let deadline = Instant::now() + ttl_duration(*ttl);
+                clocks.set(*id, *ttl, deadline, false);
+                drop(clocks);
+                self.inner.wake.notify_one();
+            }
+            (_, Response::LeaseRevoked { revoked, .. }) => {
+                for id in revoked {
+                    clocks.leases.remove(id);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The remaining TTL (seconds, rounded up) and granted TTL of a lease, on the
+    /// primary. `None`: unknown here.
+    pub fn remaining(&self, id: i64) -> Result<Option<(i64, i64)>, LessorError> {
+        let clocks = self.clocks();
+        if clocks.term.is_none() {
+            return Err(LessorError::NotPrimary);
+        }
+        Ok(clocks.leases.get(&id).map(|clock| {
+            let left = clock.deadline.saturating_duration_since(Instant::now());
+            (ceil_secs(left), clock.ttl)
+        }))
+    }
+
+    /// Renews a lease; answers its TTL, or 0 if it does not exist (or is expiring).
+    pub async fn keepalive(&self, id: i64) -> Result<i64, LessorError> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .keepalives
+            .send(KeepaliveRequest { id, reply })
+            .await
+            .map_err(|_| LessorError::Unavailable("lessor stopped".into()))?;
+        rx.await
+            .map_err(|_| LessorError::Unavailable("lessor stopped".into()))?
+    }
+
+    /// Follows raft's metrics: become primary on winning a term, stop on losing it.
+    async fn watch_leadership(self) {
+        let mut metrics = self.inner.raft.metrics();
+        loop {
+            let (is_leader, term) = {
+                let m = metrics.borrow_and_update();
+                (m.state == ServerState::Leader, m.current_term)
+            };
+            let current = self.clocks().term;
+            if !is_leader && current.is_some() {
+                self.demote();
+            } else if is_leader && current != Some(term) {
+                self.demote();
+                self.promote(term).await;
+            }
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn demote(&self) {
+        let mut clocks = self.clocks();
+        if clocks.term.is_some() {
+            tracing::info!(term = ?clocks.term, "lessor: no longer primary");
+        }
+        *clocks = Clocks::default();
+    }
+
+    /// Starts every lease's clock for `term` once the state machine is current.
+    async fn promote(&self, term: u64) {
+        if let Err(e) = self.inner.raft.ensure_linearizable().await {
+            tracing::info!(term, error = %e, "lessor: leadership not confirmed");
+            return;
+        }
+        let leases = match self.inner.state.read() {
+            Ok(sm) => sm.leases(),
+            Err(_) => return,
+        };
+        let leases = match leases {
+            Ok(leases) => leases,
+            Err(e) => {
+                tracing::error!(error = %e, "lessor: cannot read leases");
+                return;
+            }
+        };
+        let mut clocks = self.clocks();
+        let m = self.inner.raft.metrics().borrow().clone();
+        if m.state != ServerState::Leader || m.current_term != term {
+            return;
+        }
+        let now = Instant::now();
+        for lease in &leases {
+            let life = match lease.checkpoint_ms {
+                Some(ms) => Duration::from_millis(ms),
+                None => ttl_duration(lease.ttl),
+            };
+            clocks.set(
+                lease.id,
+                lease.ttl,
+                now + life,
+                lease.checkpoint_ms.is_some(),
+            );
+        }
+        clocks.term = Some(term);
+        drop(clocks);
+        tracing::info!(term, leases = leases.len(), "lessor: primary");
+        self.inner.wake.notify_one();
+    }
+
+    /// Sleeps until the earliest deadline, then proposes the due leases' expiry.
+    async fn expire_loop(self) {
+        loop {
+            let next = self.clocks().next_deadline();
+            match next {
+                Some(at) if at > Instant::now() => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(at) => {}
+                        _ = self.inner.wake.notified() => {}
+                    }
+                }
+                Some(_) => self.expire_due().await,
+                None => self.inner.wake.notified().await,
+            }
+        }
+    }
+
+    async fn expire_due(&self) {
+        let due = self.clocks().take_due(Instant::now());
+        if due.is_empty() {
+            return;
+        }
+        let command = Command::LeaseExpire { ids: due.clone() };
+        match self.inner.raft.client_write(command.clone()).await {
+            Ok(resp) => {
+                tracing::debug!(count = due.len(), "lessor: expired");
+                let mut clocks = self.clocks();
+                for id in &due {
+                    clocks.leases.remove(id);
+                }
+                drop(clocks);
+                self.on_applied(&command, &resp.data);
+            }
+            Err(e) => {
+                tracing::warn!(count = due.len(), error = %e, "lessor: expiry not committed, will retry");
+                self.retry_later(due);
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+        }
+    }
+
+    /// Puts leases whose expiry did not commit back on the clock, due now.
+    fn retry_later(&self, ids: Vec<i64>) {
+        let mut clocks = self.clocks();
+        let now = Instant::now();
+        for id in ids {
+            if let Some(clock) = clocks.leases.get_mut(&id) {
+                clock.expiring = false;
+                clock.deadline = now;
+                clocks.heap.push(Reverse((now, id)));
+            }
+        }
+    }
+
+    /// Collects keepalives into batches, one quorum confirmation per batch.
+    async fn keepalive_loop(self, mut rx: mpsc::Receiver<KeepaliveRequest>) {
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < KEEPALIVE_BATCH {
+                match rx.try_recv() {
+                    Ok(req) => batch.push(req),
+                    Err(_) => break,
+                }
+            }
+            let ids: Vec<i64> = batch.iter().map(|r| r.id).collect();
+            let result = self.renew_batch(&ids).await;
+            for (req, answer) in batch.into_iter().zip(result.into_iter()) {
+                let _ = req.reply.send(answer);
+            }
+        }
+    }
+
+    /// Renews `ids` after confirming leadership; one answer per id.
+    async fn renew_batch(&self, ids: &[i64]) -> Vec<Result<i64, LessorError>> {
+        if !self.is_primary() {
+            return vec![Err(LessorError::NotPrimary); ids.len()];
+        }
+        let _order = self.inner.order.lock().await;
+        if let Err(e) = self.record_renewals(ids).await {
+            return vec![Err(e); ids.len()];
+        }
+        let began = Instant::now();
+        if let Err(e) = self.inner.raft.get_read_log_id().await {
+            tracing::debug!(error = %e, "lessor: keepalive batch not confirmed");
+            self.demote_if_not_leader();
+            return vec![Err(LessorError::NotPrimary); ids.len()];
+        }
+        let mut clocks = self.clocks();
+        let now = Instant::now();
+        if clocks.term.is_none() {
+            return vec![Err(LessorError::NotPrimary); ids.len()];
+        }
+        if now.duration_since(began) >= self.inner.config.leader_lease_window {
+            let reason = "leadership confirmation took longer than the leader lease window";
+            return vec![Err(LessorError::Unavailable(reason.into())); ids.len()];
+        }
+        let answers = ids
+            .iter()
+            .map(|id| Ok(renew(&mut clocks, *id, now)))
+            .collect();
+        drop(clocks);
+        self.inner.wake.notify_one();
+        answers
+    }
+
+    /// Commits a `LeaseRenewed` record for the leases of `ids` whose log holds a
+    /// checkpoint, before their keepalive is acknowledged (rule 5).
+    async fn record_renewals(&self, ids: &[i64]) -> Result<(), LessorError> {
+        let mut pending: Vec<i64> = {
+            let clocks = self.clocks();
+            ids.iter()
+                .copied()
+                .filter(|id| clocks.leases.get(id).is_some_and(|c| c.checkpointed))
+                .collect()
+        };
+        if pending.is_empty() {
+            return Ok(());
+        }
+        pending.sort_unstable();
+        pending.dedup();
+        let command = Command::LeaseRenewed {
+            ids: pending.clone(),
+        };
+        self.inner.raft.client_write(command).await.map_err(|e| {
+            self.demote_if_not_leader();
+            LessorError::Unavailable(e.to_string())
+        })?;
+        let mut clocks = self.clocks();
+        for id in pending {
+            if let Some(clock) = clocks.leases.get_mut(&id) {
+                clock.checkpointed = false;
+            }
+        }
+        Ok(())
+    }
+
+    fn demote_if_not_leader(&self) {
+        let m = self.inner.raft.metrics().borrow().clone();
+        if m.state != ServerState::Leader || Some(m.current_term) != self.clocks().term {
+            self.demote();
+        }
+    }
+
+    /// Every interval, records the remaining TTL of leases longer than it.
+    async fn checkpoint_loop(self) {
+        let every = self.inner.config.checkpoint_interval;
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let _order = self.inner.order.lock().await;
+            for chunk in self.due_checkpoints(every).chunks(CHECKPOINT_BATCH) {
+                let ids: Vec<i64> = chunk.iter().map(|(id, _)| *id).collect();
+                let command = Command::LeaseCheckpoint {
+                    remaining_ms: chunk.to_vec(),
+                };
+                self.mark_checkpointed(&ids);
+                if let Err(e) = self.inner.raft.client_write(command).await {
+                    tracing::debug!(error = %e, "lessor: checkpoint not committed");
+                    break;
+                }
+            }
+        }
+    }
+
+    fn due_checkpoints(&self, every: Duration) -> Vec<(i64, u64)> {
+        let clocks = self.clocks();
+        if clocks.term.is_none() {
+            return Vec::new();
+        }
+        let now = Instant::now();
+        let mut due: Vec<(i64, u64)> = clocks
+            .leases
+            .iter()
+            .filter(|(_, c)| !c.expiring && ttl_duration(c.ttl) > every)
+            .map(|(id, c)| {
+                let left = c.deadline.saturating_duration_since(now);
+                (*id, left.as_millis() as u64)
+            })
+            .collect();
+        due.sort_unstable();
+        due
+    }
+
+    fn mark_checkpointed(&self, ids: &[i64]) {
+        let mut clocks = self.clocks();
+        for id in ids {
+            if let Some(clock) = clocks.leases.get_mut(id) {
+                clock.checkpointed = true;
+            }
+        }
+    }
+}
+
+/// Extends one lease's deadline to `now + ttl`; 0 when unknown or already due.
+fn renew(clocks: &mut Clocks, id: i64, now: Instant) -> i64 {
+    let Some(clock) = clocks.leases.get_mut(&id) else {
+        return 0;
+    };
+    if clock.expiring || clock.deadline <= now {
+        return 0;
+    }
+    let ttl = clock.ttl;
+    clock.deadline = now + ttl_duration(ttl);
+    let deadline = clock.deadline;
+    clocks.heap.push(Reverse((deadline, id)));
+    ttl
+}
+
+fn ttl_duration(ttl: i64) -> Duration {
+    Duration::from_secs(u64::try_from(ttl).unwrap_or(0))
+}
+
+fn ceil_secs(d: Duration) -> i64 {
+    let ms = d.as_millis() as i64;
+    (ms + 999) / 1000
+}

@@ -1,0 +1,16 @@
+//! One Roster node: its configuration, identity, startup, the etcd v3 gRPC
+//! services, request routing to the leader, and the lessor that runs lease clocks.
+//!
+//! The server knows nothing of storage layout (that is `roster-raft` and
+//! `roster-state`); the front end knows nothing of raft beyond "propose" and "read
+//! linearizably" ([`route::Router`]).
+
+pub mod config;
+pub mod etcd;
+pub mod identity;
+pub mod lessor;
+pub mod node;
+pub mod route;
+
+pub use config::{ClusterState, InitialMember, NodeConfig};
+pub use node::{RunningNode, StartError};

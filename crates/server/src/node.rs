@@ -1,0 +1,275 @@
+//! Starting and stopping one node.
+//!
+//! A node is built from its [`NodeConfig`], its storage (sled, in the data dir) and
+//! a peer-network factory; it holds no process-global state (the binary sets up
+//! tracing), so several nodes can run in one process. Startup order: check the
+//! data dir's identity, bind both listeners (so a port in use is reported before
+//! anything is written), open storage, start raft, bootstrap the initial
+//! membership on a fresh data dir, then serve.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use openraft::error::{InitializeError, RaftError};
+use openraft::RaftNetworkFactory;
+use roster_proto::etcdserverpb::cluster_server::ClusterServer;
+use roster_proto::etcdserverpb::kv_server::KvServer;
+use roster_proto::etcdserverpb::lease_server::LeaseServer;
+use roster_proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use roster_raft::network::RaftPeerService;
+use roster_raft::{open_storage, ApplyObserver, Member, NodeId, Raft, StorageOptions, TypeConfig};
+use roster_state::{Applied, Command};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::config::{ClusterState, NodeConfig};
+use crate::etcd::{EtcdApi, MAX_GRPC_MESSAGE};
+use crate::identity::{self, Identity};
+use crate::lessor::{Lessor, LessorConfig};
+use crate::route::Router;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("--initial-cluster has no member named {name:?} (--name); it lists: {listed}")]
+    NotInInitialCluster { name: String, listed: String },
+    #[error("invalid URL {url:?} in {flag}: expected http://HOST:PORT")]
+    BadUrl { flag: &'static str, url: String },
+    #[error("{flag} {url}: cannot listen: {source}")]
+    Listen {
+        flag: &'static str,
+        url: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
+    #[error("storage in {dir}: {reason}")]
+    Storage { dir: String, reason: String },
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// A running node. Dropping it does not stop it: call [`RunningNode::shutdown`].
+pub struct RunningNode {
+    pub member_id: NodeId,
+    pub cluster_id: u64,
+    pub raft: Raft,
+    stop: watch::Sender<bool>,
+    servers: Vec<JoinHandle<Result<(), tonic::transport::Error>>>,
+}
+
+/// No watchers yet (issue 3); applied commands need no further delivery.
+struct NoObserver;
+
+impl ApplyObserver for NoObserver {
+    fn applied(&self, _index: u64, _command: &Command, _applied: &Applied) {}
+}
+
+/// The host:port of an `http://host:port` URL.
+fn socket_addr(flag: &'static str, url: &str) -> Result<SocketAddr, StartError> {
+    let bad = || StartError::BadUrl {
+        flag,
+        url: url.to_string(),
+    };
+    let rest = url.strip_prefix("http://").ok_or_else(bad)?;
+    rest.trim_end_matches('/').parse().map_err(|_| bad())
+}
+
+async fn bind(flag: &'static str, url: &str) -> Result<TcpListener, StartError> {
+    let addr = socket_addr(flag, url)?;
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Listen {
+            flag,
+            url: url.to_string(),
+            source,
+        })
+}
+
+/// The initial membership, keyed by member id, and this node's id.
+fn initial_members(config: &NodeConfig) -> Result<(BTreeMap<NodeId, Member>, NodeId), StartError> {
+    let token = &config.initial_cluster_token;
+    let mut members = BTreeMap::new();
+    let mut own = None;
+    for m in &config.initial_cluster {
+        let id = identity::member_id(m, token);
+        if m.name == config.name {
+            own = Some(id);
+        }
+        // Every member bootstraps the same membership, so it holds only what all
+        // of them know: names and peer URLs.
+        let member = Member {
+            name: m.name.clone(),
+            peer_urls: m.peer_urls.clone(),
+            client_urls: Vec::new(),
+        };
+        members.insert(id, member);
+    }
+    let own = own.ok_or_else(|| StartError::NotInInitialCluster {
+        name: config.name.clone(),
+        listed: config
+            .initial_cluster
+            .iter()
+            .map(|m| m.name.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+    })?;
+    Ok((members, own))
+}
+
+impl RunningNode {
+    /// Starts a node with the gRPC peer transport.
+    pub async fn start(config: NodeConfig) -> Result<Self, StartError> {
+        Self::start_with_network(config, roster_raft::network::GrpcNetworkFactory).await
+    }
+
+    /// Starts a node whose raft traffic goes through `network`.
+    pub async fn start_with_network<N>(config: NodeConfig, network: N) -> Result<Self, StartError>
+    where
+        N: RaftNetworkFactory<TypeConfig>,
+    {
+        let (members, member_id) = initial_members(&config)?;
+        let ids: Vec<NodeId> = members.keys().copied().collect();
+        let cluster_id = identity::cluster_id(&ids, &config.initial_cluster_token);
+        let ident = Identity {
+            name: config.name.clone(),
+            member_id,
+            cluster_id,
+        };
+        let fresh = identity::check_and_store(&config.data_dir, &ident)?;
+        let peer_listeners = bind_all("--listen-peer-urls", &config.listen_peer_urls).await?;
+        let client_listeners = bind_all("--listen-client-urls", &config.listen_client_urls).await?;
+
+        let storage = open_storage(
+            StorageOptions {
+                dir: config.data_dir.join("sled"),
+                cache_capacity: config.cache_capacity,
+            },
+            Arc::new(NoObserver),
+        )
+        .map_err(|e| StartError::Storage {
+            dir: config.data_dir.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let shared = storage.state.shared();
+        let raft_config = config
+            .raft_config()
+            .validate()
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        let raft = Raft::new(
+            member_id,
+            Arc::new(raft_config),
+            network,
+            storage.log,
+            storage.state,
+        )
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+        if fresh && config.initial_cluster_state == ClusterState::New {
+            bootstrap(&raft, members).await?;
+        }
+
+        let lessor = Lessor::start(
+            raft.clone(),
+            shared.clone(),
+            LessorConfig {
+                leader_lease_window: config.leader_lease_window(),
+                checkpoint_interval: config.lease_checkpoint_interval,
+            },
+        );
+        let router = Router::new(member_id, raft.clone(), lessor);
+        let api = EtcdApi {
+            raft: raft.clone(),
+            state: shared,
+            router: router.clone(),
+            cluster_id,
+            member_id,
+            min_lease_ttl: config.min_lease_ttl(),
+            data_dir: config.data_dir.clone(),
+        };
+        let (stop, stopped) = watch::channel(false);
+        let mut servers = Vec::new();
+        for listener in peer_listeners {
+            let peer = RaftPeerService::new(raft.clone(), Arc::new(router.clone()));
+            let router = tonic::transport::Server::builder().add_service(peer.into_server());
+            servers.push(spawn_server(router, listener, stopped.clone()));
+        }
+        for listener in client_listeners {
+            servers.push(spawn_server(client_router(&api), listener, stopped.clone()));
+        }
+        tracing::info!(
+            name = %config.name,
+            member_id = format!("{member_id:x}"),
+            cluster_id = format!("{cluster_id:x}"),
+            "node started"
+        );
+        Ok(RunningNode {
+            member_id,
+            cluster_id,
+            raft,
+            stop,
+            servers,
+        })
+    }
+
+    /// Stops serving, then stops raft (which flushes nothing it has not already
+    /// made durable: every acknowledged write is on disk already).
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for server in self.servers {
+            let _ = server.await;
+        }
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+        tracing::info!("node stopped");
+    }
+}
+
+async fn bind_all(flag: &'static str, urls: &[String]) -> Result<Vec<TcpListener>, StartError> {
+    let mut listeners = Vec::with_capacity(urls.len());
+    for url in urls {
+        listeners.push(bind(flag, url).await?);
+    }
+    Ok(listeners)
+}
+
+/// Writes the initial membership. Every member of a new cluster does this with the
+/// same membership, so they agree; one already initialized answers `NotAllowed`.
+async fn bootstrap(raft: &Raft, members: BTreeMap<NodeId, Member>) -> Result<(), StartError> {
+    match raft.initialize(members).await {
+        Ok(()) => Ok(()),
+        Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+        Err(e) => Err(StartError::Raft(e.to_string())),
+    }
+}
+
+fn client_router(api: &EtcdApi) -> tonic::transport::server::Router {
+    tonic::transport::Server::builder()
+        .add_service(
+            KvServer::new(api.clone())
+                .max_decoding_message_size(MAX_GRPC_MESSAGE)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(LeaseServer::new(api.clone()))
+        .add_service(ClusterServer::new(api.clone()))
+        .add_service(MaintenanceServer::new(api.clone()))
+}
+
+fn spawn_server(
+    router: tonic::transport::server::Router,
+    listener: TcpListener,
+    mut stopped: watch::Receiver<bool>,
+) -> JoinHandle<Result<(), tonic::transport::Error>> {
+    let incoming = TcpListenerStream::new(listener);
+    tokio::spawn(async move {
+        router
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            })
+            .await
+    })
+}

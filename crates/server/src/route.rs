@@ -1,0 +1,270 @@
+//! Requests through the cluster: any node accepts a write or a lease call and
+//! carries it to the leader; a linearizable read on a follower asks the leader for
+//! a read index and waits until its own state machine has applied that far.
+//!
+//! The front end (the gRPC services) sees only [`Router`]: `propose`,
+//! `linearize`, `keepalive`, `remaining`. It knows nothing of raft beyond that.
+//! Forwarded requests travel on the peer port (`Forward` RPC) as bincode
+//! [`Forwarded`] values; the leader answers them with the same calls.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::ServerState;
+use roster_proto::raftpb::raft_peer_client::RaftPeerClient;
+use roster_proto::raftpb::RaftRequest;
+use roster_raft::network::{peer_client, ForwardHandler};
+use roster_raft::{Member, NodeId, Raft};
+use roster_state::{Command, Response};
+use serde::{Deserialize, Serialize};
+use tonic::transport::Channel;
+
+use crate::lessor::{Lessor, LessorError};
+
+/// How long a request waits for a leader before answering "no leader".
+const LEADER_WAIT: Duration = Duration::from_secs(5);
+/// Deadline of one forwarded request.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a routed request failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum RouteError {
+    #[error("no leader")]
+    NoLeader,
+    #[error("request timed out")]
+    Timeout,
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// A request carried from a follower to the leader.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Forwarded {
+    Propose(Command),
+    KeepAlive(i64),
+    Remaining(i64),
+    ReadIndex,
+}
+
+/// The leader's answer to a [`Forwarded`] request.
+#[derive(Debug, Serialize, Deserialize)]
+enum ForwardReply {
+    Applied(Response),
+    Ttl(i64),
+    Remaining(Option<(i64, i64)>),
+    ReadIndex(u64),
+    /// The receiver is not the leader (any more): try again.
+    NotLeader,
+    Failed(RouteError),
+}
+
+/// Routes requests to the leader. Cheap to clone.
+#[derive(Clone)]
+pub struct Router {
+    id: NodeId,
+    raft: Raft,
+    lessor: Lessor,
+    peers: Arc<Mutex<HashMap<NodeId, RaftPeerClient<Channel>>>>,
+}
+
+/// Where the leader is, as far as this node knows.
+enum Leader {
+    Local,
+    Remote(NodeId, Member),
+}
+
+impl Router {
+    pub fn new(id: NodeId, raft: Raft, lessor: Lessor) -> Self {
+        Router {
+            id,
+            raft,
+            lessor,
+            peers: Arc::default(),
+        }
+    }
+
+    /// Commits `command` through the leader and returns its applied response.
+    pub async fn propose(&self, command: Command) -> Result<Response, RouteError> {
+        self.route(Forwarded::Propose(command))
+            .await
+            .and_then(|r| match r {
+                ForwardReply::Applied(resp) => Ok(resp),
+                other => Err(unexpected(other)),
+            })
+    }
+
+    /// Returns once a read of the local state machine is linearizable.
+    pub async fn linearize(&self) -> Result<(), RouteError> {
+        let index = match self.route(Forwarded::ReadIndex).await? {
+            ForwardReply::ReadIndex(index) => index,
+            other => return Err(unexpected(other)),
+        };
+        self.raft
+            .wait(Some(FORWARD_TIMEOUT))
+            .applied_index_at_least(Some(index), "linearizable read")
+            .await
+            .map(|_| ())
+            .map_err(|_| RouteError::Timeout)
+    }
+
+    /// Renews a lease on the leader; its TTL, or 0 if unknown.
+    pub async fn keepalive(&self, id: i64) -> Result<i64, RouteError> {
+        match self.route(Forwarded::KeepAlive(id)).await? {
+            ForwardReply::Ttl(ttl) => Ok(ttl),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Remaining and granted TTL of a lease, from the leader's clock.
+    pub async fn remaining(&self, id: i64) -> Result<Option<(i64, i64)>, RouteError> {
+        match self.route(Forwarded::Remaining(id)).await? {
+            ForwardReply::Remaining(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Sends `request` to the leader (or serves it here), retrying while the
+    /// leadership moves, until [`LEADER_WAIT`] has passed.
+    async fn route(&self, request: Forwarded) -> Result<ForwardReply, RouteError> {
+        let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+        let payload = encode(&request)?;
+        loop {
+            let reply = match self.leader() {
+                Some(Leader::Local) => self.serve(&request).await,
+                Some(Leader::Remote(id, member)) => self.send(id, &member, &payload).await,
+                None => ForwardReply::NotLeader,
+            };
+            match reply {
+                ForwardReply::NotLeader => {}
+                ForwardReply::Failed(RouteError::Unavailable(reason)) => {
+                    tracing::debug!(%reason, "route: leader unreachable, retrying");
+                }
+                other => return Ok(other),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(RouteError::NoLeader);
+            }
+            self.await_leader_change().await;
+        }
+    }
+
+    /// Waits (briefly) for the metrics to change, e.g. a new leader.
+    async fn await_leader_change(&self) {
+        let mut metrics = self.raft.metrics();
+        let _ = tokio::time::timeout(Duration::from_millis(100), metrics.changed()).await;
+    }
+
+    fn leader(&self) -> Option<Leader> {
+        let m = self.raft.metrics().borrow().clone();
+        let leader = m.current_leader?;
+        if leader == self.id {
+            return (m.state == ServerState::Leader).then_some(Leader::Local);
+        }
+        let member = m.membership_config.membership().get_node(&leader)?.clone();
+        Some(Leader::Remote(leader, member))
+    }
+
+    /// Serves a request on this node, which believes it is the leader.
+    async fn serve(&self, request: &Forwarded) -> ForwardReply {
+        match request {
+            Forwarded::Propose(command) => self.write_local(command.clone()).await,
+            Forwarded::KeepAlive(id) => match self.lessor.keepalive(*id).await {
+                Ok(ttl) => ForwardReply::Ttl(ttl),
+                Err(e) => lessor_reply(e),
+            },
+            Forwarded::Remaining(id) => match self.lessor.remaining(*id) {
+                Ok(r) => ForwardReply::Remaining(r),
+                Err(e) => lessor_reply(e),
+            },
+            Forwarded::ReadIndex => match self.raft.get_read_log_id().await {
+                Ok((read, _)) => ForwardReply::ReadIndex(read.map_or(0, |l| l.index)),
+                Err(_) => ForwardReply::NotLeader,
+            },
+        }
+    }
+
+    async fn write_local(&self, command: Command) -> ForwardReply {
+        match self.raft.client_write(command.clone()).await {
+            Ok(resp) => {
+                self.lessor.on_applied(&command, &resp.data);
+                ForwardReply::Applied(resp.data)
+            }
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                ForwardReply::NotLeader
+            }
+            Err(e) => ForwardReply::Failed(RouteError::Unavailable(e.to_string())),
+        }
+    }
+
+    async fn send(&self, id: NodeId, member: &Member, payload: &[u8]) -> ForwardReply {
+        let mut client = match self.client(id, member) {
+            Ok(client) => client,
+            Err(e) => return ForwardReply::Failed(RouteError::Unavailable(e)),
+        };
+        let mut req = tonic::Request::new(RaftRequest {
+            payload: payload.to_vec(),
+        });
+        req.set_timeout(FORWARD_TIMEOUT);
+        let reply = match client.forward(req).await {
+            Ok(reply) => reply.into_inner(),
+            Err(status) if status.code() == tonic::Code::DeadlineExceeded => {
+                return ForwardReply::Failed(RouteError::Timeout)
+            }
+            Err(status) => {
+                return ForwardReply::Failed(RouteError::Unavailable(status.to_string()))
+            }
+        };
+        if !reply.error.is_empty() {
+            return ForwardReply::Failed(RouteError::Unavailable(reply.error));
+        }
+        bincode::deserialize(&reply.payload)
+            .unwrap_or_else(|e| ForwardReply::Failed(RouteError::Unavailable(e.to_string())))
+    }
+
+    fn client(&self, id: NodeId, member: &Member) -> Result<RaftPeerClient<Channel>, String> {
+        let mut peers = self
+            .peers
+            .lock()
+            .map_err(|_| "peer cache poisoned".to_string())?;
+        if let Some(client) = peers.get(&id) {
+            return Ok(client.clone());
+        }
+        let client = peer_client(member)?;
+        peers.insert(id, client.clone());
+        Ok(client)
+    }
+}
+
+fn lessor_reply(e: LessorError) -> ForwardReply {
+    match e {
+        LessorError::NotPrimary => ForwardReply::NotLeader,
+        LessorError::Unavailable(reason) => ForwardReply::Failed(RouteError::Unavailable(reason)),
+    }
+}
+
+fn unexpected(reply: ForwardReply) -> RouteError {
+    match reply {
+        ForwardReply::Failed(e) => e,
+        ForwardReply::NotLeader => RouteError::NoLeader,
+        other => RouteError::Unavailable(format!("unexpected forward reply {other:?}")),
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, RouteError> {
+    bincode::serialize(value).map_err(|e| RouteError::Unavailable(e.to_string()))
+}
+
+/// The leader's side of `Forward`: decode, serve locally, encode.
+#[tonic::async_trait]
+impl ForwardHandler for Router {
+    async fn forward(&self, payload: Vec<u8>) -> Result<Vec<u8>, String> {
+        let request: Forwarded = bincode::deserialize(&payload).map_err(|e| e.to_string())?;
+        let reply = match self.leader() {
+            Some(Leader::Local) => self.serve(&request).await,
+            _ => ForwardReply::NotLeader,
+        };
+        bincode::serialize(&reply).map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,97 @@
+//! Commands: the only way the replicated state changes. Each is applied in log
+//! order on every node; anything time-dependent is a value inside the command.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::StateError;
+use crate::keyspace::{KeyValue, RemovalReason};
+
+/// One entry of the replicated log, as the state machine sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// etcd `Put`. `lease == 0` means no lease.
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        lease: i64,
+        prev_kv: bool,
+        ignore_value: bool,
+        ignore_lease: bool,
+    },
+    /// etcd `DeleteRange` (graceful removal). `range_end` as in etcd: empty for one
+    /// key, `[0]` for every key >= `key`, otherwise the half-open range.
+    DeleteRange {
+        key: Vec<u8>,
+        range_end: Vec<u8>,
+        prev_kv: bool,
+    },
+    /// Grant a lease of `ttl` seconds. `id == 0`: the state machine picks an unused
+    /// id deterministically.
+    LeaseGrant { id: i64, ttl: i64 },
+    /// Revoke one lease on request (client revoke: reason `Graceful`); its keys are
+    /// deleted in one revision. Unknown id: `StateError::LeaseNotFound`.
+    LeaseRevoke { id: i64, reason: RemovalReason },
+    /// Expire a batch of leases proposed by the leader's lessor: every key of every
+    /// listed lease is deleted in one revision with reason `Expired`. Ids that are
+    /// already gone are skipped (a revoke may race an expiry), never an error.
+    LeaseExpire { ids: Vec<i64> },
+    /// Record the remaining TTL (milliseconds) of long leases, so that a new leader
+    /// does not restart them at their full TTL (DESIGN.md lease rule 5).
+    LeaseCheckpoint { remaining_ms: Vec<(i64, u64)> },
+    /// The leases were kept alive after their last checkpoint: clears it, so a new
+    /// leader restarts them at their full TTL. Unknown ids are skipped.
+    LeaseRenewed { ids: Vec<i64> },
+    /// No change; used by a new leader to commit an entry of its term.
+    Noop,
+}
+
+/// A comparison of a `Txn` (issue 3); reserved so the log format does not change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Compare {}
+
+/// The result of applying one command. Logical failures are `Error`, applied on
+/// every node alike (and change nothing).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Put {
+        revision: i64,
+        prev_kv: Option<KeyValue>,
+    },
+    DeleteRange {
+        revision: i64,
+        deleted: i64,
+        prev_kvs: Vec<KeyValue>,
+    },
+    LeaseGranted {
+        revision: i64,
+        id: i64,
+        ttl: i64,
+    },
+    /// Revoke or expire: the ids actually removed.
+    LeaseRevoked {
+        revision: i64,
+        revoked: Vec<i64>,
+    },
+    /// Checkpoint, renewed, noop.
+    Done {
+        revision: i64,
+    },
+    Error {
+        revision: i64,
+        error: StateError,
+    },
+}
+
+impl Response {
+    /// The store revision after the command (unchanged by commands that write no key).
+    pub fn revision(&self) -> i64 {
+        match self {
+            Response::Put { revision, .. }
+            | Response::DeleteRange { revision, .. }
+            | Response::LeaseGranted { revision, .. }
+            | Response::LeaseRevoked { revision, .. }
+            | Response::Done { revision }
+            | Response::Error { revision, .. } => *revision,
+        }
+    }
+}

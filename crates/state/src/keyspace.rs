@@ -1,0 +1,260 @@
+//! The MVCC keyspace: etcd's revision model. One global revision increases by one
+//! for each write that changes a key; every key carries its create and mod
+//! revision, version and lease. Every change is also kept as an [`Event`] (with the
+//! reason of a removal) for watches and history.
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::Response;
+use crate::engine::{Engine, EngineError};
+use crate::error::{Fail, StateError};
+use crate::layout;
+use crate::lease;
+use crate::tx::Tx;
+
+/// Why a key was removed. One enum for every API: etcd watchers see a plain
+/// DELETE, registry watchers see the reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RemovalReason {
+    /// Its holder deleted it, revoked the lease or deregistered.
+    Graceful,
+    /// No keepalive within the lease TTL.
+    Expired,
+    /// An operator removed it.
+    Forced,
+    /// A drain deadline passed.
+    Drained,
+    /// Failed health checks.
+    Health,
+}
+
+/// A live key, as etcd's `mvccpb.KeyValue`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyValue {
+    pub key: Vec<u8>,
+    pub create_revision: i64,
+    pub mod_revision: i64,
+    pub version: i64,
+    pub value: Vec<u8>,
+    pub lease: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    Put,
+    Delete,
+}
+
+/// One change of one key at one revision. For a delete, `kv` holds the key and
+/// `mod_revision` = the deleting revision, the rest zero, as etcd sends it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub kind: EventKind,
+    pub kv: KeyValue,
+    pub prev_kv: Option<KeyValue>,
+    /// Set on deletes only.
+    pub reason: Option<RemovalReason>,
+}
+
+/// A read of the current keyspace (etcd `RangeRequest` semantics).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RangeRequest {
+    pub key: Vec<u8>,
+    /// Empty: the single key. `[0]`: every key >= `key`. Otherwise `[key, range_end)`;
+    /// a range_end at or before the key is an empty result, not an error.
+    pub range_end: Vec<u8>,
+    /// 0: no limit.
+    pub limit: i64,
+    pub count_only: bool,
+    pub keys_only: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RangeResult {
+    pub kvs: Vec<KeyValue>,
+    /// Number of keys in the range (ignoring `limit`).
+    pub count: i64,
+    /// More keys than `limit` exist in the range.
+    pub more: bool,
+    /// The store revision the read saw.
+    pub revision: i64,
+}
+
+/// The arguments of a `Command::Put`, borrowed.
+pub(crate) struct PutArgs<'c> {
+    pub key: &'c [u8],
+    pub value: &'c [u8],
+    pub lease: i64,
+    pub prev_kv: bool,
+    pub ignore_value: bool,
+    pub ignore_lease: bool,
+}
+
+/// The engine bounds `[start, end)` of the `k/` keys selected by `key` and
+/// `range_end` (etcd semantics), or `None` for an empty selection.
+fn engine_bounds(key: &[u8], range_end: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+    let start = layout::key_key(key);
+    let end = match range_end {
+        [] => layout::join(&start, &[0]),
+        [0] => layout::prefix_end(layout::KEY)?,
+        end if end <= key => return None,
+        end => layout::key_key(end),
+    };
+    Some((start, end))
+}
+
+/// Serves a read of the live keys at `revision`. Streams the scan: only the
+/// returned pairs are decoded and kept; the rest are counted.
+pub(crate) fn range<E: Engine>(
+    engine: &E,
+    revision: i64,
+    req: &RangeRequest,
+) -> Result<RangeResult, EngineError> {
+    let mut result = RangeResult {
+        kvs: Vec::new(),
+        count: 0,
+        more: false,
+        revision,
+    };
+    let Some((start, end)) = engine_bounds(&req.key, &req.range_end) else {
+        return Ok(result);
+    };
+    let limit = usize::try_from(req.limit).unwrap_or(0);
+    for item in engine.scan(&start, Some(&end)) {
+        let (_, value) = item?;
+        result.count += 1;
+        if req.count_only || (limit > 0 && result.kvs.len() >= limit) {
+            continue;
+        }
+        let mut kv: KeyValue = layout::decode(&value)?;
+        if req.keys_only {
+            kv.value.clear();
+        }
+        result.kvs.push(kv);
+    }
+    // As etcd: `more` tells that returned kvs were cut by the limit.
+    result.more = !req.count_only && limit > 0 && result.count > req.limit;
+    Ok(result)
+}
+
+fn load<E: Engine>(tx: &Tx<'_, E>, key: &[u8]) -> Result<Option<KeyValue>, EngineError> {
+    tx.get(&layout::key_key(key))?
+        .map(|v| layout::decode(&v))
+        .transpose()
+}
+
+/// etcd `Put`: validates everything first, so an error stages nothing.
+pub(crate) fn put<E: Engine>(tx: &mut Tx<'_, E>, args: &PutArgs<'_>) -> Result<Response, Fail> {
+    if args.key.is_empty() {
+        return Err(StateError::EmptyKey.into());
+    }
+    let old = load(tx, args.key)?;
+    if (args.ignore_value || args.ignore_lease) && old.is_none() {
+        return Err(StateError::KeyNotFound.into());
+    }
+    let lease = match (&old, args.ignore_lease) {
+        (Some(old), true) => old.lease,
+        _ => args.lease,
+    };
+    if lease != 0 && !lease::exists(tx, lease)? {
+        return Err(StateError::LeaseNotFound.into());
+    }
+    let kv = next_version(tx.write_revision(), old.as_ref(), args, lease);
+    let old_lease = old.as_ref().map_or(0, |o| o.lease);
+    relink(tx, args.key, old_lease, lease);
+    tx.put(layout::key_key(args.key), layout::encode(&kv)?);
+    tx.event(Event {
+        kind: EventKind::Put,
+        kv,
+        prev_kv: old.clone(),
+        reason: None,
+    })?;
+    Ok(Response::Put {
+        revision: tx.revision(),
+        prev_kv: old.filter(|_| args.prev_kv),
+    })
+}
+
+/// The key's new live version written at `revision`.
+fn next_version(revision: i64, old: Option<&KeyValue>, args: &PutArgs<'_>, lease: i64) -> KeyValue {
+    let value = match old {
+        Some(old) if args.ignore_value => old.value.clone(),
+        _ => args.value.to_vec(),
+    };
+    KeyValue {
+        key: args.key.to_vec(),
+        create_revision: old.map_or(revision, |o| o.create_revision),
+        mod_revision: revision,
+        version: old.map_or(1, |o| o.version + 1),
+        value,
+        lease,
+    }
+}
+
+/// Moves `key` in the `a/` index from lease `from` to lease `to` (0: none).
+fn relink<E: Engine>(tx: &mut Tx<'_, E>, key: &[u8], from: i64, to: i64) {
+    if from == to {
+        return;
+    }
+    if from != 0 {
+        tx.delete(layout::attach_key(from, key));
+    }
+    if to != 0 {
+        tx.put(layout::attach_key(to, key), Vec::new());
+    }
+}
+
+/// etcd `DeleteRange`: every selected key goes, with reason `Graceful`.
+pub(crate) fn delete_range<E: Engine>(
+    tx: &mut Tx<'_, E>,
+    key: &[u8],
+    range_end: &[u8],
+    want_prev: bool,
+) -> Result<Response, Fail> {
+    if key.is_empty() {
+        return Err(StateError::EmptyKey.into());
+    }
+    let pairs = match engine_bounds(key, range_end) {
+        Some((start, end)) => tx.scan(&start, Some(&end))?,
+        None => Vec::new(),
+    };
+    let deleted = pairs.len() as i64;
+    let mut prev_kvs = Vec::new();
+    for (_, value) in pairs {
+        let kv: KeyValue = layout::decode(&value)?;
+        if want_prev {
+            prev_kvs.push(kv.clone());
+        }
+        remove(tx, kv, RemovalReason::Graceful)?;
+    }
+    Ok(Response::DeleteRange {
+        revision: tx.revision(),
+        deleted,
+        prev_kvs,
+    })
+}
+
+/// Removes one live key (and its lease link), recording the delete event with
+/// `reason`.
+pub(crate) fn remove<E: Engine>(
+    tx: &mut Tx<'_, E>,
+    old: KeyValue,
+    reason: RemovalReason,
+) -> Result<(), EngineError> {
+    tx.delete(layout::key_key(&old.key));
+    relink(tx, &old.key, old.lease, 0);
+    let tombstone = KeyValue {
+        key: old.key.clone(),
+        create_revision: 0,
+        mod_revision: tx.write_revision(),
+        version: 0,
+        value: Vec::new(),
+        lease: 0,
+    };
+    tx.event(Event {
+        kind: EventKind::Delete,
+        kv: tombstone,
+        prev_kv: Some(old),
+        reason: Some(reason),
+    })
+}

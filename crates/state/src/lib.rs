@@ -1,0 +1,50 @@
+//! The deterministic state machine of Roster.
+//!
+//! Everything that every node must agree on lives here: the MVCC keyspace (etcd's
+//! revision model), the lease table, and the removal reason of every deleted key.
+//! It is driven only by [`Command`]s applied in log order, so it knows nothing of
+//! networks, clocks or Raft: `apply` is a pure function of (stored state, command).
+//! Time enters only as values inside commands, stamped by the proposing leader.
+//!
+//! Storage goes through the small [`Engine`] trait (get / scan / atomic batch /
+//! flush) so that the keyspace need not fit in memory: sled implements it on real
+//! nodes (in `roster-raft`), [`MemEngine`] in tests and simulation.
+//!
+//! Layout of the engine's keys (one flat ordered keyspace, prefixes keep the parts
+//! apart; all integers big-endian so that byte order is numeric order):
+//!
+//! | prefix            | value                                                        |
+//! |-------------------|--------------------------------------------------------------|
+//! | `k/<key>`         | [`KeyValue`], the live version of a key                      |
+//! | `e/<rev><sub>`    | [`Event`]: every put and delete, with the removal reason     |
+//! | `l/<id>`          | [`Lease`]                                                    |
+//! | `a/<id><key>`     | empty: the keys attached to a lease                          |
+//! | `m/<name>`        | the caller's opaque metadata (`apply`'s `meta`), any name    |
+//! | `s/revision`      | the store revision, i64; absent = 1 (an empty store)         |
+//! | `s/lease_seq`     | u64 counter behind generated lease ids (`LeaseGrant{id: 0}`) |
+//!
+//! Values of `k/`, `e/`, `l/` are bincode 1.3 (default options). `<rev>` and
+//! `<sub>` are 8-byte big-endian (`<sub>` numbers the events of one revision from
+//! 0); `<id>` is the lease id with its sign bit flipped, big-endian, so leases sort
+//! by signed id. The state machine's own entries live under `s/`, apart from the
+//! caller's `m/`, so no metadata name can collide with them.
+
+mod command;
+mod engine;
+mod error;
+mod keyspace;
+mod layout;
+mod lease;
+mod machine;
+mod snapshot;
+#[cfg(test)]
+mod tests;
+mod tx;
+
+pub use command::{Command, Compare, Response};
+pub use engine::{Batch, Engine, EngineError, MemEngine, ScanItem};
+pub use error::StateError;
+pub use keyspace::{Event, EventKind, KeyValue, RangeRequest, RangeResult, RemovalReason};
+pub use lease::{Lease, MAX_LEASE_TTL};
+pub use machine::{Applied, StateMachine};
+pub use snapshot::SnapshotData;

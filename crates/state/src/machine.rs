@@ -1,0 +1,208 @@
+//! [`StateMachine`]: applies commands to the engine and serves reads.
+//!
+//! Each `apply` writes all its effects, plus the caller's metadata (the raft adapter
+//! passes the applied log id and membership), in ONE atomic engine batch, so a
+//! restart never sees half an entry.
+//!
+//! INTERFACE CONTRACT (implemented by the state helper; used by roster-raft and
+//! roster-server):
+//!
+//! ```text
+//! impl<E: Engine> StateMachine<E> {
+//!     pub fn open(engine: E) -> Result<Self, EngineError>;   // loads revision etc.
+//!     pub fn engine(&self) -> &E;
+//!     pub fn apply(&mut self, cmd: &Command, meta: Vec<(Vec<u8>, Vec<u8>)>)
+//!         -> Result<Applied, EngineError>;      // meta stored under m/<name>
+//!     pub fn meta(&self, name: &[u8]) -> Result<Option<Vec<u8>>, EngineError>;
+//!     pub fn revision(&self) -> i64;
+//!     pub fn range(&self, req: &RangeRequest) -> Result<RangeResult, EngineError>;
+//!     pub fn lease(&self, id: i64) -> Result<Option<Lease>, EngineError>;
+//!     pub fn leases(&self) -> Result<Vec<Lease>, EngineError>;        // by id
+//!     pub fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, EngineError>;
+//!     pub fn snapshot(&self) -> Result<SnapshotData, EngineError>;
+//!     pub fn install(&mut self, snap: SnapshotData) -> Result<(), EngineError>;
+//! }
+//! ```
+
+use crate::command::{Command, Response};
+use crate::engine::{Batch, Engine, EngineError};
+use crate::error::Fail;
+use crate::keyspace::{self, Event, PutArgs, RangeRequest, RangeResult};
+use crate::layout;
+use crate::lease::{self, Lease};
+use crate::snapshot::SnapshotData;
+use crate::tx::Tx;
+
+/// What applying one command produced: the client's answer and the key events
+/// (for watchers), in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub response: Response,
+    pub events: Vec<Event>,
+}
+
+/// The state machine over an engine.
+pub struct StateMachine<E> {
+    engine: E,
+    revision: i64,
+}
+
+impl<E: Engine> StateMachine<E> {
+    /// Opens the state machine stored in `engine` (empty: revision 1).
+    pub fn open(engine: E) -> Result<Self, EngineError> {
+        let revision = layout::read_revision(engine.get(layout::REVISION)?.as_deref())?;
+        Ok(Self { engine, revision })
+    }
+
+    pub fn engine(&self) -> &E {
+        &self.engine
+    }
+
+    /// Gives the engine back (e.g. to reopen it).
+    pub fn into_engine(self) -> E {
+        self.engine
+    }
+
+    /// Applies one command and writes its effects together with `meta` (stored as
+    /// `m/<name>`) in one atomic batch. A logical error is an `Ok` answer that
+    /// changes nothing but still writes `meta`; `Err` only for storage failure.
+    pub fn apply(
+        &mut self,
+        cmd: &Command,
+        meta: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<Applied, EngineError> {
+        let mut tx = Tx::new(&self.engine, self.revision);
+        let (mut batch, events, response) = match execute(&mut tx, cmd) {
+            Ok(response) => {
+                let (batch, events, _) = tx.finish();
+                (batch, events, response)
+            }
+            Err(Fail::Engine(e)) => return Err(e),
+            Err(Fail::State(error)) => {
+                let revision = self.revision;
+                (
+                    Batch::default(),
+                    Vec::new(),
+                    Response::Error { revision, error },
+                )
+            }
+        };
+        for (name, value) in meta {
+            batch.put(layout::meta_key(&name), value);
+        }
+        self.engine.write(batch)?;
+        self.revision = response.revision();
+        Ok(Applied { response, events })
+    }
+
+    /// The caller's metadata entry `name`, as last written by `apply`.
+    pub fn meta(&self, name: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
+        self.engine.get(&layout::meta_key(name))
+    }
+
+    /// The current store revision (1 for an empty store).
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    /// Reads live keys at the current revision.
+    pub fn range(&self, req: &RangeRequest) -> Result<RangeResult, EngineError> {
+        keyspace::range(&self.engine, self.revision, req)
+    }
+
+    pub fn lease(&self, id: i64) -> Result<Option<Lease>, EngineError> {
+        self.engine
+            .get(&layout::lease_key(id))?
+            .map(|v| layout::decode(&v))
+            .transpose()
+    }
+
+    /// Every lease, by ascending id.
+    pub fn leases(&self) -> Result<Vec<Lease>, EngineError> {
+        let end = layout::prefix_end(layout::LEASE);
+        self.engine
+            .scan(layout::LEASE, end.as_deref())
+            .map(|item| layout::decode(&item?.1))
+            .collect()
+    }
+
+    /// The keys attached to lease `id`, in key order.
+    pub fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, EngineError> {
+        let prefix = layout::attach_prefix(id);
+        let end = layout::prefix_end(&prefix);
+        self.engine
+            .scan(&prefix, end.as_deref())
+            .map(|item| Ok(item?.0[prefix.len()..].to_vec()))
+            .collect()
+    }
+
+    /// Up to `limit` events of revisions `>= from_revision`, in revision order
+    /// (each event's `kv.mod_revision` is its revision).
+    pub fn events(&self, from_revision: i64, limit: usize) -> Result<Vec<Event>, EngineError> {
+        let start = layout::event_key(from_revision.max(0), 0);
+        let end = layout::prefix_end(layout::EVENT);
+        self.engine
+            .scan(&start, end.as_deref())
+            .take(limit)
+            .map(|item| layout::decode(&item?.1))
+            .collect()
+    }
+
+    /// Every pair of the engine, in key order.
+    pub fn snapshot(&self) -> Result<SnapshotData, EngineError> {
+        let pairs = self.engine.scan(&[], None).collect::<Result<_, _>>()?;
+        Ok(SnapshotData { pairs })
+    }
+
+    /// Replaces the whole engine content by `snap`, atomically.
+    pub fn install(&mut self, snap: SnapshotData) -> Result<(), EngineError> {
+        let revision = layout::read_revision(snap.get(layout::REVISION))?;
+        let mut batch = Batch::default();
+        for item in self.engine.scan(&[], None) {
+            batch.delete(item?.0);
+        }
+        for (key, value) in snap.pairs {
+            batch.put(key, value);
+        }
+        self.engine.write(batch)?;
+        self.revision = revision;
+        Ok(())
+    }
+}
+
+/// Runs one command against the staged transaction.
+fn execute<E: Engine>(tx: &mut Tx<'_, E>, cmd: &Command) -> Result<Response, Fail> {
+    match cmd {
+        Command::Put {
+            key,
+            value,
+            lease,
+            prev_kv,
+            ignore_value,
+            ignore_lease,
+        } => keyspace::put(
+            tx,
+            &PutArgs {
+                key,
+                value,
+                lease: *lease,
+                prev_kv: *prev_kv,
+                ignore_value: *ignore_value,
+                ignore_lease: *ignore_lease,
+            },
+        ),
+        Command::DeleteRange {
+            key,
+            range_end,
+            prev_kv,
+        } => keyspace::delete_range(tx, key, range_end, *prev_kv),
+        Command::LeaseGrant { id, ttl } => lease::grant(tx, *id, *ttl),
+        Command::LeaseRevoke { id, reason } => lease::revoke(tx, *id, *reason),
+        Command::LeaseExpire { ids } => lease::expire(tx, ids),
+        Command::LeaseCheckpoint { remaining_ms } => lease::checkpoint(tx, remaining_ms),
+        Command::LeaseRenewed { ids } => lease::renewed(tx, ids),
+        Command::Noop => Ok(Response::Done {
+            revision: tx.revision(),
+        }),
+    }
+}

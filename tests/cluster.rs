@@ -1,0 +1,535 @@
+//! Black-box tests of a three-node cluster: membership, requests through
+//! followers, leases across nodes, leader failure (SIGKILL), restart and
+//! catch-up, and a lease kept alive through a failover.
+//!
+//! Run with `ROSTER_TEST_BINARY=/usr/bin/etcd` to check the tests against etcd.
+
+mod harness;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use harness::{
+    etcdctl_timeout, json_i64, json_u64, kvs, lease_hex, parse_lease_grant, poll_for, wait_for,
+    wait_until, Cluster,
+};
+use roster_proto::etcdserverpb::{
+    kv_client::KvClient, maintenance_client::MaintenanceClient, RangeRequest, StatusRequest,
+};
+use tonic::transport::Channel;
+
+/// Writes must succeed again this long after the leader is killed.
+const FAILOVER_BOUND: Duration = Duration::from_secs(5);
+
+/// Serializable (local) read of a key on node `i`: its value, or `None`.
+fn local_value(c: &Cluster, i: usize, key: &str) -> Option<String> {
+    let j = c.ctl_json(i, &["get", key, "--consistency=s"]);
+    kvs(&j).into_iter().next().map(|(_, v)| v)
+}
+
+#[test]
+fn members_and_status_agree() {
+    let c = Cluster::start(3);
+
+    let ids: BTreeSet<u64> = (0..3).map(|i| c.member_id(i)).collect();
+    assert_eq!(ids.len(), 3, "three distinct member ids: {ids:?}");
+
+    let mut cluster_ids = BTreeSet::new();
+    let mut leaders = BTreeSet::new();
+    for i in 0..3 {
+        // Member list through every node: the same three members.
+        let j = c.ctl_json(i, &["member", "list"]);
+        cluster_ids.insert(json_u64(&j["header"], "cluster_id"));
+        assert_eq!(json_u64(&j["header"], "member_id"), c.member_id(i));
+        let members = j["members"].as_array().expect("members");
+        assert_eq!(members.len(), 3, "{j}");
+        let listed: BTreeSet<u64> = members.iter().map(|m| json_u64(m, "ID")).collect();
+        assert_eq!(listed, ids, "member list ids = endpoint status ids");
+        for m in members {
+            let id = json_u64(m, "ID");
+            let node = (0..3)
+                .find(|&n| c.member_id(n) == id)
+                .expect("member is a node");
+            let cfg = c.config(node);
+            assert_eq!(m["name"], cfg.name.as_str(), "{m}");
+            assert_eq!(m["peerURLs"], serde_json::json!([cfg.peer_url()]), "{m}");
+            assert_eq!(
+                m["clientURLs"],
+                serde_json::json!([cfg.client_url()]),
+                "{m}"
+            );
+        }
+
+        let st = c.status(i).expect("status");
+        assert_eq!(st.member_id, c.member_id(i));
+        cluster_ids.insert(st.cluster_id);
+        leaders.insert(st.leader);
+        assert!(st.raft_term >= 1 && st.raft_index >= 1, "{:?}", st.raw);
+    }
+    assert_eq!(cluster_ids.len(), 1, "one cluster id: {cluster_ids:?}");
+    assert_eq!(leaders.len(), 1, "one leader: {leaders:?}");
+    let leader = leaders.into_iter().next().unwrap_or_default();
+    assert!(ids.contains(&leader));
+    assert_eq!(c.member_id(c.leader()), leader);
+
+    // The simple format lists the same members on every node:
+    // `<id hex>, started, <name>, <peer url>, <client url>, false`.
+    let lines = |i: usize| -> BTreeSet<String> {
+        let out = c.ctl(i, &["member", "list"]).expect_ok();
+        out.lines().iter().map(|s| s.to_string()).collect()
+    };
+    let expected: BTreeSet<String> = (0..3)
+        .map(|n| {
+            let cfg = c.config(n);
+            format!(
+                "{:x}, started, {}, {}, {}, false",
+                c.member_id(n),
+                cfg.name,
+                cfg.peer_url(),
+                cfg.client_url()
+            )
+        })
+        .collect();
+    for i in 0..3 {
+        assert_eq!(lines(i), expected, "member list through node {i}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_headers_name_the_answering_member() {
+    let c = Cluster::start(3);
+    let leader = c.member_id(c.leader());
+    let mut cluster_ids = BTreeSet::new();
+    for i in 0..3 {
+        let ch = Channel::from_shared(c.endpoint(i))
+            .expect("uri")
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(10))
+            .connect()
+            .await
+            .expect("connect");
+        let r = KvClient::new(ch.clone())
+            .range(RangeRequest {
+                key: b"k".to_vec(),
+                ..Default::default()
+            })
+            .await
+            .expect("range")
+            .into_inner();
+        let h = r.header.expect("header");
+        assert_eq!(h.member_id, c.member_id(i));
+        assert!(h.raft_term >= 1);
+        cluster_ids.insert(h.cluster_id);
+        let st = MaintenanceClient::new(ch)
+            .status(StatusRequest::default())
+            .await
+            .expect("status")
+            .into_inner();
+        assert_eq!(st.header.expect("header").member_id, c.member_id(i));
+        assert_eq!(st.leader, leader);
+    }
+    assert_eq!(cluster_ids.len(), 1);
+    assert!(!cluster_ids.contains(&0));
+}
+
+#[test]
+fn writes_through_followers_are_read_everywhere() {
+    let c = Cluster::start(3);
+    let followers = c.followers();
+    assert_eq!(followers.len(), 2);
+
+    let mut want = Vec::new();
+    let mut revisions = Vec::new();
+    for &f in &followers {
+        let key = format!("/fw/{f}");
+        let value = format!("via-{}", c.config(f).name);
+        let j = c.ctl_json(f, &["put", &key, &value]);
+        assert_eq!(json_u64(&j["header"], "member_id"), c.member_id(f));
+        revisions.push(json_i64(&j["header"], "revision"));
+        want.push((key, value));
+    }
+    assert_eq!(
+        revisions[1],
+        revisions[0] + 1,
+        "one revision per put: {revisions:?}"
+    );
+    let last = revisions[1];
+
+    // A linearizable read on any node, right after the acknowledgement,
+    // sees both writes.
+    for i in 0..3 {
+        let j = c.ctl_json(i, &["get", "/fw/", "--prefix"]);
+        assert_eq!(kvs(&j), want, "linearizable read on node {i}");
+        assert_eq!(json_i64(&j["header"], "revision"), last, "node {i}");
+    }
+    // Serializable reads catch up.
+    for i in 0..3 {
+        wait_until(
+            Duration::from_secs(5),
+            "serializable read to catch up",
+            || kvs(&c.ctl_json(i, &["get", "/fw/", "--prefix", "--consistency=s"])) == want,
+        );
+    }
+
+    // Delete through a follower.
+    let out = c
+        .ctl(followers[0], &["del", "/fw/", "--prefix"])
+        .expect_ok();
+    assert_eq!(out.stdout, "2\n");
+    for i in 0..3 {
+        assert!(
+            kvs(&c.ctl_json(i, &["get", "/fw/", "--prefix"])).is_empty(),
+            "node {i}"
+        );
+    }
+}
+
+#[test]
+fn leases_work_across_followers() {
+    let c = Cluster::start(3);
+    let leader = c.leader();
+    let f = c.followers();
+    let (f1, f2) = (f[0], f[1]);
+
+    // Grant on one follower, attach and keep alive on the other, read the
+    // lease on the leader.
+    let out = c.ctl(f1, &["lease", "grant", "30"]).expect_ok();
+    let id = parse_lease_grant(&out);
+    let hex = lease_hex(id);
+    let lease_flag = format!("--lease={hex}");
+    c.ctl(f2, &["put", "/lf/a", "1", &lease_flag]).expect_ok();
+    let out = c
+        .ctl(f2, &["lease", "keep-alive", "--once", &hex])
+        .expect_ok();
+    assert_eq!(out.stdout, format!("lease {hex} keepalived with TTL(30)\n"));
+    let j = c.ctl_json(leader, &["lease", "timetolive", &hex, "--keys"]);
+    assert_eq!(json_i64(&j, "granted-ttl"), 30);
+    assert!((25..=30).contains(&json_i64(&j, "ttl")), "{j}");
+    assert_eq!(j["keys"], serde_json::json!(["L2xmL2E="])); // "/lf/a"
+    for i in 0..3 {
+        let out = c.ctl(i, &["lease", "list"]).expect_ok();
+        assert_eq!(out.stdout, format!("found 1 leases\n{hex}\n"), "node {i}");
+    }
+
+    // Revoke through a follower: keys gone on every node.
+    let out = c.ctl(f1, &["lease", "revoke", &hex]).expect_ok();
+    assert_eq!(out.stdout, format!("lease {hex} revoked\n"));
+    for i in 0..3 {
+        assert!(
+            kvs(&c.ctl_json(i, &["get", "/lf/", "--prefix"])).is_empty(),
+            "node {i}"
+        );
+    }
+
+    // A short lease granted through a follower expires with its keys on
+    // every node, not before its TTL.
+    const TTL: u64 = 3;
+    let granted = Instant::now();
+    let out = c.ctl(f1, &["lease", "grant", &TTL.to_string()]).expect_ok();
+    let hex = lease_hex(parse_lease_grant(&out));
+    let lease_flag = format!("--lease={hex}");
+    c.ctl(f2, &["put", "/lf/short", "s", &lease_flag])
+        .expect_ok();
+    c.ctl(f1, &["put", "/lf/short2", "s", &lease_flag])
+        .expect_ok();
+    for i in 0..3 {
+        wait_until(Duration::from_secs(2), "leased key replicated", || {
+            local_value(&c, i, "/lf/short").is_some()
+        });
+    }
+    let gone_at = wait_for(
+        Duration::from_secs(TTL + 3).saturating_sub(granted.elapsed()),
+        "short lease to expire",
+        || {
+            let j = c.ctl_json(leader, &["get", "/lf/", "--prefix"]);
+            let done = Instant::now();
+            kvs(&j).is_empty().then_some(done)
+        },
+    );
+    assert!(
+        gone_at - granted >= Duration::from_secs(TTL),
+        "lease expired early: {:?} after the grant of a {TTL}s lease",
+        gone_at - granted
+    );
+    for i in 0..3 {
+        wait_until(Duration::from_secs(2), "expiry replicated", || {
+            kvs(&c.ctl_json(i, &["get", "/lf/", "--prefix", "--consistency=s"])).is_empty()
+        });
+    }
+}
+
+#[test]
+fn leader_killed_writes_resume_nothing_lost_and_node_catches_up() {
+    let mut c = Cluster::start(3);
+    let old_leader = c.leader();
+
+    // Acknowledged writes through every node.
+    let mut acked: Vec<(String, String)> = Vec::new();
+    for n in 0..15 {
+        let (key, value) = (format!("/ack/{n:03}"), format!("v{n}"));
+        c.ctl(n % 3, &["put", &key, &value]).expect_ok();
+        acked.push((key, value));
+    }
+
+    let killed_at = Instant::now();
+    c.kill(old_leader);
+    let survivors = c.running();
+    assert_eq!(survivors.len(), 2);
+
+    // Writes through the survivors succeed again within the bound.
+    let mut attempt = 0;
+    let resumed = poll_for(FAILOVER_BOUND + Duration::from_secs(5), || {
+        attempt += 1;
+        let node = survivors[attempt % 2];
+        let out = etcdctl_timeout(
+            &[c.endpoint(node)],
+            Duration::from_millis(1000),
+            &["put", "/after-kill", "first"],
+        );
+        out.success().then(Instant::now)
+    })
+    .map(|t| t - killed_at);
+    match resumed {
+        Some(after) => {
+            eprintln!("writes resumed {after:?} after the leader was killed");
+            assert!(
+            after <= FAILOVER_BOUND,
+            "writes resumed only {after:?} after the leader was killed (bound {FAILOVER_BOUND:?})"
+            )
+        }
+        None => panic!(
+            "no write succeeded within {FAILOVER_BOUND:?} + 5 s after the leader was killed\n{}",
+            c.logs()
+        ),
+    }
+    acked.push(("/after-kill".into(), "first".into()));
+
+    let new_leader = c.leader();
+    assert_ne!(new_leader, old_leader);
+    assert!(c.status(new_leader).expect("status").leader == c.member_id(new_leader));
+
+    // Nothing acknowledged is lost.
+    for &i in &survivors {
+        let j = c.ctl_json(i, &["get", "/a", "--prefix"]);
+        assert_eq!(
+            kvs(&j),
+            acked,
+            "acknowledged writes on node {i} after failover"
+        );
+    }
+
+    // More writes while the old leader is down.
+    for n in 15..30 {
+        let (key, value) = (format!("/ack/{n:03}"), format!("v{n}"));
+        c.ctl(survivors[n % 2], &["put", &key, &value]).expect_ok();
+        acked.push((key, value));
+    }
+    acked.sort();
+    let latest = c.ctl_json(survivors[0], &["put", "/latest", "final"]);
+    let latest_rev = json_i64(&latest["header"], "revision");
+
+    // The killed node restarts with its data dir and catches up.
+    c.restart(old_leader);
+    wait_until(
+        Duration::from_secs(10),
+        "restarted node to catch up",
+        || local_value(&c, old_leader, "/latest").as_deref() == Some("final"),
+    );
+    let j = c.ctl_json(old_leader, &["get", "/a", "--prefix", "--consistency=s"]);
+    assert_eq!(kvs(&j), acked, "restarted node has every write");
+    assert!(json_i64(&j["header"], "revision") >= latest_rev);
+    // It serves linearizable reads and writes again, and is a member.
+    assert_eq!(
+        c.ctl(old_leader, &["get", "/latest"]).expect_ok().stdout,
+        "/latest\nfinal\n"
+    );
+    c.ctl(old_leader, &["put", "/latest", "again"]).expect_ok();
+    for i in 0..3 {
+        wait_until(
+            Duration::from_secs(5),
+            "write through the restarted node",
+            || local_value(&c, i, "/latest").as_deref() == Some("again"),
+        );
+    }
+    let st = c.status(old_leader).expect("status");
+    assert_eq!(
+        st.member_id,
+        c.member_id(old_leader),
+        "same member id after restart"
+    );
+    assert_ne!(st.leader, 0);
+}
+
+#[test]
+fn killed_follower_restarts_and_catches_up() {
+    let mut c = Cluster::start(3);
+    let follower = c.followers()[0];
+    c.ctl(follower, &["put", "/f/before", "1"]).expect_ok();
+    c.kill(follower);
+
+    // The two remaining nodes are a quorum: writes go on.
+    let up = c.running();
+    for n in 0..100 {
+        c.ctl(up[n % 2], &["put", &format!("/f/{n:03}"), &n.to_string()])
+            .expect_ok();
+    }
+    let last = c.ctl_json(up[0], &["put", "/f/last", "x"]);
+    let last_rev = json_i64(&last["header"], "revision");
+
+    c.restart(follower);
+    wait_until(Duration::from_secs(10), "follower to catch up", || {
+        local_value(&c, follower, "/f/last").as_deref() == Some("x")
+    });
+    let j = c.ctl_json(
+        follower,
+        &["get", "/f/", "--prefix", "--consistency=s", "--keys-only"],
+    );
+    assert_eq!(json_i64(&j, "count"), 102);
+    assert_eq!(json_i64(&j["header"], "revision"), last_rev);
+}
+
+/// Keeps a lease alive with `etcdctl lease keep-alive --once` every `period`
+/// through `endpoint`, from a thread, until dropped. Records when each
+/// acknowledged keepalive was sent.
+struct KeepAliver {
+    stop: Arc<AtomicBool>,
+    acks: Arc<Mutex<Vec<Instant>>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl KeepAliver {
+    fn start(endpoint: String, hex: String, period: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acks = Arc::new(Mutex::new(Vec::new()));
+        let thread = {
+            let (stop, acks) = (stop.clone(), acks.clone());
+            thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let sent = Instant::now();
+                    let out = etcdctl_timeout(
+                        std::slice::from_ref(&endpoint),
+                        Duration::from_millis(1000),
+                        &["lease", "keep-alive", "--once", &hex],
+                    );
+                    if out.success() {
+                        acks.lock().expect("acks").push(sent);
+                    }
+                    // Next keepalive one period after this one was sent.
+                    let next = sent + period;
+                    while !stop.load(Ordering::Relaxed) && Instant::now() < next {
+                        thread::sleep(Duration::from_millis(20));
+                    }
+                }
+            })
+        };
+        KeepAliver {
+            stop,
+            acks,
+            thread: Some(thread),
+        }
+    }
+
+    fn acks(&self) -> Vec<Instant> {
+        self.acks.lock().expect("acks").clone()
+    }
+}
+
+impl Drop for KeepAliver {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn lease_kept_alive_through_leader_failover_does_not_expire() {
+    const TTL: u64 = 5;
+    let mut c = Cluster::start(3);
+    let leader = c.leader();
+    let f = c.followers();
+    let (keeper, other) = (f[0], f[1]);
+
+    let out = c
+        .ctl(keeper, &["lease", "grant", &TTL.to_string()])
+        .expect_ok();
+    let hex = lease_hex(parse_lease_grant(&out));
+    c.ctl(
+        keeper,
+        &["put", "/held", "alive", &format!("--lease={hex}")],
+    )
+    .expect_ok();
+
+    let keepalive = KeepAliver::start(
+        c.endpoint(keeper),
+        hex.clone(),
+        Duration::from_secs(TTL) / 3,
+    );
+    wait_until(
+        Duration::from_secs(3),
+        "a first keepalive acknowledged",
+        || !keepalive.acks().is_empty(),
+    );
+
+    let killed_at = Instant::now();
+    c.kill(leader);
+
+    // For 2 x TTL after the kill, the key never disappears on either survivor.
+    let watch_until = killed_at + Duration::from_secs(2 * TTL);
+    let mut reads = 0;
+    while Instant::now() < watch_until {
+        for i in [keeper, other] {
+            let value = local_value(&c, i, "/held");
+            assert_eq!(
+                value.as_deref(),
+                Some("alive"),
+                "lease expired on node {i} {:?} after the leader was killed, although kept alive (acks sent at {:?} after the kill)",
+                killed_at.elapsed(),
+                keepalive
+                    .acks()
+                    .iter()
+                    .filter(|&&t| t > killed_at)
+                    .map(|&t| t - killed_at)
+                    .collect::<Vec<_>>()
+            );
+            reads += 1;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(reads > 10);
+
+    // Keepalives were acknowledged again after the failover.
+    let acks_after: Vec<Duration> = keepalive
+        .acks()
+        .iter()
+        .filter(|&&t| t > killed_at)
+        .map(|&t| t - killed_at)
+        .collect();
+    eprintln!("keepalives acknowledged after the kill, sent at: {acks_after:?}");
+    assert!(
+        acks_after.len() >= 2,
+        "keepalives acknowledged after the kill (sent at): {acks_after:?}"
+    );
+    drop(keepalive);
+
+    // A linearizable read through the new cluster still has it, and the
+    // lease is live.
+    assert_eq!(
+        c.ctl(other, &["get", "/held"]).expect_ok().stdout,
+        "/held\nalive\n"
+    );
+    let j = c.ctl_json(other, &["lease", "timetolive", &hex]);
+    assert!(json_i64(&j, "ttl") > 0, "lease still live: {j}");
+    assert_eq!(json_i64(&j, "granted-ttl"), TTL as i64);
+
+    // Once the keepalives stop, it does expire (within TTL + election + slack).
+    wait_until(
+        Duration::from_secs(TTL + 5),
+        "lease to expire once keepalives stopped",
+        || kvs(&c.ctl_json(other, &["get", "/held"])).is_empty(),
+    );
+}
