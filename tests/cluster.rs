@@ -292,19 +292,14 @@ fn leader_killed_writes_resume_nothing_lost_and_node_catches_up() {
         out.success().then(Instant::now)
     })
     .map(|t| t - killed_at);
-    match resumed {
-        Some(after) => {
-            eprintln!("writes resumed {after:?} after the leader was killed");
-            assert!(
-            after <= FAILOVER_BOUND,
-            "writes resumed only {after:?} after the leader was killed (bound {FAILOVER_BOUND:?})"
-            )
-        }
-        None => panic!(
-            "no write succeeded within {FAILOVER_BOUND:?} + 5 s after the leader was killed\n{}",
-            c.logs()
-        ),
-    }
+    let Some(after) = resumed else {
+        panic!("no write succeeded within {FAILOVER_BOUND:?} + 5 s after the leader was killed");
+    };
+    eprintln!("writes resumed {after:?} after the leader was killed");
+    assert!(
+        after <= FAILOVER_BOUND,
+        "writes resumed {after:?} after the leader was killed (bound {FAILOVER_BOUND:?})"
+    );
     acked.push(("/after-kill".into(), "first".into()));
 
     let new_leader = c.leader();

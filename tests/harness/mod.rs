@@ -674,10 +674,7 @@ impl Cluster {
                 Err(Retry(e)) => e,
             };
             if Instant::now() >= deadline {
-                return Err(format!(
-                    "not ready after {timeout:?}: {last_problem}\n{}",
-                    self.logs()
-                ));
+                return Err(format!("not ready after {timeout:?}: {last_problem}"));
             }
             thread::sleep(POLL_INTERVAL);
         }
@@ -693,9 +690,8 @@ impl Cluster {
             }
             if let Some(status) = self.exited(i) {
                 return Err(Fatal(format!(
-                    "{} exited with {status} during startup\n{}",
-                    self.nodes[i].cfg.name,
-                    self.logs()
+                    "{} exited with {status} during startup",
+                    self.nodes[i].cfg.name
                 )));
             }
             let endpoint = self.endpoint(i);
@@ -855,10 +851,7 @@ impl Cluster {
             None => {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!(
-                    "{name} still running {timeout:?} after SIGTERM\n{}",
-                    self.logs()
-                );
+                panic!("{name} still running {timeout:?} after SIGTERM");
             }
         }
     }
@@ -883,21 +876,13 @@ impl Cluster {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.exited(i) {
-                panic!(
-                    "{} exited with {status}\n{}",
-                    self.nodes[i].cfg.name,
-                    self.logs()
-                );
+                panic!("{} exited with {status}", self.nodes[i].cfg.name);
             }
             if endpoint_healthy(&self.endpoint(i), Duration::from_secs(1)) {
                 return;
             }
             if Instant::now() >= deadline {
-                panic!(
-                    "{} not healthy after {timeout:?}\n{}",
-                    self.nodes[i].cfg.name,
-                    self.logs()
-                );
+                panic!("{} not healthy after {timeout:?}", self.nodes[i].cfg.name);
             }
             thread::sleep(POLL_INTERVAL);
         }

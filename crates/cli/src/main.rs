@@ -2,6 +2,7 @@
 //! names for `serve`), sets up tracing (process-global state belongs here, not in
 //! the library), and runs the chosen command.
 
+mod bench;
 mod dev;
 mod duration;
 mod serve;
@@ -26,6 +27,8 @@ enum Command {
     Serve(Box<serve::ServeArgs>),
     /// Run a local 3-node cluster (three `roster serve` processes) until Ctrl-C.
     Dev(dev::DevArgs),
+    /// Measure a cluster through the etcd API (works against etcd too).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -44,6 +47,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Serve(args) => serve::run(*args).await,
             Command::Dev(args) => dev::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
         }
     });
     match result {

@@ -18,5 +18,5 @@ mod types;
 pub use log_store::LogStore;
 pub use sled_engine::SledEngine;
 pub use state_store::{SharedState, StateStore};
-pub use storage::{open_storage, Storage, StorageOptions};
+pub use storage::{open_storage, OpenError, Storage, StorageOptions, DEFAULT_CACHE_CAPACITY};
 pub use types::{ApplyObserver, Member, NodeId, Raft, TypeConfig};

@@ -111,11 +111,16 @@ fn write_snapshot_err(meta: &Meta, e: StateStoreError) -> StorageError<NodeId> {
     StorageIOError::write_snapshot(Some(meta.signature()), AnyError::new(&e)).into()
 }
 
-/// What applying one entry means for the state machine: the command, the metadata
-/// to store with it, and whether the observer hears of it (client commands only).
-fn prepare(
-    entry: Entry<TypeConfig>,
-) -> Result<(Command, Vec<(Vec<u8>, Vec<u8>)>, bool), StateStoreError> {
+/// What applying one entry means for the state machine.
+struct Prepared {
+    command: Command,
+    /// Stored in the same atomic batch as the command's effects.
+    meta: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Whether the observer hears of it (client commands only).
+    observed: bool,
+}
+
+fn prepare(entry: Entry<TypeConfig>) -> Result<Prepared, StateStoreError> {
     let mut meta = vec![(APPLIED_META.to_vec(), encode(&entry.log_id)?)];
     let (command, observed) = match entry.payload {
         EntryPayload::Normal(command) => (command, true),
@@ -126,7 +131,19 @@ fn prepare(
             (Command::Noop, false)
         }
     };
-    Ok((command, meta, observed))
+    Ok(Prepared {
+        command,
+        meta,
+        observed,
+    })
+}
+
+/// A failed apply, with the entry it failed on (kept small: openraft's
+/// `StorageError` is over 200 bytes).
+type ApplyFailure = (LogId<NodeId>, StateStoreError);
+
+fn apply_err((log_id, e): ApplyFailure) -> StorageError<NodeId> {
+    StorageIOError::apply(log_id, AnyError::new(&e)).into()
 }
 
 impl StateStore {
@@ -161,16 +178,15 @@ impl StateStore {
 
     /// Applies one entry; the lock is released before the observer runs, so the
     /// observer may read the state.
-    fn apply_one(&self, entry: Entry<TypeConfig>) -> StorageResult<Response> {
+    fn apply_one(&self, entry: Entry<TypeConfig>) -> Result<Response, ApplyFailure> {
         let log_id = entry.log_id;
-        let apply_err = |e: StateStoreError| StorageIOError::apply(log_id, AnyError::new(&e));
-        let (command, meta, observed) = prepare(entry).map_err(apply_err)?;
+        let p = prepare(entry).map_err(|e| (log_id, e))?;
         let applied = self
             .write()
-            .and_then(|mut sm| Ok(sm.apply(&command, meta)?))
-            .map_err(apply_err)?;
-        if observed {
-            self.observer.applied(log_id.index, &command, &applied);
+            .and_then(|mut sm| Ok(sm.apply(&p.command, p.meta)?))
+            .map_err(|e| (log_id, e))?;
+        if p.observed {
+            self.observer.applied(log_id.index, &p.command, &applied);
         }
         Ok(applied.response)
     }
@@ -278,10 +294,11 @@ impl RaftStateMachine<TypeConfig> for StateStore {
             entries
                 .into_iter()
                 .map(|entry| this.apply_one(entry))
-                .collect::<StorageResult<Vec<_>>>()
+                .collect::<Result<Vec<_>, _>>()
         });
         task.await
             .map_err(|e| write_sm_err(StateStoreError::Task(e)))?
+            .map_err(apply_err)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {

@@ -319,6 +319,7 @@ where
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use std::sync::{Arc, Mutex};
 
@@ -411,6 +412,24 @@ mod tests {
         .unwrap();
         assert!(matches!(gc.flush_blocking(), Err(FlushError::Io(_))));
         assert!(matches!(gc.flush_blocking(), Err(FlushError::Io(_))));
+    }
+
+    #[test]
+    fn durable_flush_syncs_the_blobs_sled_leaves_unsynced() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let opts = StorageOptions::new(dir.path());
+        let db = open_db(&opts).unwrap();
+        let mut durable = DurableFlush::open(db.clone(), dir.path()).unwrap();
+        // Over sled's blob threshold (segment size 512 KiB / 4): stored in blobs/.
+        db.insert(b"big", vec![7u8; 256 * 1024]).unwrap();
+        durable.flush().unwrap();
+        assert!(
+            !durable.synced_blobs.is_empty(),
+            "the blob was found and synced"
+        );
+        let synced = durable.synced_blobs.clone();
+        durable.flush().unwrap();
+        assert_eq!(durable.synced_blobs, synced, "blobs are synced once");
     }
 
     #[test]

@@ -24,13 +24,13 @@ openraft::declare_raft_types!(
 
 pub type Raft = openraft::Raft<TypeConfig>;
 
-/// What the membership config knows of a member: enough to reach its peer port
-/// (raft traffic) and its client port (forwarded requests, `MemberList`).
+/// What the membership config knows of a member: its name and how to reach its
+/// peer port (raft traffic, forwarded requests). Client URLs are published
+/// through the state machine once the member runs (`Command::PublishMember`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
     pub name: String,
     pub peer_urls: Vec<String>,
-    pub client_urls: Vec<String>,
 }
 
 impl fmt::Display for Member {

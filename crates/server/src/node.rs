@@ -19,7 +19,7 @@ use roster_proto::etcdserverpb::lease_server::LeaseServer;
 use roster_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use roster_raft::network::RaftPeerService;
 use roster_raft::{open_storage, ApplyObserver, Member, NodeId, Raft, StorageOptions, TypeConfig};
-use roster_state::{Applied, Command};
+use roster_state::{Applied, Command, MemberAttrs};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -50,6 +50,12 @@ pub enum StartError {
     Storage { dir: String, reason: String },
     #[error("raft: {0}")]
     Raft(String),
+    #[error(
+        "--initial-cluster-state existing with an empty data dir ({dir}) means joining a \
+         running cluster, which needs MemberAdd: not supported yet. Start the cluster's \
+         members together with --initial-cluster-state new"
+    )]
+    JoinUnsupported { dir: String },
 }
 
 /// A running node. Dropping it does not stop it: call [`RunningNode::shutdown`].
@@ -100,11 +106,10 @@ fn initial_members(config: &NodeConfig) -> Result<(BTreeMap<NodeId, Member>, Nod
             own = Some(id);
         }
         // Every member bootstraps the same membership, so it holds only what all
-        // of them know: names and peer URLs.
+        // of them know.
         let member = Member {
             name: m.name.clone(),
             peer_urls: m.peer_urls.clone(),
-            client_urls: Vec::new(),
         };
         members.insert(id, member);
     }
@@ -139,21 +144,29 @@ impl RunningNode {
             member_id,
             cluster_id,
         };
-        let fresh = identity::check_and_store(&config.data_dir, &ident)?;
+        let fresh = identity::load(&config.data_dir)?.is_none();
+        if fresh && config.initial_cluster_state == ClusterState::Existing {
+            return Err(StartError::JoinUnsupported {
+                dir: config.data_dir.display().to_string(),
+            });
+        }
+        identity::check_and_store(&config.data_dir, &ident)?;
         let peer_listeners = bind_all("--listen-peer-urls", &config.listen_peer_urls).await?;
         let client_listeners = bind_all("--listen-client-urls", &config.listen_client_urls).await?;
 
-        let storage = open_storage(
-            StorageOptions {
-                dir: config.data_dir.join("sled"),
-                cache_capacity: config.cache_capacity,
-            },
-            Arc::new(NoObserver),
-        )
-        .map_err(|e| StartError::Storage {
+        let options = StorageOptions {
+            dir: config.data_dir.join("sled"),
+            cache_capacity: config.cache_capacity,
+        };
+        let storage_error = |reason: String| StartError::Storage {
             dir: config.data_dir.display().to_string(),
-            reason: e.to_string(),
-        })?;
+            reason,
+        };
+        // Opening sled and fsyncing its files blocks: keep it off the runtime.
+        let storage = tokio::task::spawn_blocking(move || open_storage(options, Arc::new(NoObserver)))
+            .await
+            .map_err(|e| storage_error(e.to_string()))?
+            .map_err(|e| storage_error(e.to_string()))?;
         let shared = storage.state.shared();
         let raft_config = config
             .raft_config()
@@ -168,7 +181,13 @@ impl RunningNode {
         )
         .await
         .map_err(|e| StartError::Raft(e.to_string()))?;
-        if fresh && config.initial_cluster_state == ClusterState::New {
+        // Keyed on raft's own state, not on the identity file, so that a crash
+        // between writing the identity and the membership is recovered on restart.
+        let initialized = raft
+            .is_initialized()
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        if !initialized && config.initial_cluster_state == ClusterState::New {
             bootstrap(&raft, members).await?;
         }
 
@@ -190,6 +209,14 @@ impl RunningNode {
             min_lease_ttl: config.min_lease_ttl(),
             data_dir: config.data_dir.clone(),
         };
+        tokio::spawn(publish_attributes(
+            router.clone(),
+            MemberAttrs {
+                id: member_id,
+                name: config.name.clone(),
+                client_urls: config.advertise_client_urls.clone(),
+            },
+        ));
         let (stop, stopped) = watch::channel(false);
         let mut servers = Vec::new();
         for listener in peer_listeners {
@@ -244,6 +271,17 @@ async fn bootstrap(raft: &Raft, members: BTreeMap<NodeId, Member>) -> Result<(),
         Ok(()) => Ok(()),
         Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
         Err(e) => Err(StartError::Raft(e.to_string())),
+    }
+}
+
+/// Publishes this member's client URLs through the log, retrying until a leader
+/// commits them (a node may start long before a quorum is up).
+async fn publish_attributes(router: Router, attrs: MemberAttrs) {
+    loop {
+        match router.propose(Command::PublishMember(attrs.clone())).await {
+            Ok(_) => return,
+            Err(e) => tracing::debug!(error = %e, "publishing member attributes, retrying"),
+        }
     }
 }
 

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::StateError;
 use crate::keyspace::{KeyValue, RemovalReason};
+use crate::members::MemberAttrs;
 
 /// One entry of the replicated log, as the state machine sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +42,8 @@ pub enum Command {
     /// The leases were kept alive after their last checkpoint: clears it, so a new
     /// leader restarts them at their full TTL. Unknown ids are skipped.
     LeaseRenewed { ids: Vec<i64> },
+    /// A member publishes its attributes (client URLs) after it starts.
+    PublishMember(MemberAttrs),
     /// No change; used by a new leader to commit an entry of its term.
     Noop,
 }
@@ -72,7 +75,7 @@ pub enum Response {
         revision: i64,
         revoked: Vec<i64>,
     },
-    /// Checkpoint, renewed, noop.
+    /// Checkpoint, renewed, publish, noop.
     Done {
         revision: i64,
     },

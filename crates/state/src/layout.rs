@@ -21,6 +21,8 @@ pub(crate) const LEASE: &[u8] = b"l/";
 pub(crate) const ATTACH: &[u8] = b"a/";
 /// `m/<name>`: the caller's metadata (arbitrary names).
 pub(crate) const META: &[u8] = b"m/";
+/// `p/<id>`: attributes a member published (u64 id, big-endian).
+pub(crate) const MEMBER: &[u8] = b"p/";
 /// `s/revision`: the store revision (i64, big-endian). Absent: revision 1.
 pub(crate) const REVISION: &[u8] = b"s/revision";
 /// `s/lease_seq`: the counter behind generated lease ids (u64, big-endian).
@@ -72,6 +74,10 @@ pub(crate) fn attach_prefix(id: i64) -> Vec<u8> {
 
 pub(crate) fn attach_key(id: i64, key: &[u8]) -> Vec<u8> {
     join(&attach_prefix(id), key)
+}
+
+pub(crate) fn member_key(id: u64) -> Vec<u8> {
+    join(MEMBER, &id.to_be_bytes())
 }
 
 pub(crate) fn meta_key(name: &[u8]) -> Vec<u8> {

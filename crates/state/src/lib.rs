@@ -19,6 +19,7 @@
 //! | `e/<rev><sub>`    | [`Event`]: every put and delete, with the removal reason     |
 //! | `l/<id>`          | [`Lease`]                                                    |
 //! | `a/<id><key>`     | empty: the keys attached to a lease                          |
+//! | `p/<id>`          | [`MemberAttrs`] a member published                          |
 //! | `m/<name>`        | the caller's opaque metadata (`apply`'s `meta`), any name    |
 //! | `s/revision`      | the store revision, i64; absent = 1 (an empty store)         |
 //! | `s/lease_seq`     | u64 counter behind generated lease ids (`LeaseGrant{id: 0}`) |
@@ -36,6 +37,7 @@ mod keyspace;
 mod layout;
 mod lease;
 mod machine;
+mod members;
 mod snapshot;
 #[cfg(test)]
 mod tests;
@@ -47,4 +49,5 @@ pub use error::StateError;
 pub use keyspace::{Event, EventKind, KeyValue, RangeRequest, RangeResult, RemovalReason};
 pub use lease::{Lease, MAX_LEASE_TTL};
 pub use machine::{Applied, StateMachine};
+pub use members::MemberAttrs;
 pub use snapshot::SnapshotData;

@@ -30,6 +30,7 @@ use crate::error::Fail;
 use crate::keyspace::{self, Event, PutArgs, RangeRequest, RangeResult};
 use crate::layout;
 use crate::lease::{self, Lease};
+use crate::members::{self, MemberAttrs};
 use crate::snapshot::SnapshotData;
 use crate::tx::Tx;
 
@@ -148,6 +149,15 @@ impl<E: Engine> StateMachine<E> {
             .collect()
     }
 
+    /// The attributes every member published, by id.
+    pub fn members(&self) -> Result<Vec<MemberAttrs>, EngineError> {
+        let end = layout::prefix_end(layout::MEMBER);
+        self.engine
+            .scan(layout::MEMBER, end.as_deref())
+            .map(|item| layout::decode(&item?.1))
+            .collect()
+    }
+
     /// Every pair of the engine, in key order.
     pub fn snapshot(&self) -> Result<SnapshotData, EngineError> {
         let pairs = self.engine.scan(&[], None).collect::<Result<_, _>>()?;
@@ -201,6 +211,7 @@ fn execute<E: Engine>(tx: &mut Tx<'_, E>, cmd: &Command) -> Result<Response, Fai
         Command::LeaseExpire { ids } => lease::expire(tx, ids),
         Command::LeaseCheckpoint { remaining_ms } => lease::checkpoint(tx, remaining_ms),
         Command::LeaseRenewed { ids } => lease::renewed(tx, ids),
+        Command::PublishMember(attrs) => members::publish(tx, attrs),
         Command::Noop => Ok(Response::Done {
             revision: tx.revision(),
         }),

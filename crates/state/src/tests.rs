@@ -729,6 +729,28 @@ fn noop_changes_nothing() {
     assert_eq!(sm.snapshot().expect("snapshot"), before);
 }
 
+#[test]
+fn published_member_attributes_are_kept_by_id_and_replaced() {
+    let mut sm = abcde();
+    let attrs = |id: u64, url: &str| crate::MemberAttrs {
+        id,
+        name: format!("n{id}"),
+        client_urls: vec![url.to_string()],
+    };
+    steps(
+        &mut sm,
+        vec![
+            (Command::PublishMember(attrs(2, "http://b")), done(6)),
+            (Command::PublishMember(attrs(1, "http://a")), done(6)),
+            (Command::PublishMember(attrs(2, "http://c")), done(6)),
+        ],
+    );
+    assert_eq!(
+        sm.members().expect("members"),
+        vec![attrs(1, "http://a"), attrs(2, "http://c")]
+    );
+}
+
 // ---- metadata, atomicity, storage failures -----------------------------------------
 
 /// A [`MemEngine`] that counts batches and can be told to fail writes.

@@ -77,7 +77,6 @@ pub fn membership(term: u64, index: u64, voters: &[u64]) -> Entry<TypeConfig> {
             let member = Member {
                 name: format!("n{id}"),
                 peer_urls: vec![format!("http://127.0.0.1:{}", 2380 + id)],
-                client_urls: vec![],
             };
             (*id, member)
         })

@@ -12,21 +12,27 @@ use tonic::{Request, Response, Status};
 use super::EtcdApi;
 
 impl EtcdApi {
-    /// Members of the current membership, voters and learners, by id.
-    fn members(&self) -> Vec<Member> {
+    /// Members of the current membership, voters and learners, by id, with the
+    /// client URLs each published.
+    fn members(&self) -> Result<Vec<Member>, Status> {
+        let published = self.read(|sm| sm.members().map_err(super::errors::engine_status))?;
         let metrics = self.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership().clone();
         let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
-        membership
+        let members = membership
             .nodes()
-            .map(|(id, node)| Member {
-                id: *id,
-                name: node.name.clone(),
-                peer_ur_ls: node.peer_urls.clone(),
-                client_ur_ls: node.client_urls.clone(),
-                is_learner: !voters.contains(id),
+            .map(|(id, node)| {
+                let attrs = published.iter().find(|a| a.id == *id);
+                Member {
+                    id: *id,
+                    name: attrs.map_or_else(|| node.name.clone(), |a| a.name.clone()),
+                    peer_ur_ls: node.peer_urls.clone(),
+                    client_ur_ls: attrs.map_or_else(Vec::new, |a| a.client_urls.clone()),
+                    is_learner: !voters.contains(id),
+                }
             })
-            .collect()
+            .collect();
+        Ok(members)
     }
 }
 
@@ -64,7 +70,7 @@ impl Cluster for EtcdApi {
         self.before_read(!req.into_inner().linearizable).await?;
         Ok(Response::new(MemberListResponse {
             header: self.header(self.revision()?),
-            members: self.members(),
+            members: self.members()?,
         }))
     }
 
