@@ -11,8 +11,8 @@ use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
 use harness::{
-    b64, is_etcd, json_i64, json_u64, kvs, lease_hex, parse_lease_grant, run_server_to_exit,
-    wait_for, wait_until, with_flag, Cluster, NodeConfig,
+    b64, ctl_endpoint, is_etcd, json_i64, json_u64, kvs, lease_hex, parse_lease_grant,
+    run_server_to_exit, wait_for, wait_until, with_flag, Cluster, NodeConfig,
 };
 use roster_proto::etcdserverpb::{
     cluster_client::ClusterClient, kv_client::KvClient, lease_client::LeaseClient,
@@ -470,7 +470,7 @@ fn member_list_and_endpoint_status() {
     let out = c.ctl(0, &["endpoint", "status"]).expect_ok();
     let fields: Vec<&str> = out.stdout.trim_end().split(", ").collect();
     assert!(fields.len() >= 8, "{out}");
-    assert_eq!(fields[0], c.endpoint(0));
+    assert_eq!(fields[0], ctl_endpoint(&c.endpoint(0)));
     assert_eq!(fields[1], format!("{id:x}"));
     assert_eq!(fields[2], st.version);
     assert_eq!(fields[4], "true", "is leader: {out}");
@@ -482,7 +482,7 @@ fn member_list_and_endpoint_status() {
     assert!(
         out.stderr.contains(&format!(
             "{} is healthy: successfully committed proposal: took = ",
-            c.endpoint(0)
+            ctl_endpoint(&c.endpoint(0))
         )),
         "{out}"
     );

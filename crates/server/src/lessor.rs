@@ -374,7 +374,7 @@ impl Lessor {
             }
             let ids: Vec<i64> = batch.iter().map(|r| r.id).collect();
             let result = self.renew_batch(&ids).await;
-            for (req, answer) in batch.into_iter().zip(result.into_iter()) {
+            for (req, answer) in batch.into_iter().zip(result) {
                 let _ = req.reply.send(answer);
             }
         }

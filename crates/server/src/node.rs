@@ -163,10 +163,11 @@ impl RunningNode {
             reason,
         };
         // Opening sled and fsyncing its files blocks: keep it off the runtime.
-        let storage = tokio::task::spawn_blocking(move || open_storage(options, Arc::new(NoObserver)))
-            .await
-            .map_err(|e| storage_error(e.to_string()))?
-            .map_err(|e| storage_error(e.to_string()))?;
+        let storage =
+            tokio::task::spawn_blocking(move || open_storage(options, Arc::new(NoObserver)))
+                .await
+                .map_err(|e| storage_error(e.to_string()))?
+                .map_err(|e| storage_error(e.to_string()))?;
         let shared = storage.state.shared();
         let raft_config = config
             .raft_config()

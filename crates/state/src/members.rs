@@ -5,8 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::command::Response;
-use crate::layout;
 use crate::error::Fail;
+use crate::layout;
 use crate::tx::Tx;
 use crate::Engine;
 
@@ -18,7 +18,10 @@ pub struct MemberAttrs {
     pub client_urls: Vec<String>,
 }
 
-pub(crate) fn publish<E: Engine>(tx: &mut Tx<'_, E>, attrs: &MemberAttrs) -> Result<Response, Fail> {
+pub(crate) fn publish<E: Engine>(
+    tx: &mut Tx<'_, E>,
+    attrs: &MemberAttrs,
+) -> Result<Response, Fail> {
     tx.put(layout::member_key(attrs.id), layout::encode(attrs)?);
     Ok(Response::Done {
         revision: tx.revision(),
