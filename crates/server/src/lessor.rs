@@ -22,12 +22,13 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use openraft::ServerState;
-use roster_raft::{Raft, SharedState};
-use roster_state::{Command, Response};
+use roster_raft::{ApplyObserver, Raft, SharedState};
+use roster_state::{Applied, Command, Response};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
@@ -147,6 +148,9 @@ struct Inner {
     /// that include every acknowledged keepalive, and a keepalive after a
     /// checkpoint records the renewal before it is acknowledged.
     order: tokio::sync::Mutex<()>,
+    /// Counts grants and revocations applied, so that `promote` can tell whether
+    /// the lease table changed while it read it.
+    changes: AtomicU64,
 }
 
 impl Lessor {
@@ -163,6 +167,7 @@ impl Lessor {
                 wake: Notify::new(),
                 keepalives: tx,
                 order: tokio::sync::Mutex::new(()),
+                changes: AtomicU64::new(0),
             }),
         };
         tokio::spawn(lessor.clone().watch_leadership());
@@ -190,21 +195,25 @@ impl Lessor {
         self.clocks().term.is_some()
     }
 
-    /// Told of every command this node proposed as leader and saw applied: starts
-    /// clocks of granted leases, stops those of revoked ones.
-    pub fn on_applied(&self, command: &Command, response: &Response) {
-        let mut clocks = self.clocks();
-        if clocks.term.is_none() {
-            return;
-        }
-        match (command, response) {
-            (Command::LeaseGrant { .. }, Response::LeaseGranted { id, ttl, .. }) => {
-                let deadline = Instant::now() + ttl_duration(*ttl);
-                clocks.set(*id, *ttl, deadline, false);
-                drop(clocks);
-                self.inner.wake.notify_one();
+    /// Follows the applied log (called inside apply, on every node): starts the
+    /// clock of a granted lease and stops those of revoked or expired ones at
+    /// the moment the state machine changes, so no keepalive can renew a lease
+    /// whose keys are already gone.
+    fn observe(&self, response: &Response) {
+        match response {
+            Response::LeaseGranted { id, ttl, .. } => {
+                let mut clocks = self.clocks();
+                self.inner.changes.fetch_add(1, Ordering::SeqCst);
+                if clocks.term.is_some() {
+                    let deadline = Instant::now() + ttl_duration(*ttl);
+                    clocks.set(*id, *ttl, deadline, false);
+                    drop(clocks);
+                    self.inner.wake.notify_one();
+                }
             }
-            (_, Response::LeaseRevoked { revoked, .. }) => {
+            Response::LeaseRevoked { revoked, .. } => {
+                let mut clocks = self.clocks();
+                self.inner.changes.fetch_add(1, Ordering::SeqCst);
                 for id in revoked {
                     clocks.leases.remove(id);
                 }
@@ -273,18 +282,24 @@ impl Lessor {
             tracing::info!(term, error = %e, "lessor: leadership not confirmed");
             return;
         }
-        let leases = match self.inner.state.read() {
-            Ok(sm) => sm.leases(),
-            Err(_) => return,
-        };
-        let leases = match leases {
-            Ok(leases) => leases,
-            Err(e) => {
-                tracing::error!(error = %e, "lessor: cannot read leases");
-                return;
+        // Read the lease table, then start the clocks under the clocks lock only
+        // if no grant or revoke was applied in between (else read again): applies
+        // after that point find us primary and update the clocks themselves.
+        let (leases, mut clocks) = loop {
+            let seen = self.inner.changes.load(Ordering::SeqCst);
+            let leases = match self.inner.state.read().map(|sm| sm.leases()) {
+                Ok(Ok(leases)) => leases,
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "lessor: cannot read leases");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let clocks = self.clocks();
+            if self.inner.changes.load(Ordering::SeqCst) == seen {
+                break (leases, clocks);
             }
         };
-        let mut clocks = self.clocks();
         let m = self.inner.raft.metrics().borrow().clone();
         if m.state != ServerState::Leader || m.current_term != term {
             return;
@@ -331,15 +346,15 @@ impl Lessor {
             return;
         }
         let command = Command::LeaseExpire { ids: due.clone() };
-        match self.inner.raft.client_write(command.clone()).await {
-            Ok(resp) => {
+        match self.inner.raft.client_write(command).await {
+            Ok(_) => {
+                // Revoked ids left the clocks when applied; ids that were
+                // already gone must leave too.
                 tracing::debug!(count = due.len(), "lessor: expired");
                 let mut clocks = self.clocks();
                 for id in &due {
                     clocks.leases.remove(id);
                 }
-                drop(clocks);
-                self.on_applied(&command, &resp.data);
             }
             Err(e) => {
                 tracing::warn!(count = due.len(), error = %e, "lessor: expiry not committed, will retry");
@@ -498,6 +513,36 @@ impl Lessor {
             if let Some(clock) = clocks.leases.get_mut(id) {
                 clock.checkpointed = true;
             }
+        }
+    }
+}
+
+/// The lessor's seat in the apply path. Storage is opened (and may replay the
+/// log) before the lessor exists, so it is attached once the node has one;
+/// applies before that are covered by `promote` reading the lease table.
+#[derive(Default)]
+pub struct LessorObserver {
+    lessor: OnceLock<Lessor>,
+}
+
+impl LessorObserver {
+    pub fn attach(&self, lessor: Lessor) {
+        let _ = self.lessor.set(lessor);
+    }
+}
+
+impl ApplyObserver for LessorObserver {
+    fn applied(&self, _index: u64, _command: &Command, applied: &Applied) {
+        if let Some(lessor) = self.lessor.get() {
+            lessor.observe(&applied.response);
+        }
+    }
+
+    /// Only followers install snapshots; count it as a change all the same.
+    fn installed_snapshot(&self) {
+        if let Some(lessor) = self.lessor.get() {
+            let _clocks = lessor.clocks();
+            lessor.inner.changes.fetch_add(1, Ordering::SeqCst);
         }
     }
 }

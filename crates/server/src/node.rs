@@ -19,7 +19,7 @@ use roster_proto::etcdserverpb::lease_server::LeaseServer;
 use roster_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use roster_raft::network::RaftPeerService;
 use roster_raft::{open_storage, ApplyObserver, Member, NodeId, Raft, StorageOptions, TypeConfig};
-use roster_state::{Applied, Command, MemberAttrs};
+use roster_state::{Command, MemberAttrs};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -28,7 +28,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use crate::config::{ClusterState, NodeConfig};
 use crate::etcd::{EtcdApi, MAX_GRPC_MESSAGE};
 use crate::identity::{self, Identity};
-use crate::lessor::{Lessor, LessorConfig};
+use crate::lessor::{Lessor, LessorConfig, LessorObserver};
 use crate::route::Router;
 
 /// Why a node could not start.
@@ -65,13 +65,6 @@ pub struct RunningNode {
     pub raft: Raft,
     stop: watch::Sender<bool>,
     servers: Vec<JoinHandle<Result<(), tonic::transport::Error>>>,
-}
-
-/// No watchers yet (issue 3); applied commands need no further delivery.
-struct NoObserver;
-
-impl ApplyObserver for NoObserver {
-    fn applied(&self, _index: u64, _command: &Command, _applied: &Applied) {}
 }
 
 /// The host:port of an `http://host:port` URL.
@@ -163,11 +156,12 @@ impl RunningNode {
             reason,
         };
         // Opening sled and fsyncing its files blocks: keep it off the runtime.
-        let storage =
-            tokio::task::spawn_blocking(move || open_storage(options, Arc::new(NoObserver)))
-                .await
-                .map_err(|e| storage_error(e.to_string()))?
-                .map_err(|e| storage_error(e.to_string()))?;
+        let observer = Arc::new(LessorObserver::default());
+        let apply_observer: Arc<dyn ApplyObserver> = observer.clone();
+        let storage = tokio::task::spawn_blocking(move || open_storage(options, apply_observer))
+            .await
+            .map_err(|e| storage_error(e.to_string()))?
+            .map_err(|e| storage_error(e.to_string()))?;
         let shared = storage.state.shared();
         let raft_config = config
             .raft_config()
@@ -200,6 +194,7 @@ impl RunningNode {
                 checkpoint_interval: config.lease_checkpoint_interval,
             },
         );
+        observer.attach(lessor.clone());
         let router = Router::new(member_id, raft.clone(), lessor);
         let api = EtcdApi {
             raft: raft.clone(),

@@ -186,11 +186,8 @@ impl Router {
     }
 
     async fn write_local(&self, command: Command) -> ForwardReply {
-        match self.raft.client_write(command.clone()).await {
-            Ok(resp) => {
-                self.lessor.on_applied(&command, &resp.data);
-                ForwardReply::Applied(resp.data)
-            }
+        match self.raft.client_write(command).await {
+            Ok(resp) => ForwardReply::Applied(resp.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
                 ForwardReply::NotLeader
             }
