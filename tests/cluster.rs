@@ -528,3 +528,38 @@ fn lease_kept_alive_through_leader_failover_does_not_expire() {
         || kvs(&c.ctl_json(other, &["get", "/held"])).is_empty(),
     );
 }
+
+/// Five members: everyone agrees on the membership, and with two members killed
+/// (the leader among them) the remaining majority of three keeps accepting writes.
+#[test]
+fn five_nodes_survive_two_failures() {
+    let mut c = Cluster::start(5);
+    let members = c.ctl(0, &["member", "list"]).expect_ok();
+    assert_eq!(members.lines().len(), 5, "{members}");
+    c.ctl(1, &["put", "/five", "before"]).expect_ok();
+
+    let leader = c.leader();
+    let other = (leader + 1) % 5;
+    c.kill(leader);
+    c.kill(other);
+    let survivors = c.running();
+    assert_eq!(survivors.len(), 3);
+    let mut attempt = 0;
+    let wrote = poll_for(FAILOVER_BOUND + Duration::from_secs(5), || {
+        attempt += 1;
+        let node = survivors[attempt % 3];
+        let out = etcdctl_timeout(
+            &[c.endpoint(node)],
+            Duration::from_millis(1000),
+            &["put", "/five", "after"],
+        );
+        out.success().then_some(())
+    });
+    assert!(wrote.is_some(), "no write succeeded on the 3 survivors");
+    for &i in &survivors {
+        assert_eq!(
+            c.ctl(i, &["get", "/five"]).expect_ok().stdout,
+            "/five\nafter\n"
+        );
+    }
+}

@@ -412,7 +412,13 @@ impl Lessor {
         }
         let mut clocks = self.clocks();
         let now = Instant::now();
-        if clocks.term.is_none() {
+        // The confirmation says no other leader existed when it began; raft's
+        // own state says whether we gave our vote away since (an old leader may
+        // vote for a candidate once its own lease is over). A vote granted after
+        // this check reaches its candidate after this acknowledgement leaves, and
+        // the new leader starts its clocks only after committing its first entry.
+        let m = self.inner.raft.metrics().borrow().clone();
+        if clocks.term != Some(m.current_term) || m.state != ServerState::Leader {
             return vec![Err(LessorError::NotPrimary); ids.len()];
         }
         if now.duration_since(began) >= self.inner.config.leader_lease_window {
