@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use harness::{
     etcdctl_timeout, json_i64, json_u64, kvs, lease_hex, parse_lease_grant, poll_for, wait_for,
-    wait_until, Cluster,
+    wait_until, Cluster, ClusterOptions,
 };
 use roster_proto::etcdserverpb::{
     kv_client::KvClient, maintenance_client::MaintenanceClient, RangeRequest, StatusRequest,
@@ -562,4 +562,85 @@ fn five_nodes_survive_two_failures() {
             "/five\nafter\n"
         );
     }
+}
+
+/// DESIGN.md lease rule 5: a lease whose holder is gone must not be kept alive by
+/// repeated failovers (etcd #9395, #9888: every election reset the TTL). The
+/// leader checkpoints remaining TTLs every 500 ms; the leader is killed every
+/// cycle, more often than the TTL, so without checkpoints the lease would never
+/// expire. It must go within TTL + failovers x (election + checkpoint interval),
+/// and never before its TTL.
+#[test]
+fn repeated_failovers_do_not_keep_a_dead_lease_alive() {
+    if harness::is_etcd() {
+        return; // roster's own flags
+    }
+    const TTL: Duration = Duration::from_secs(4);
+    // Failover with a 500 ms election timeout takes about 1 s; allow for load.
+    const ELECTION: Duration = Duration::from_millis(2500);
+    const CHECKPOINT: Duration = Duration::from_millis(500);
+    const MAX_FAILOVERS: u32 = 10;
+    let mut opts = ClusterOptions::new(3);
+    opts.extra_args = ["--heartbeat-interval", "50", "--election-timeout", "500"]
+        .into_iter()
+        .chain(["--lease-checkpoint-interval", "500ms"])
+        .map(String::from)
+        .collect();
+    let mut c = Cluster::start_with(opts);
+
+    let granted_at = Instant::now();
+    let grant = c
+        .ctl(0, &["lease", "grant", &TTL.as_secs().to_string()])
+        .expect_ok();
+    let lease = lease_hex(parse_lease_grant(&grant));
+    c.ctl(
+        0,
+        &["put", "/dead-holder", "x", &format!("--lease={lease}")],
+    )
+    .expect_ok();
+
+    let gone = |c: &Cluster| {
+        let node = c.running()[0];
+        let out = etcdctl_timeout(
+            &[c.endpoint(node)],
+            Duration::from_secs(2),
+            &["get", "/dead-holder", "--consistency=s"],
+        );
+        out.success() && out.stdout.is_empty()
+    };
+    let mut failovers = 0;
+    let mut last_failover = granted_at;
+    let gone_at = loop {
+        // Pace the faults by polling for the outcome: one cycle is at most 1.5 s
+        // of waiting, less than the TTL.
+        if let Some(at) = poll_for(Duration::from_millis(1500), || gone(&c).then(Instant::now)) {
+            break at;
+        }
+        assert!(
+            failovers < MAX_FAILOVERS,
+            "lease still alive after {failovers} failovers and {:?}",
+            granted_at.elapsed()
+        );
+        let leader = c.leader();
+        c.kill(leader);
+        last_failover = Instant::now();
+        c.restart(leader);
+        failovers += 1;
+    };
+    let lived = gone_at - granted_at;
+    let bound = TTL + (ELECTION + CHECKPOINT) * failovers;
+    eprintln!("lease gone after {lived:?} and {failovers} failovers (bound {bound:?})");
+    assert!(lived >= TTL, "expired early: after {lived:?}, TTL {TTL:?}");
+    assert!(lived <= bound, "lived {lived:?} > bound {bound:?}");
+    assert!(
+        failovers >= 2,
+        "the test must fail over at least twice to mean anything"
+    );
+    // A leader that restarted the lease at its full TTL could not have expired
+    // it before this: the checkpoint is what made it go.
+    assert!(
+        gone_at < last_failover + TTL,
+        "gone {:?} after the last failover: the TTL was reset",
+        gone_at - last_failover
+    );
 }

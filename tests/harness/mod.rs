@@ -597,6 +597,9 @@ struct Node {
 pub struct ClusterOptions {
     pub size: usize,
     pub token: String,
+    /// Extra `serve` flags for every node (roster's own, so tests using them
+    /// must not run against etcd).
+    pub extra_args: Vec<String>,
 }
 
 impl ClusterOptions {
@@ -604,6 +607,7 @@ impl ClusterOptions {
         ClusterOptions {
             size,
             token: unique_token("roster-test"),
+            extra_args: Vec::new(),
         }
     }
 }
@@ -657,7 +661,8 @@ impl Cluster {
         let nodes = configs
             .into_iter()
             .map(|cfg| {
-                let args = cfg.serve_args(&initial_cluster, &opts.token);
+                let mut args = cfg.serve_args(&initial_cluster, &opts.token);
+                args.extend(opts.extra_args.iter().cloned());
                 log_marker(&cfg.log_path, &format!("start {}", args.join(" ")));
                 let child = spawn_server(&binary, &args, &cfg.log_path);
                 Node {

@@ -9,7 +9,9 @@ use clap::Args;
 use roster_server::{ClusterState, InitialMember, NodeConfig, RunningNode};
 use tracing_subscriber::EnvFilter;
 
+/// As with etcd (Go's flag package), a flag given twice takes its last value.
 #[derive(Args, Debug)]
+#[command(args_override_self = true)]
 pub struct ServeArgs {
     /// Human-readable name of this member.
     #[arg(long, default_value = "default")]
