@@ -17,7 +17,9 @@ use harness::{
     wait_until, Cluster, ClusterOptions,
 };
 use roster_proto::etcdserverpb::{
-    kv_client::KvClient, maintenance_client::MaintenanceClient, RangeRequest, StatusRequest,
+    kv_client::KvClient, lease_client::LeaseClient, maintenance_client::MaintenanceClient,
+    LeaseGrantRequest, LeaseKeepAliveRequest, LeaseTimeToLiveRequest, PutRequest, RangeRequest,
+    StatusRequest,
 };
 use tonic::transport::Channel;
 
@@ -643,4 +645,112 @@ fn repeated_failovers_do_not_keep_a_dead_lease_alive() {
         "gone {:?} after the last failover: the TTL was reset",
         gone_at - last_failover
     );
+}
+
+async fn channel(endpoint: String) -> Channel {
+    Channel::from_shared(endpoint)
+        .expect("uri")
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .expect("connect")
+}
+
+/// Leases granted concurrently through every node reach the leader together and
+/// are committed in shared log entries: each must still get its own clock (be
+/// renewable) and expire with its keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_granted_concurrently_are_kept_alive_and_expire() {
+    const LEASES: usize = 60;
+    let c = Cluster::start(3);
+    let mut channels = Vec::new();
+    for i in 0..3 {
+        channels.push(channel(c.endpoint(i)).await);
+    }
+    let mut grants = Vec::new();
+    for n in 0..LEASES {
+        let ch = channels[n % 3].clone();
+        grants.push(tokio::spawn(async move {
+            let mut lease = LeaseClient::new(ch.clone());
+            let id = lease
+                .lease_grant(LeaseGrantRequest { ttl: 3, id: 0 })
+                .await
+                .expect("grant")
+                .into_inner()
+                .id;
+            KvClient::new(ch)
+                .put(PutRequest {
+                    key: format!("/conc/{n:03}").into_bytes(),
+                    value: b"v".to_vec(),
+                    lease: id,
+                    ..Default::default()
+                })
+                .await
+                .expect("put on the lease");
+            id
+        }));
+    }
+    let mut ids = Vec::new();
+    for g in grants {
+        ids.push(g.await.expect("grant task"));
+    }
+    let distinct: BTreeSet<i64> = ids.iter().copied().collect();
+    assert_eq!(distinct.len(), LEASES, "every grant got its own id");
+
+    // One keepalive each, through a follower: every lease is known to the leader.
+    let follower = c.followers()[0];
+    let mut lease = LeaseClient::new(channels[follower].clone());
+    let requests: Vec<LeaseKeepAliveRequest> =
+        ids.iter().map(|&id| LeaseKeepAliveRequest { id }).collect();
+    let mut answers = lease
+        .lease_keep_alive(tokio_stream::iter(requests))
+        .await
+        .expect("keepalive stream")
+        .into_inner();
+    let mut renewed = BTreeSet::new();
+    while renewed.len() < LEASES {
+        let r = answers
+            .message()
+            .await
+            .expect("keepalive answer")
+            .expect("stream ended early");
+        assert!(r.ttl > 0, "lease {:x} answered TTL {}", r.id, r.ttl);
+        renewed.insert(r.id);
+    }
+    assert_eq!(renewed, distinct);
+
+    // Then nobody keeps them alive: all of them, and their keys, go.
+    let mut kv = KvClient::new(channels[0].clone());
+    let deadline = Instant::now() + Duration::from_secs(12);
+    loop {
+        let left = kv
+            .range(RangeRequest {
+                key: b"/conc/".to_vec(),
+                range_end: b"/conc0".to_vec(),
+                count_only: true,
+                ..Default::default()
+            })
+            .await
+            .expect("range")
+            .into_inner()
+            .count;
+        if left == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{left} keys outlived their leases"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for id in ids {
+        let ttl = lease
+            .lease_time_to_live(LeaseTimeToLiveRequest { id, keys: false })
+            .await
+            .expect("ttl")
+            .into_inner()
+            .ttl;
+        assert_eq!(ttl, -1, "lease {id:x} still exists");
+    }
 }

@@ -19,6 +19,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
+/// Longest wait for one keepalive answer before it counts as an error.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// Comma-separated host:port of the cluster's client endpoints.
@@ -88,19 +91,28 @@ async fn connect(args: &BenchArgs) -> anyhow::Result<Vec<Channel>> {
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let channels = connect(&args).await?;
-    let started = Instant::now();
-    let deadline = started + args.duration;
     let issued = Arc::new(AtomicU64::new(0));
-    let tallies = match &args.workload {
+    let (tallies, elapsed) = match &args.workload {
         Workload::Put {
             value_size,
             key_space,
-        } => run_puts(&args, &channels, *value_size, *key_space, deadline, &issued).await?,
+        } => {
+            let started = Instant::now();
+            let deadline = started + args.duration;
+            let tallies =
+                run_puts(&args, &channels, *value_size, *key_space, deadline, &issued).await?;
+            (tallies, started.elapsed())
+        }
         Workload::Keepalive { leases, ttl } => {
-            run_keepalives(&args, &channels, *leases, *ttl, deadline, &issued).await?
+            let ids = grant_leases(&channels, *leases, *ttl).await?;
+            eprintln!("granted {} leases", ids.len());
+            let started = Instant::now();
+            let deadline = started + args.duration;
+            let tallies = run_keepalives(&args, &channels, ids, deadline, &issued).await?;
+            (tallies, started.elapsed())
         }
     };
-    report(&format!("{:?}", args.workload), tallies, started.elapsed());
+    report(&format!("{:?}", args.workload), tallies, elapsed);
     Ok(())
 }
 
@@ -147,15 +159,26 @@ async fn run_puts(
     join(workers).await
 }
 
-async fn grant_leases(channel: &Channel, count: usize, ttl: i64) -> anyhow::Result<Vec<i64>> {
-    let mut lease = LeaseClient::new(channel.clone());
+/// Grants `count` leases with 64 concurrent requests (setup, not measured).
+async fn grant_leases(channels: &[Channel], count: usize, ttl: i64) -> anyhow::Result<Vec<i64>> {
+    const WORKERS: usize = 64;
+    let mut tasks = Vec::new();
+    for w in 0..WORKERS {
+        let mut lease = LeaseClient::new(channels[w % channels.len()].clone());
+        let share = count / WORKERS + usize::from(w < count % WORKERS);
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::with_capacity(share);
+            for _ in 0..share {
+                let resp = lease.lease_grant(LeaseGrantRequest { ttl, id: 0 }).await?;
+                ids.push(resp.into_inner().id);
+            }
+            Ok::<_, tonic::Status>(ids)
+        }));
+    }
     let mut ids = Vec::with_capacity(count);
-    for _ in 0..count {
-        let resp = lease
-            .lease_grant(LeaseGrantRequest { ttl, id: 0 })
-            .await
-            .context("granting the benchmark's leases")?;
-        ids.push(resp.into_inner().id);
+    for task in tasks {
+        let granted = task.await.context("grant worker panicked")?;
+        ids.extend(granted.context("granting the benchmark's leases")?);
     }
     Ok(ids)
 }
@@ -163,13 +186,14 @@ async fn grant_leases(channel: &Channel, count: usize, ttl: i64) -> anyhow::Resu
 async fn run_keepalives(
     args: &BenchArgs,
     channels: &[Channel],
-    leases: usize,
-    ttl: i64,
+    ids: Vec<i64>,
     deadline: Instant,
     issued: &Arc<AtomicU64>,
 ) -> anyhow::Result<Vec<Tally>> {
-    let ids = Arc::new(grant_leases(&channels[0], leases.max(1), ttl).await?);
-    eprintln!("granted {} leases", ids.len());
+    if ids.is_empty() {
+        bail!("--leases must be at least 1");
+    }
+    let ids = Arc::new(ids);
     let mut workers = Vec::new();
     for w in 0..args.clients {
         let mut client = LeaseClient::new(channels[w % channels.len()].clone());
@@ -177,21 +201,33 @@ async fn run_keepalives(
         workers.push(tokio::spawn(async move {
             let mut tally = Tally::default();
             let (tx, rx) = mpsc::channel(1);
+            let mut next = claim(&issued, total, deadline);
+            // etcd sends the stream's headers only with its first answer: queue
+            // the first request before waiting for the call to be accepted.
+            let mut sent_at = Instant::now();
+            if let Some(n) = next {
+                let _ = tx.try_send(LeaseKeepAliveRequest {
+                    id: ids[n as usize % ids.len()],
+                });
+            }
             let Ok(resp) = client.lease_keep_alive(ReceiverStream::new(rx)).await else {
                 tally.errors += 1;
                 return tally;
             };
             let mut answers = resp.into_inner();
-            while let Some(n) = claim(&issued, total, deadline) {
-                let id = ids[(n as usize) % ids.len()];
-                let t = Instant::now();
-                if tx.send(LeaseKeepAliveRequest { id }).await.is_err() {
-                    tally.errors += 1;
-                    break;
-                }
-                match answers.message().await {
-                    Ok(Some(r)) if r.ttl > 0 => tally.latencies.push(t.elapsed()),
+            while next.is_some() {
+                match tokio::time::timeout(ANSWER_TIMEOUT, answers.message()).await {
+                    Ok(Ok(Some(r))) if r.ttl > 0 => tally.latencies.push(sent_at.elapsed()),
                     _ => tally.errors += 1,
+                }
+                next = claim(&issued, total, deadline);
+                if let Some(n) = next {
+                    sent_at = Instant::now();
+                    let id = ids[n as usize % ids.len()];
+                    if tx.send(LeaseKeepAliveRequest { id }).await.is_err() {
+                        tally.errors += 1;
+                        break;
+                    }
                 }
             }
             tally

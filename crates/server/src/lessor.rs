@@ -201,6 +201,7 @@ impl Lessor {
     /// whose keys are already gone.
     fn observe(&self, response: &Response) {
         match response {
+            Response::Batch(responses) => responses.iter().for_each(|r| self.observe(r)),
             Response::LeaseGranted { id, ttl, .. } => {
                 let mut clocks = self.clocks();
                 self.inner.changes.fetch_add(1, Ordering::SeqCst);

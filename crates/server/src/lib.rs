@@ -10,6 +10,7 @@ pub mod etcd;
 pub mod identity;
 pub mod lessor;
 pub mod node;
+pub mod proposer;
 pub mod route;
 
 pub use config::{ClusterState, InitialMember, NodeConfig};

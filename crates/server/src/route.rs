@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, RaftError};
 use openraft::ServerState;
 use roster_proto::raftpb::raft_peer_client::RaftPeerClient;
 use roster_proto::raftpb::RaftRequest;
@@ -22,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use tonic::transport::Channel;
 
 use crate::lessor::{Lessor, LessorError};
+use crate::proposer::{ProposeError, Proposer};
 
 /// How long a request waits for a leader before answering "no leader".
 const LEADER_WAIT: Duration = Duration::from_secs(5);
@@ -66,6 +66,7 @@ pub struct Router {
     id: NodeId,
     raft: Raft,
     lessor: Lessor,
+    proposer: Proposer,
     peers: Arc<Mutex<HashMap<NodeId, RaftPeerClient<Channel>>>>,
 }
 
@@ -79,6 +80,7 @@ impl Router {
     pub fn new(id: NodeId, raft: Raft, lessor: Lessor) -> Self {
         Router {
             id,
+            proposer: Proposer::start(raft.clone()),
             raft,
             lessor,
             peers: Arc::default(),
@@ -186,12 +188,10 @@ impl Router {
     }
 
     async fn write_local(&self, command: Command) -> ForwardReply {
-        match self.raft.client_write(command).await {
-            Ok(resp) => ForwardReply::Applied(resp.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                ForwardReply::NotLeader
-            }
-            Err(e) => ForwardReply::Failed(RouteError::Unavailable(e.to_string())),
+        match self.proposer.propose(command).await {
+            Ok(response) => ForwardReply::Applied(response),
+            Err(ProposeError::NotLeader) => ForwardReply::NotLeader,
+            Err(ProposeError::Failed(e)) => ForwardReply::Failed(RouteError::Unavailable(e)),
         }
     }
 

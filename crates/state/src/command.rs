@@ -46,6 +46,12 @@ pub enum Command {
     PublishMember(MemberAttrs),
     /// No change; used by a new leader to commit an entry of its term.
     Noop,
+    /// Several commands in one log entry (the leader batches concurrent
+    /// proposals so that one append and one flush serve them all). Each is
+    /// applied in order as if it were its own entry, with its own revision and
+    /// response; one that fails changes nothing and does not affect the others.
+    /// A batch inside a batch is an error.
+    Batch(Vec<Command>),
 }
 
 /// A comparison of a `Txn` (issue 3); reserved so the log format does not change.
@@ -83,12 +89,16 @@ pub enum Response {
         revision: i64,
         error: StateError,
     },
+    /// The responses of a `Command::Batch`, in order.
+    Batch(Vec<Response>),
 }
 
 impl Response {
-    /// The store revision after the command (unchanged by commands that write no key).
+    /// The store revision after the command (unchanged by commands that write no
+    /// key); for a batch, after its last command (0 for an empty batch).
     pub fn revision(&self) -> i64 {
         match self {
+            Response::Batch(responses) => responses.last().map_or(0, Response::revision),
             Response::Put { revision, .. }
             | Response::DeleteRange { revision, .. }
             | Response::LeaseGranted { revision, .. }

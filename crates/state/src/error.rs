@@ -17,6 +17,8 @@ pub enum StateError {
     /// `Put` with `ignore_value` or `ignore_lease` of a key that does not exist.
     #[error("key not found")]
     KeyNotFound,
+    #[error("a batch may not contain a batch")]
+    NestedBatch,
 }
 
 impl StateError {
@@ -28,6 +30,7 @@ impl StateError {
             StateError::LeaseTtlTooLarge(_) => "lease_ttl_too_large",
             StateError::EmptyKey => "empty_key",
             StateError::KeyNotFound => "key_not_found",
+            StateError::NestedBatch => "nested_batch",
         }
     }
 }

@@ -73,26 +73,22 @@ impl<E: Engine> StateMachine<E> {
         meta: Vec<(Vec<u8>, Vec<u8>)>,
     ) -> Result<Applied, EngineError> {
         let mut tx = Tx::new(&self.engine, self.revision);
-        let (mut batch, events, response) = match execute(&mut tx, cmd) {
-            Ok(response) => {
-                let (batch, events, _) = tx.finish();
-                (batch, events, response)
+        let response = match cmd {
+            Command::Batch(commands) => {
+                let mut responses = Vec::with_capacity(commands.len());
+                for command in commands {
+                    responses.push(run_command(&mut tx, command)?);
+                }
+                Response::Batch(responses)
             }
-            Err(Fail::Engine(e)) => return Err(e),
-            Err(Fail::State(error)) => {
-                let revision = self.revision;
-                (
-                    Batch::default(),
-                    Vec::new(),
-                    Response::Error { revision, error },
-                )
-            }
+            command => run_command(&mut tx, command)?,
         };
+        let (mut batch, events, revision) = tx.finish();
         for (name, value) in meta {
             batch.put(layout::meta_key(&name), value);
         }
         self.engine.write(batch)?;
-        self.revision = response.revision();
+        self.revision = revision;
         Ok(Applied { response, events })
     }
 
@@ -180,6 +176,26 @@ impl<E: Engine> StateMachine<E> {
     }
 }
 
+/// Runs one command as its own unit of `tx`: kept on success, rolled back alone
+/// on a logical error (which becomes its response).
+fn run_command<E: Engine>(tx: &mut Tx<'_, E>, cmd: &Command) -> Result<Response, EngineError> {
+    tx.begin_command();
+    match execute(tx, cmd) {
+        Ok(response) => {
+            tx.end_command();
+            Ok(response)
+        }
+        Err(Fail::Engine(e)) => Err(e),
+        Err(Fail::State(error)) => {
+            tx.rollback();
+            Ok(Response::Error {
+                revision: tx.revision(),
+                error,
+            })
+        }
+    }
+}
+
 /// Runs one command against the staged transaction.
 fn execute<E: Engine>(tx: &mut Tx<'_, E>, cmd: &Command) -> Result<Response, Fail> {
     match cmd {
@@ -215,5 +231,6 @@ fn execute<E: Engine>(tx: &mut Tx<'_, E>, cmd: &Command) -> Result<Response, Fai
         Command::Noop => Ok(Response::Done {
             revision: tx.revision(),
         }),
+        Command::Batch(_) => Err(Fail::State(crate::StateError::NestedBatch)),
     }
 }

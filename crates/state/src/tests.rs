@@ -958,3 +958,82 @@ fn history_keeps_every_event_in_revision_order() {
     assert_eq!(revisions.last().copied(), Some(sm.revision()));
     assert_eq!(sm.events(0, 2).expect("events"), all[..2].to_vec());
 }
+
+// ---- batches: one log entry, many commands ----------------------------------------
+
+/// The commands of a mixed batch: grants, puts on leases, an error in the middle
+/// (unknown lease) and after a write (put on a key, then the same key again),
+/// deletes and a revoke.
+fn mixed_commands() -> Vec<Command> {
+    vec![
+        grant(7, 60),
+        put("a", "1").on(7),
+        put("b", "2").on(99), // unknown lease: fails alone
+        put("a", "3").prev(),
+        put("z", "z").keep_value(), // missing key: fails alone
+        del("a", b"", true),
+        put("c", "4").on(7),
+        revoke(7),
+        Command::Noop,
+    ]
+}
+
+#[test]
+fn a_batch_is_the_same_as_its_commands_one_by_one() {
+    let mut one_by_one = machine();
+    let single: Vec<Applied> = run(&mut one_by_one, &mixed_commands());
+    let mut batched = machine();
+    let applied = apply(&mut batched, &Command::Batch(mixed_commands()));
+
+    let expected: Vec<Response> = single.iter().map(|a| a.response.clone()).collect();
+    assert_eq!(applied.response, Response::Batch(expected));
+    let events: Vec<Event> = single.into_iter().flat_map(|a| a.events).collect();
+    assert_eq!(applied.events, events);
+    assert_eq!(batched.revision(), one_by_one.revision());
+    assert_eq!(
+        batched.snapshot().expect("snapshot"),
+        one_by_one.snapshot().expect("snapshot")
+    );
+}
+
+#[test]
+fn a_failing_command_in_a_batch_changes_nothing_and_spares_the_others() {
+    let mut sm = machine();
+    let applied = apply(
+        &mut sm,
+        &Command::Batch(vec![put("x", "1"), put("y", "2").on(5), put("z", "3")]),
+    );
+    assert_eq!(
+        applied.response,
+        Response::Batch(vec![
+            put_ok(2, None),
+            Response::Error {
+                revision: 2,
+                error: StateError::LeaseNotFound
+            },
+            put_ok(3, None),
+        ])
+    );
+    assert_eq!(all_keys(&sm), keys(&["x", "z"]));
+    assert_eq!(sm.revision(), 3);
+}
+
+#[test]
+fn a_batch_inside_a_batch_is_refused_alone() {
+    let mut sm = machine();
+    let applied = apply(
+        &mut sm,
+        &Command::Batch(vec![Command::Batch(vec![put("x", "1")]), put("y", "2")]),
+    );
+    assert_eq!(
+        applied.response,
+        Response::Batch(vec![
+            Response::Error {
+                revision: 1,
+                error: StateError::NestedBatch
+            },
+            put_ok(2, None),
+        ])
+    );
+    assert_eq!(all_keys(&sm), keys(&["y"]));
+}

@@ -1,7 +1,13 @@
-//! [`Tx`]: the writes of one command, staged over the engine until the command has
-//! fully succeeded. Reads see the staged writes, so a command that touches a key
-//! twice (a lease listed twice, a checkpoint repeated) sees its own changes. At the
-//! end it becomes ONE engine batch, or is dropped whole when the command fails.
+//! [`Tx`]: the writes of one log entry, staged over the engine until the entry has
+//! been fully applied. Reads see the staged writes, so a command that touches a key
+//! twice (a lease listed twice, a checkpoint repeated) sees its own changes, and
+//! each command of a `Command::Batch` sees the ones before it. At the end the
+//! entry becomes ONE engine batch.
+//!
+//! Each command runs between `begin_command` and `end_command`; a command that
+//! fails is `rollback`ed alone (its staged writes are undone from an undo log of
+//! the values they replaced), so a failing command in a batch changes nothing and
+//! the others keep their effects.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -12,32 +18,75 @@ use crate::layout;
 
 pub(crate) struct Tx<'a, E> {
     engine: &'a E,
-    /// The store revision before the command.
+    /// The store revision before the entry.
+    initial_revision: i64,
+    /// The store revision before the current command.
     base_revision: i64,
     /// Staged writes; a `BTreeMap` so the batch comes out in key order.
     pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     events: Vec<Event>,
+    /// Index in `events` of the current command's first event.
+    events_mark: usize,
+    /// For each key the current command wrote: its staged state before that
+    /// (`None`: not staged, read from the engine).
+    undo: BTreeMap<Vec<u8>, Option<Option<Vec<u8>>>>,
 }
 
 impl<'a, E: Engine> Tx<'a, E> {
     pub(crate) fn new(engine: &'a E, base_revision: i64) -> Self {
         Self {
             engine,
+            initial_revision: base_revision,
             base_revision,
             pending: BTreeMap::new(),
             events: Vec::new(),
+            events_mark: 0,
+            undo: BTreeMap::new(),
         }
     }
 
-    /// The revision the command's key changes get: one past the base, shared by
-    /// every event of the command.
+    /// Starts a command: what it writes from now on can be rolled back alone.
+    pub(crate) fn begin_command(&mut self) {
+        self.undo.clear();
+        self.events_mark = self.events.len();
+    }
+
+    /// Keeps the current command's effects; the next command sees its revision.
+    pub(crate) fn end_command(&mut self) {
+        self.base_revision = self.revision();
+        self.events_mark = self.events.len();
+        self.undo.clear();
+    }
+
+    /// Undoes everything the current command staged.
+    pub(crate) fn rollback(&mut self) {
+        for (key, before) in std::mem::take(&mut self.undo) {
+            match before {
+                Some(staged) => self.pending.insert(key, staged),
+                None => self.pending.remove(&key),
+            };
+        }
+        self.events.truncate(self.events_mark);
+    }
+
+    fn stage(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
+        if !self.undo.contains_key(&key) {
+            let before = self.pending.get(&key).cloned();
+            self.undo.insert(key.clone(), before);
+        }
+        self.pending.insert(key, value);
+    }
+
+    /// The revision the current command's key changes get: one past its base,
+    /// shared by every event of the command.
     pub(crate) fn write_revision(&self) -> i64 {
         self.base_revision + 1
     }
 
-    /// The store revision after the command: bumped only if a key changed.
+    /// The store revision after the current command: bumped only if it changed a
+    /// key.
     pub(crate) fn revision(&self) -> i64 {
-        if self.events.is_empty() {
+        if self.events.len() == self.events_mark {
             self.base_revision
         } else {
             self.write_revision()
@@ -52,11 +101,11 @@ impl<'a, E: Engine> Tx<'a, E> {
     }
 
     pub(crate) fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
-        self.pending.insert(key, Some(value));
+        self.stage(key, Some(value));
     }
 
     pub(crate) fn delete(&mut self, key: Vec<u8>) {
-        self.pending.insert(key, None);
+        self.stage(key, None);
     }
 
     /// Pairs with `start <= key < end` as the command currently sees them, in key
@@ -82,7 +131,7 @@ impl<'a, E: Engine> Tx<'a, E> {
 
     /// Records a key event at the write revision, persisting it under `e/`.
     pub(crate) fn event(&mut self, event: Event) -> Result<(), EngineError> {
-        let sub = self.events.len() as u64;
+        let sub = (self.events.len() - self.events_mark) as u64;
         let key = layout::event_key(self.write_revision(), sub);
         self.put(key, layout::encode(&event)?);
         self.events.push(event);
@@ -90,10 +139,10 @@ impl<'a, E: Engine> Tx<'a, E> {
     }
 
     /// The batch (staged writes plus the new revision if it moved), the events and
-    /// the store revision after the command.
+    /// the store revision after the entry.
     pub(crate) fn finish(mut self) -> (Batch, Vec<Event>, i64) {
         let revision = self.revision();
-        if revision != self.base_revision {
+        if revision != self.initial_revision {
             let rev = revision.to_be_bytes().to_vec();
             self.pending.insert(layout::REVISION.to_vec(), Some(rev));
         }

@@ -14,6 +14,8 @@ pub fn state_status(error: &StateError) -> Status {
         StateError::LeaseTtlTooLarge(_) => Status::out_of_range("etcdserver: too large lease TTL"),
         StateError::EmptyKey => Status::invalid_argument("etcdserver: key is not provided"),
         StateError::KeyNotFound => Status::invalid_argument("etcdserver: key not found"),
+        // Only the proposer builds batches, never from a client's request.
+        StateError::NestedBatch => Status::internal("roster: a batch inside a batch"),
     }
 }
 
