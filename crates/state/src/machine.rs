@@ -2,27 +2,10 @@
 //!
 //! Each `apply` writes all its effects, plus the caller's metadata (the raft adapter
 //! passes the applied log id and membership), in ONE atomic engine batch, so a
-//! restart never sees half an entry.
-//!
-//! INTERFACE CONTRACT (implemented by the state helper; used by roster-raft and
-//! roster-server):
-//!
-//! ```text
-//! impl<E: Engine> StateMachine<E> {
-//!     pub fn open(engine: E) -> Result<Self, EngineError>;   // loads revision etc.
-//!     pub fn engine(&self) -> &E;
-//!     pub fn apply(&mut self, cmd: &Command, meta: Vec<(Vec<u8>, Vec<u8>)>)
-//!         -> Result<Applied, EngineError>;      // meta stored under m/<name>
-//!     pub fn meta(&self, name: &[u8]) -> Result<Option<Vec<u8>>, EngineError>;
-//!     pub fn revision(&self) -> i64;
-//!     pub fn range(&self, req: &RangeRequest) -> Result<RangeResult, EngineError>;
-//!     pub fn lease(&self, id: i64) -> Result<Option<Lease>, EngineError>;
-//!     pub fn leases(&self) -> Result<Vec<Lease>, EngineError>;        // by id
-//!     pub fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, EngineError>;
-//!     pub fn snapshot(&self) -> Result<SnapshotData, EngineError>;
-//!     pub fn install(&mut self, snap: SnapshotData) -> Result<(), EngineError>;
-//! }
-//! ```
+//! restart never sees half an entry. A `Command::Batch` entry applies its commands
+//! one by one inside that same batch, each with its own revision and response.
+//! Reads (`range`, `lease`, `leases`, `lease_keys`, `members`, `events`) see the
+//! last applied entry.
 
 use crate::command::{Command, Response};
 use crate::engine::{Batch, Engine, EngineError};
