@@ -32,6 +32,8 @@ use roster_state::{Applied, Command, Response};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
+use crate::batch::next_batch;
+
 /// Most leases expired by one log entry.
 const EXPIRE_BATCH: usize = 1_000;
 /// Most leases checkpointed by one log entry.
@@ -380,14 +382,7 @@ impl Lessor {
 
     /// Collects keepalives into batches, one quorum confirmation per batch.
     async fn keepalive_loop(self, mut rx: mpsc::Receiver<KeepaliveRequest>) {
-        while let Some(first) = rx.recv().await {
-            let mut batch = vec![first];
-            while batch.len() < KEEPALIVE_BATCH {
-                match rx.try_recv() {
-                    Ok(req) => batch.push(req),
-                    Err(_) => break,
-                }
-            }
+        while let Some(batch) = next_batch(&mut rx, KEEPALIVE_BATCH, usize::MAX, |_| 1).await {
             let ids: Vec<i64> = batch.iter().map(|r| r.id).collect();
             let result = self.renew_batch(&ids).await;
             for (req, answer) in batch.into_iter().zip(result) {

@@ -5,6 +5,7 @@
 //! `roster-state`); the front end knows nothing of raft beyond "propose" and "read
 //! linearizably" ([`route::Router`]).
 
+mod batch;
 pub mod config;
 pub mod etcd;
 pub mod identity;

@@ -15,6 +15,8 @@ use roster_raft::Raft;
 use roster_state::{Command, Response};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use crate::batch::next_batch;
+
 /// Entries proposed and not yet applied at once.
 const MAX_IN_FLIGHT: usize = 4;
 /// Most commands in one entry.
@@ -72,20 +74,10 @@ async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Pending>) {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        let Some(first) = rx.recv().await else {
+        let size = |p: &Pending| approx_size(&p.command);
+        let Some(batch) = next_batch(&mut rx, MAX_BATCH, MAX_BATCH_BYTES, size).await else {
             return;
         };
-        let mut bytes = approx_size(&first.command);
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(next) => {
-                    bytes += approx_size(&next.command);
-                    batch.push(next);
-                }
-                Err(_) => break,
-            }
-        }
         let raft = raft.clone();
         tokio::spawn(async move {
             submit(&raft, batch).await;

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::future::join_all;
 use openraft::ServerState;
 use roster_proto::raftpb::raft_peer_client::RaftPeerClient;
 use roster_proto::raftpb::RaftRequest;
@@ -18,8 +19,10 @@ use roster_raft::network::{peer_client, ForwardHandler};
 use roster_raft::{Member, NodeId, Raft};
 use roster_state::{Command, Response};
 use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tonic::transport::Channel;
 
+use crate::batch::next_batch;
 use crate::lessor::{Lessor, LessorError};
 use crate::proposer::{ProposeError, Proposer};
 
@@ -43,7 +46,8 @@ pub enum RouteError {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Forwarded {
     Propose(Command),
-    KeepAlive(i64),
+    /// Keepalives gathered on one node; answered together.
+    KeepAlives(Vec<i64>),
     Remaining(i64),
     ReadIndex,
 }
@@ -52,7 +56,8 @@ pub enum Forwarded {
 #[derive(Debug, Serialize, Deserialize)]
 enum ForwardReply {
     Applied(Response),
-    Ttl(i64),
+    /// One TTL per id of `KeepAlives`, in order.
+    Ttls(Vec<i64>),
     Remaining(Option<(i64, i64)>),
     ReadIndex(u64),
     /// The receiver is not the leader (any more): try again.
@@ -67,8 +72,16 @@ pub struct Router {
     raft: Raft,
     lessor: Lessor,
     proposer: Proposer,
+    keepalives: mpsc::UnboundedSender<PendingKeepalive>,
     peers: Arc<Mutex<HashMap<NodeId, RaftPeerClient<Channel>>>>,
 }
+
+type PendingKeepalive = (i64, oneshot::Sender<Result<i64, RouteError>>);
+
+/// Keepalive batches on their way to the leader at once.
+const KEEPALIVES_IN_FLIGHT: usize = 8;
+/// Most keepalives carried by one forward.
+const KEEPALIVE_BATCH: usize = 4_096;
 
 /// Where the leader is, as far as this node knows.
 enum Leader {
@@ -77,14 +90,19 @@ enum Leader {
 }
 
 impl Router {
+    /// Creates the router and starts its keepalive batching task.
     pub fn new(id: NodeId, raft: Raft, lessor: Lessor) -> Self {
-        Router {
+        let (keepalives, queue) = mpsc::unbounded_channel();
+        let router = Router {
             id,
             proposer: Proposer::start(raft.clone()),
             raft,
             lessor,
+            keepalives,
             peers: Arc::default(),
-        }
+        };
+        tokio::spawn(router.clone().forward_keepalives(queue));
+        router
     }
 
     /// Commits `command` through the leader and returns its applied response.
@@ -111,11 +129,45 @@ impl Router {
             .map_err(|_| RouteError::Timeout)
     }
 
-    /// Renews a lease on the leader; its TTL, or 0 if unknown.
+    /// Renews a lease on the leader; its TTL, or 0 if unknown. Keepalives from
+    /// concurrent callers travel to the leader together.
     pub async fn keepalive(&self, id: i64) -> Result<i64, RouteError> {
-        match self.route(Forwarded::KeepAlive(id)).await? {
-            ForwardReply::Ttl(ttl) => Ok(ttl),
-            other => Err(unexpected(other)),
+        let (reply, answer) = oneshot::channel();
+        self.keepalives
+            .send((id, reply))
+            .map_err(|_| RouteError::Unavailable("router stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| RouteError::Unavailable("router stopped".into()))?
+    }
+
+    /// Sends queued keepalives to the leader in batches, a few batches at once.
+    async fn forward_keepalives(self, mut queue: mpsc::UnboundedReceiver<PendingKeepalive>) {
+        let slots = Arc::new(Semaphore::new(KEEPALIVES_IN_FLIGHT));
+        loop {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let Some(batch) = next_batch(&mut queue, KEEPALIVE_BATCH, usize::MAX, |_| 1).await
+            else {
+                return;
+            };
+            let router = self.clone();
+            tokio::spawn(async move {
+                let (ids, replies): (Vec<i64>, Vec<_>) = batch.into_iter().unzip();
+                let count = ids.len();
+                let answers = match router.route(Forwarded::KeepAlives(ids)).await {
+                    Ok(ForwardReply::Ttls(ttls)) if ttls.len() == count => {
+                        ttls.into_iter().map(Ok).collect()
+                    }
+                    Ok(other) => vec![Err(unexpected(other)); count],
+                    Err(e) => vec![Err(e); count],
+                };
+                for (reply, answer) in replies.into_iter().zip(answers) {
+                    let _ = reply.send(answer);
+                }
+                drop(slot);
+            });
         }
     }
 
@@ -172,10 +224,14 @@ impl Router {
     async fn serve(&self, request: &Forwarded) -> ForwardReply {
         match request {
             Forwarded::Propose(command) => self.write_local(command.clone()).await,
-            Forwarded::KeepAlive(id) => match self.lessor.keepalive(*id).await {
-                Ok(ttl) => ForwardReply::Ttl(ttl),
-                Err(e) => lessor_reply(e),
-            },
+            Forwarded::KeepAlives(ids) => {
+                // Queued together, they land in one lessor batch.
+                let answers = join_all(ids.iter().map(|id| self.lessor.keepalive(*id))).await;
+                match answers.into_iter().collect::<Result<Vec<i64>, _>>() {
+                    Ok(ttls) => ForwardReply::Ttls(ttls),
+                    Err(e) => lessor_reply(e),
+                }
+            }
             Forwarded::Remaining(id) => match self.lessor.remaining(*id) {
                 Ok(r) => ForwardReply::Remaining(r),
                 Err(e) => lessor_reply(e),
