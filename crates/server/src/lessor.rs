@@ -33,6 +33,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
 use crate::batch::next_batch;
+use crate::proposer::Proposer;
 
 /// Most leases expired by one log entry.
 const EXPIRE_BATCH: usize = 1_000;
@@ -40,6 +41,8 @@ const EXPIRE_BATCH: usize = 1_000;
 const CHECKPOINT_BATCH: usize = 1_000;
 /// Most keepalives acknowledged after one quorum confirmation.
 const KEEPALIVE_BATCH: usize = 4_096;
+/// Keepalive batches being confirmed at once.
+const KEEPALIVE_BATCHES_IN_FLIGHT: usize = 8;
 /// Pause after a failed expiry proposal before trying again.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
@@ -139,17 +142,20 @@ pub struct Lessor {
 
 struct Inner {
     raft: Raft,
+    /// The lessor's writes share log entries with everything else proposed.
+    proposer: Proposer,
     state: SharedState,
     config: LessorConfig,
     clocks: Mutex<Clocks>,
     wake: Notify,
     keepalives: mpsc::Sender<KeepaliveRequest>,
-    /// Serializes keepalive batches with checkpoint passes, so that in the log a
-    /// checkpoint of a lease is never newer than its last acknowledged keepalive
-    /// unless a `LeaseRenewed` follows it: a checkpoint is computed from deadlines
-    /// that include every acknowledged keepalive, and a keepalive after a
-    /// checkpoint records the renewal before it is acknowledged.
-    order: tokio::sync::Mutex<()>,
+    /// Keeps keepalive batches (readers, several at once) and checkpoint passes
+    /// (writer) apart, so that in the log a checkpoint of a lease is never newer
+    /// than its last acknowledged keepalive unless a `LeaseRenewed` follows it: a
+    /// checkpoint is computed from deadlines that include every acknowledged
+    /// keepalive, and a keepalive after a checkpoint records the renewal before
+    /// it is acknowledged.
+    order: tokio::sync::RwLock<()>,
     /// Counts grants and revocations applied, so that `promote` can tell whether
     /// the lease table changed while it read it.
     changes: AtomicU64,
@@ -158,17 +164,18 @@ struct Inner {
 impl Lessor {
     /// Creates the lessor and spawns its tasks (leadership watch, expiry, keepalive
     /// batching, checkpoints) on the current runtime.
-    pub fn start(raft: Raft, state: SharedState, config: LessorConfig) -> Self {
+    pub fn start(raft: Raft, proposer: Proposer, state: SharedState, config: LessorConfig) -> Self {
         let (tx, rx) = mpsc::channel(KEEPALIVE_BATCH * 4);
         let lessor = Lessor {
             inner: Arc::new(Inner {
                 raft,
+                proposer,
                 state,
                 config,
                 clocks: Mutex::new(Clocks::default()),
                 wake: Notify::new(),
                 keepalives: tx,
-                order: tokio::sync::Mutex::new(()),
+                order: tokio::sync::RwLock::new(()),
                 changes: AtomicU64::new(0),
             }),
         };
@@ -349,7 +356,7 @@ impl Lessor {
             return;
         }
         let command = Command::LeaseExpire { ids: due.clone() };
-        match self.inner.raft.client_write(command).await {
+        match self.inner.proposer.propose(command).await {
             Ok(_) => {
                 // Revoked ids left the clocks when applied; ids that were
                 // already gone must leave too.
@@ -380,14 +387,26 @@ impl Lessor {
         }
     }
 
-    /// Collects keepalives into batches, one quorum confirmation per batch.
+    /// Collects keepalives into batches, one quorum confirmation per batch, a few
+    /// batches at once.
     async fn keepalive_loop(self, mut rx: mpsc::Receiver<KeepaliveRequest>) {
-        while let Some(batch) = next_batch(&mut rx, KEEPALIVE_BATCH, usize::MAX, |_| 1).await {
-            let ids: Vec<i64> = batch.iter().map(|r| r.id).collect();
-            let result = self.renew_batch(&ids).await;
-            for (req, answer) in batch.into_iter().zip(result) {
-                let _ = req.reply.send(answer);
-            }
+        let slots = Arc::new(tokio::sync::Semaphore::new(KEEPALIVE_BATCHES_IN_FLIGHT));
+        loop {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let Some(batch) = next_batch(&mut rx, KEEPALIVE_BATCH, usize::MAX, |_| 1).await else {
+                return;
+            };
+            let lessor = self.clone();
+            tokio::spawn(async move {
+                let ids: Vec<i64> = batch.iter().map(|r| r.id).collect();
+                let result = lessor.renew_batch(&ids).await;
+                for (req, answer) in batch.into_iter().zip(result) {
+                    let _ = req.reply.send(answer);
+                }
+                drop(slot);
+            });
         }
     }
 
@@ -396,12 +415,17 @@ impl Lessor {
         if !self.is_primary() {
             return vec![Err(LessorError::NotPrimary); ids.len()];
         }
-        let _order = self.inner.order.lock().await;
-        if let Err(e) = self.record_renewals(ids).await {
+        let _order = self.inner.order.read().await;
+        // The renewal record and the leadership confirmation are independent:
+        // both must be done before the answer, and the window counts from before
+        // either began, so they run at once.
+        let began = Instant::now();
+        let (renewed, confirmed) =
+            tokio::join!(self.record_renewals(ids), self.inner.raft.get_read_log_id());
+        if let Err(e) = renewed {
             return vec![Err(e); ids.len()];
         }
-        let began = Instant::now();
-        if let Err(e) = self.inner.raft.get_read_log_id().await {
+        if let Err(e) = confirmed {
             tracing::debug!(error = %e, "lessor: keepalive batch not confirmed");
             self.demote_if_not_leader();
             return vec![Err(LessorError::NotPrimary); ids.len()];
@@ -448,7 +472,7 @@ impl Lessor {
         let command = Command::LeaseRenewed {
             ids: pending.clone(),
         };
-        self.inner.raft.client_write(command).await.map_err(|e| {
+        self.inner.proposer.propose(command).await.map_err(|e| {
             self.demote_if_not_leader();
             LessorError::Unavailable(e.to_string())
         })?;
@@ -475,14 +499,14 @@ impl Lessor {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let _order = self.inner.order.lock().await;
+            let _order = self.inner.order.write().await;
             for chunk in self.due_checkpoints(every).chunks(CHECKPOINT_BATCH) {
                 let ids: Vec<i64> = chunk.iter().map(|(id, _)| *id).collect();
                 let command = Command::LeaseCheckpoint {
                     remaining_ms: chunk.to_vec(),
                 };
                 self.mark_checkpointed(&ids);
-                if let Err(e) = self.inner.raft.client_write(command).await {
+                if let Err(e) = self.inner.proposer.propose(command).await {
                     tracing::debug!(error = %e, "lessor: checkpoint not committed");
                     break;
                 }

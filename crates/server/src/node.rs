@@ -29,6 +29,7 @@ use crate::config::{ClusterState, NodeConfig};
 use crate::etcd::{EtcdApi, MAX_GRPC_MESSAGE};
 use crate::identity::{self, Identity};
 use crate::lessor::{Lessor, LessorConfig, LessorObserver};
+use crate::proposer::Proposer;
 use crate::route::Router;
 
 /// Why a node could not start.
@@ -186,8 +187,10 @@ impl RunningNode {
             bootstrap(&raft, members).await?;
         }
 
+        let proposer = Proposer::start(raft.clone());
         let lessor = Lessor::start(
             raft.clone(),
+            proposer.clone(),
             shared.clone(),
             LessorConfig {
                 leader_lease_window: config.leader_lease_window(),
@@ -195,7 +198,7 @@ impl RunningNode {
             },
         );
         observer.attach(lessor.clone());
-        let router = Router::new(member_id, raft.clone(), lessor);
+        let router = Router::new(member_id, raft.clone(), lessor, proposer);
         let api = EtcdApi {
             raft: raft.clone(),
             state: shared,

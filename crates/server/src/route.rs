@@ -91,11 +91,11 @@ enum Leader {
 
 impl Router {
     /// Creates the router and starts its keepalive batching task.
-    pub fn new(id: NodeId, raft: Raft, lessor: Lessor) -> Self {
+    pub fn new(id: NodeId, raft: Raft, lessor: Lessor, proposer: Proposer) -> Self {
         let (keepalives, queue) = mpsc::unbounded_channel();
         let router = Router {
             id,
-            proposer: Proposer::start(raft.clone()),
+            proposer,
             raft,
             lessor,
             keepalives,
