@@ -54,10 +54,6 @@ pub enum Command {
     Batch(Vec<Command>),
 }
 
-/// A comparison of a `Txn` (issue 3); reserved so the log format does not change.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Compare {}
-
 /// The result of applying one command. Logical failures are `Error`, applied on
 /// every node alike (and change nothing).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -43,7 +43,7 @@ mod snapshot;
 mod tests;
 mod tx;
 
-pub use command::{Command, Compare, Response};
+pub use command::{Command, Response};
 pub use engine::{Batch, Engine, EngineError, MemEngine, ScanItem};
 pub use error::StateError;
 pub use keyspace::{Event, EventKind, KeyValue, RangeRequest, RangeResult, RemovalReason};
