@@ -754,3 +754,82 @@ async fn leases_granted_concurrently_are_kept_alive_and_expire() {
         assert_eq!(ttl, -1, "lease {id:x} still exists");
     }
 }
+
+/// etcd #15247, #12528: a leader frozen (SIGSTOP, as by a stuck fsync or a
+/// starved CPU) and then resumed must not act on its stale view: the lease kept
+/// alive through the new leader must not expire, and the resumed old leader's
+/// overdue deadlines must not revoke anything. A lease whose holder stopped
+/// still expires under the new leader.
+#[test]
+fn a_frozen_leader_resumed_does_not_expire_leases_kept_alive_elsewhere() {
+    const TTL: u64 = 3;
+    let c = Cluster::start(3);
+    let old_leader = c.leader();
+    let f = c.followers();
+    let (keeper, other) = (f[0], f[1]);
+    let grant = |c: &Cluster| {
+        let out = c
+            .ctl(keeper, &["lease", "grant", &TTL.to_string()])
+            .expect_ok();
+        lease_hex(parse_lease_grant(&out))
+    };
+    let (kept, dead) = (grant(&c), grant(&c));
+    c.ctl(
+        keeper,
+        &["put", "/kept", "alive", &format!("--lease={kept}")],
+    )
+    .expect_ok();
+    c.ctl(keeper, &["put", "/dead", "x", &format!("--lease={dead}")])
+        .expect_ok();
+    let keepalive = KeepAliver::start(c.endpoint(keeper), kept, Duration::from_secs(TTL) / 3);
+    wait_until(
+        Duration::from_secs(3),
+        "a first keepalive acknowledged",
+        || !keepalive.acks().is_empty(),
+    );
+
+    c.signal(old_leader, "STOP");
+    let frozen_at = Instant::now();
+    let new_leader_elected = || {
+        [keeper, other].iter().any(|&i| {
+            c.status(i)
+                .is_ok_and(|s| s.leader != 0 && s.leader != c.member_id(old_leader))
+        })
+    };
+    let kept_everywhere = |c: &Cluster| {
+        for i in [keeper, other] {
+            assert_eq!(
+                local_value(c, i, "/kept").as_deref(),
+                Some("alive"),
+                "kept-alive lease expired on node {i}, {:?} after the freeze",
+                frozen_at.elapsed()
+            );
+        }
+    };
+    wait_until(Duration::from_secs(10), "a new leader", new_leader_elected);
+    // Frozen for two TTLs: every deadline the old leader knew is long past.
+    while frozen_at.elapsed() < Duration::from_secs(2 * TTL) {
+        kept_everywhere(&c);
+        thread::sleep(Duration::from_millis(100));
+    }
+    c.signal(old_leader, "CONT");
+    let resumed_at = Instant::now();
+    // For a TTL after the resume, the kept lease stays, on every node.
+    while resumed_at.elapsed() < Duration::from_secs(TTL) {
+        kept_everywhere(&c);
+        thread::sleep(Duration::from_millis(100));
+    }
+    wait_until(
+        Duration::from_secs(10),
+        "the old leader to catch up",
+        || local_value(&c, old_leader, "/kept").as_deref() == Some("alive"),
+    );
+    // The stopped holder's lease went, under the new leader.
+    wait_until(
+        Duration::from_secs(10),
+        "the dead holder's key to go",
+        || local_value(&c, keeper, "/dead").is_none(),
+    );
+    assert!(c.leader() != old_leader || new_leader_elected());
+    drop(keepalive);
+}

@@ -857,6 +857,21 @@ impl Cluster {
         }
     }
 
+    /// Sends `signal` (e.g. "STOP", "CONT") to node `i` with `kill -<signal>`.
+    pub fn signal(&self, i: usize, signal: &str) {
+        let node = &self.nodes[i];
+        let child = node
+            .child
+            .as_ref()
+            .unwrap_or_else(|| panic!("{} is not running", node.cfg.name));
+        log_marker(&node.cfg.log_path, &format!("SIG{signal}"));
+        let sent = Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -{signal} {} failed", child.id());
+    }
+
     /// Sends SIGTERM to node `i` (with `kill -TERM <pid>`) and waits up to
     /// `timeout` for it to exit; panics if it does not.
     pub fn terminate(&mut self, i: usize, timeout: Duration) -> ExitStatus {

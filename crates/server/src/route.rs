@@ -28,8 +28,13 @@ use crate::proposer::{ProposeError, Proposer};
 
 /// How long a request waits for a leader before answering "no leader".
 const LEADER_WAIT: Duration = Duration::from_secs(5);
-/// Deadline of one forwarded request.
+/// Deadline of one forwarded proposal. A proposal that timed out is not sent
+/// again (it may have been applied): the client gets "request timed out".
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Deadline of one forwarded idempotent request (keepalives, read index, TTL
+/// lookups). Short, so that a request sent to a leader that froze is sent again
+/// to its successor well within a lease's TTL.
+const RETRY_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Why a routed request failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -45,6 +50,7 @@ pub enum RouteError {
 /// A request carried from a follower to the leader.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Forwarded {
+    /// Not idempotent: never sent twice.
     Propose(Command),
     /// Keepalives gathered on one node; answered together.
     KeepAlives(Vec<i64>),
@@ -184,16 +190,25 @@ impl Router {
     async fn route(&self, request: Forwarded) -> Result<ForwardReply, RouteError> {
         let deadline = tokio::time::Instant::now() + LEADER_WAIT;
         let payload = encode(&request)?;
+        let idempotent = !matches!(request, Forwarded::Propose(_));
+        let timeout = if idempotent {
+            RETRY_TIMEOUT
+        } else {
+            FORWARD_TIMEOUT
+        };
         loop {
             let reply = match self.leader() {
                 Some(Leader::Local) => self.serve(&request).await,
-                Some(Leader::Remote(id, member)) => self.send(id, &member, &payload).await,
+                Some(Leader::Remote(id, member)) => self.send(id, &member, &payload, timeout).await,
                 None => ForwardReply::NotLeader,
             };
             match reply {
                 ForwardReply::NotLeader => {}
                 ForwardReply::Failed(RouteError::Unavailable(reason)) => {
                     tracing::debug!(%reason, "route: leader unreachable, retrying");
+                }
+                ForwardReply::Failed(RouteError::Timeout) if idempotent => {
+                    tracing::debug!("route: leader did not answer in time, retrying");
                 }
                 other => return Ok(other),
             }
@@ -251,7 +266,13 @@ impl Router {
         }
     }
 
-    async fn send(&self, id: NodeId, member: &Member, payload: &[u8]) -> ForwardReply {
+    async fn send(
+        &self,
+        id: NodeId,
+        member: &Member,
+        payload: &[u8],
+        timeout: Duration,
+    ) -> ForwardReply {
         let mut client = match self.client(id, member) {
             Ok(client) => client,
             Err(e) => return ForwardReply::Failed(RouteError::Unavailable(e)),
@@ -259,7 +280,7 @@ impl Router {
         let mut req = tonic::Request::new(RaftRequest {
             payload: payload.to_vec(),
         });
-        req.set_timeout(FORWARD_TIMEOUT);
+        req.set_timeout(timeout);
         let reply = match client.forward(req).await {
             Ok(reply) => reply.into_inner(),
             Err(status) if status.code() == tonic::Code::DeadlineExceeded => {
