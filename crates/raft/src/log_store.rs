@@ -1,97 +1,52 @@
-//! The raft log and vote, in sled: openraft's `RaftLogStorage` (storage-v2).
+//! The raft log and vote store a node hands to openraft: [`LogStore`], one type for
+//! both backends, so that code building a node is the same over either.
 //!
-//! Entries live in the `raft_log` tree under their index as a big-endian u64 (so
-//! byte order is index order), each value the bincode of the whole
-//! `openraft::Entry` (the full log id: term, leader node id, index). The vote, the
-//! committed log id and the last purged log id live in the `raft_meta` tree.
-//!
-//! Durability: `append` writes the entries, then hands openraft's callback to the
-//! group-commit flusher, which calls it only after a durable flush that started
-//! after the write; `save_vote` and `purge` wait for such a flush before returning.
-//! Every sled call runs on tokio's blocking pool, never on a runtime thread.
+//! It only dispatches: to the sled store on a real node (durable, see
+//! `sled_log_store`), or to the in-memory store in tests and simulation (see
+//! `mem_log_store`). Which one is fixed when the storage is opened.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
-use openraft::{
-    AnyError, Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote,
-};
-use serde::de::DeserializeOwned;
-use serde::Serialize;
+use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageError, Vote};
 
-use crate::storage::{FlushError, GroupCommit};
+use crate::mem_log_store::MemLogStore;
+use crate::sled_log_store::SledLogStore;
 use crate::types::{NodeId, TypeConfig};
-
-const LOG_TREE: &str = "raft_log";
-const META_TREE: &str = "raft_meta";
-const VOTE_KEY: &[u8] = b"vote";
-const COMMITTED_KEY: &[u8] = b"committed";
-const LAST_PURGED_KEY: &[u8] = b"last_purged";
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
 
-/// A failure inside the log store, before it is wrapped for openraft.
-#[derive(Debug, thiserror::Error)]
-pub enum LogStoreError {
-    #[error("sled: {0}")]
-    Sled(#[from] sled::Error),
-    #[error("encoding: {0}")]
-    Codec(#[from] bincode::Error),
-    #[error(transparent)]
-    Flush(#[from] FlushError),
-    #[error("blocking task: {0}")]
-    Task(#[from] tokio::task::JoinError),
-}
-
-/// The sled-backed raft log and vote store. Clones share the trees; a clone is
-/// also the log reader openraft hands to replication tasks.
+/// openraft's log storage for a node, over sled or (tests, simulation) memory.
+/// Clones share the store; a clone is also the log reader openraft hands to
+/// replication tasks.
 #[derive(Clone)]
 pub struct LogStore {
-    log: sled::Tree,
-    meta: sled::Tree,
-    flusher: GroupCommit,
+    backend: Backend,
 }
 
-fn index_key(index: u64) -> [u8; 8] {
-    index.to_be_bytes()
+#[derive(Clone)]
+enum Backend {
+    Sled(SledLogStore),
+    Memory(MemLogStore),
 }
 
-fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, LogStoreError> {
-    Ok(bincode::serialize(value)?)
-}
+impl LogStore {
+    pub(crate) fn sled(store: SledLogStore) -> Self {
+        LogStore {
+            backend: Backend::Sled(store),
+        }
+    }
 
-fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, LogStoreError> {
-    Ok(bincode::deserialize(bytes)?)
-}
-
-/// Runs blocking sled work on tokio's blocking pool.
-async fn blocking<T, F>(f: F) -> Result<T, LogStoreError>
-where
-    F: FnOnce() -> Result<T, LogStoreError> + Send + 'static,
-    T: Send + 'static,
-{
-    tokio::task::spawn_blocking(f).await?
-}
-
-fn read_logs_err(e: LogStoreError) -> StorageError<NodeId> {
-    StorageIOError::read_logs(AnyError::new(&e)).into()
-}
-
-fn write_logs_err(e: LogStoreError) -> StorageError<NodeId> {
-    StorageIOError::write_logs(AnyError::new(&e)).into()
-}
-
-fn read_vote_err(e: LogStoreError) -> StorageError<NodeId> {
-    StorageIOError::read_vote(AnyError::new(&e)).into()
-}
-
-fn write_vote_err(e: LogStoreError) -> StorageError<NodeId> {
-    StorageIOError::write_vote(AnyError::new(&e)).into()
+    pub(crate) fn memory(store: MemLogStore) -> Self {
+        LogStore {
+            backend: Backend::Memory(store),
+        }
+    }
 }
 
 /// `[start, end)` of a range of indexes, or `None` if it holds no index.
-fn index_bounds(range: &impl RangeBounds<u64>) -> Option<(u64, Bound<u64>)> {
+pub(crate) fn index_bounds(range: &impl RangeBounds<u64>) -> Option<(u64, Bound<u64>)> {
     let start = match range.start_bound() {
         Bound::Included(&s) => s,
         Bound::Excluded(&s) => s.checked_add(1)?,
@@ -108,92 +63,15 @@ fn index_bounds(range: &impl RangeBounds<u64>) -> Option<(u64, Bound<u64>)> {
     }
 }
 
-impl LogStore {
-    /// Opens the log trees of `db`. Blocking.
-    pub(crate) fn open(db: &sled::Db, flusher: GroupCommit) -> Result<Self, sled::Error> {
-        Ok(LogStore {
-            log: db.open_tree(LOG_TREE)?,
-            meta: db.open_tree(META_TREE)?,
-            flusher,
-        })
-    }
-
-    fn get_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, LogStoreError> {
-        self.meta.get(key)?.map(|v| decode(&v)).transpose()
-    }
-
-    fn put_meta<T: Serialize>(&self, key: &[u8], value: &T) -> Result<(), LogStoreError> {
-        self.meta.insert(key, encode(value)?)?;
-        Ok(())
-    }
-
-    fn read_entries(
-        &self,
-        start: u64,
-        end: Bound<u64>,
-    ) -> Result<Vec<Entry<TypeConfig>>, LogStoreError> {
-        let upper = end.map(index_key);
-        self.log
-            .range((Bound::Included(index_key(start)), upper))
-            .map(|item| decode(&item?.1))
-            .collect()
-    }
-
-    fn log_state(&self) -> Result<LogState<TypeConfig>, LogStoreError> {
-        let last_purged: Option<LogId<NodeId>> = self.get_meta(LAST_PURGED_KEY)?;
-        let last_entry: Option<Entry<TypeConfig>> =
-            self.log.last()?.map(|(_, v)| decode(&v)).transpose()?;
-        let last_in_log = last_entry.map(|e| e.log_id);
-        Ok(LogState {
-            last_purged_log_id: last_purged,
-            last_log_id: last_in_log.max(last_purged),
-        })
-    }
-
-    fn insert_entries(&self, entries: &[Entry<TypeConfig>]) -> Result<(), LogStoreError> {
-        let mut batch = sled::Batch::default();
-        for entry in entries {
-            batch.insert(&index_key(entry.log_id.index), encode(entry)?);
-        }
-        // One atomic batch: a crash leaves all of these entries or none, no hole.
-        self.log.apply_batch(batch)?;
-        Ok(())
-    }
-
-    /// Removes every entry with index in `[start, end)`.
-    fn remove_entries(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), LogStoreError> {
-        let mut batch = sled::Batch::default();
-        for key in self
-            .log
-            .range((start.map(index_key), end.map(index_key)))
-            .keys()
-        {
-            batch.remove(key?);
-        }
-        self.log.apply_batch(batch)?;
-        Ok(())
-    }
-
-    fn purge_upto(&self, log_id: &LogId<NodeId>) -> Result<(), LogStoreError> {
-        // Record the purge point first: a crash in between leaves extra entries
-        // below it (harmless), never a log state that forgot the purge.
-        self.put_meta(LAST_PURGED_KEY, log_id)?;
-        self.remove_entries(Bound::Unbounded, Bound::Included(log_id.index))
-    }
-}
-
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
     ) -> StorageResult<Vec<Entry<TypeConfig>>> {
-        let Some((start, end)) = index_bounds(&range) else {
-            return Ok(Vec::new());
-        };
-        let this = self.clone();
-        blocking(move || this.read_entries(start, end))
-            .await
-            .map_err(read_logs_err)
+        match &mut self.backend {
+            Backend::Sled(s) => s.try_get_log_entries(range).await,
+            Backend::Memory(m) => m.try_get_log_entries(range).await,
+        }
     }
 }
 
@@ -201,10 +79,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
-        let this = self.clone();
-        blocking(move || this.log_state())
-            .await
-            .map_err(read_logs_err)
+        match &mut self.backend {
+            Backend::Sled(s) => s.get_log_state().await,
+            Backend::Memory(m) => m.get_log_state().await,
+        }
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -212,84 +90,72 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StorageResult<()> {
-        let (this, vote) = (self.clone(), *vote);
-        blocking(move || this.put_meta(VOTE_KEY, &vote))
-            .await
-            .map_err(write_vote_err)?;
-        self.flusher
-            .flush()
-            .await
-            .map_err(|e| write_vote_err(e.into()))
+        match &mut self.backend {
+            Backend::Sled(s) => s.save_vote(vote).await,
+            Backend::Memory(m) => m.save_vote(vote).await,
+        }
     }
 
     async fn read_vote(&mut self) -> StorageResult<Option<Vote<NodeId>>> {
-        let this = self.clone();
-        blocking(move || this.get_meta(VOTE_KEY))
-            .await
-            .map_err(read_vote_err)
+        match &mut self.backend {
+            Backend::Sled(s) => s.read_vote().await,
+            Backend::Memory(m) => m.read_vote().await,
+        }
     }
 
-    /// Not flushed on its own: openraft allows the committed id to lag; the next
-    /// durable flush (any append or vote) covers it.
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
-        let this = self.clone();
-        blocking(move || match committed {
-            Some(c) => this.put_meta(COMMITTED_KEY, &c),
-            None => this
-                .meta
-                .remove(COMMITTED_KEY)
-                .map(drop)
-                .map_err(Into::into),
-        })
-        .await
-        .map_err(write_logs_err)
+        match &mut self.backend {
+            Backend::Sled(s) => s.save_committed(committed).await,
+            Backend::Memory(m) => m.save_committed(committed).await,
+        }
     }
 
     async fn read_committed(&mut self) -> StorageResult<Option<LogId<NodeId>>> {
-        let this = self.clone();
-        blocking(move || this.get_meta(COMMITTED_KEY))
-            .await
-            .map_err(read_logs_err)
+        match &mut self.backend {
+            Backend::Sled(s) => s.read_committed().await,
+            Backend::Memory(m) => m.read_committed().await,
+        }
     }
 
-    /// Returns once the entries are written (readable); `callback` is called by
-    /// the flusher thread only after a durable flush that began after the write.
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StorageResult<()>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let entries: Vec<_> = entries.into_iter().collect();
-        let this = self.clone();
-        blocking(move || this.insert_entries(&entries))
-            .await
-            .map_err(write_logs_err)?;
-        self.flusher.submit(Box::new(move |result| {
-            callback.log_io_completed(result.map_err(FlushError::into_io));
-        }));
-        Ok(())
+        match &mut self.backend {
+            Backend::Sled(s) => s.append(entries, callback).await,
+            Backend::Memory(m) => m.append(entries, callback).await,
+        }
     }
 
-    /// Deletes `[log_id.index, ..)`. Not flushed on its own: the append that
-    /// follows a truncation is flushed before it is acknowledged, and sled
-    /// recovers writes in order, so the truncation is durable by then.
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
-        let this = self.clone();
-        blocking(move || this.remove_entries(Bound::Included(log_id.index), Bound::Unbounded))
-            .await
-            .map_err(write_logs_err)
+        match &mut self.backend {
+            Backend::Sled(s) => s.truncate(log_id).await,
+            Backend::Memory(m) => m.truncate(log_id).await,
+        }
     }
 
-    /// Deletes `(.., log_id.index]` and records `log_id` as the last purged id,
-    /// durably before returning (purges are rare: one per snapshot).
     async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
-        let this = self.clone();
-        blocking(move || this.purge_upto(&log_id))
-            .await
-            .map_err(write_logs_err)?;
-        self.flusher
-            .flush()
-            .await
-            .map_err(|e| write_logs_err(e.into()))
+        match &mut self.backend {
+            Backend::Sled(s) => s.purge(log_id).await,
+            Backend::Memory(m) => m.purge(log_id).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_bounds_of_empty_and_edge_ranges() {
+        assert_eq!(index_bounds(&(3..3)), None);
+        let inverted = (Bound::Included(5), Bound::Excluded(2));
+        assert_eq!(index_bounds(&inverted), None);
+        assert_eq!(index_bounds(&(2..=4)), Some((2, Bound::Excluded(5))));
+        assert_eq!(index_bounds(&(..)), Some((0, Bound::Unbounded)));
+        assert_eq!(index_bounds(&(1..=u64::MAX)), Some((1, Bound::Unbounded)));
+        let after_max = (Bound::Excluded(u64::MAX), Bound::Unbounded);
+        assert_eq!(index_bounds(&after_max), None);
     }
 }

@@ -1,5 +1,6 @@
 //! The adapter between openraft and `roster-state`: openraft's `RaftStateMachine`
-//! and `RaftSnapshotBuilder` over `StateMachine<SledEngine>`.
+//! and `RaftSnapshotBuilder` over `StateMachine<DynEngine>`: a sled tree on a real
+//! node, memory in tests and simulation.
 //!
 //! Each entry is applied with its log id (and, for membership entries, the new
 //! membership) as metadata of the same atomic engine batch, so the applied position
@@ -8,14 +9,17 @@
 //! machine is not flushed per entry: it may lag the (durable) log after a crash and
 //! is then caught up by replaying the log.
 //!
-//! The current snapshot (meta + bytes) is kept in the `snapshot` tree so that
-//! `get_current_snapshot` survives a restart.
+//! What the store needs besides the engine (the current snapshot, kept so that
+//! `get_current_snapshot` survives a restart; the snapshot-id counter; the durable
+//! flush after an install) is the backend's, see `state_backend`: the `snapshot`
+//! tree of the node's sled database, or memory.
 //!
 //! Calling context: openraft calls these methods from its state-machine worker, a
-//! task on the caller's tokio runtime. All sled work runs under `spawn_blocking`
-//! rather than `block_in_place`, because `block_in_place` panics on a
-//! current-thread runtime (`#[tokio::test]`, simulations) and would also stall every
-//! other task sharing the worker thread while it runs.
+//! task on the caller's tokio runtime. With sled, all storage work runs under
+//! `spawn_blocking` rather than `block_in_place`, because `block_in_place` panics
+//! on a current-thread runtime (`#[tokio::test]`, simulations) and would also stall
+//! every other task sharing the worker thread while it runs. With memory it runs
+//! inline, which keeps a simulation deterministic.
 
 use std::io::Cursor;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -25,22 +29,20 @@ use openraft::{
     AnyError, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, StorageError,
     StorageIOError, StoredMembership,
 };
-use roster_state::{Command, EngineError, Response, SnapshotData, StateMachine};
+use roster_state::{Command, DynEngine, EngineError, Response, SnapshotData, StateMachine};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::sled_engine::SledEngine;
+use crate::state_backend::StateBackend;
 use crate::storage::{FlushError, GroupCommit, OpenError};
 use crate::types::{ApplyObserver, Member, NodeId, TypeConfig};
 
 /// The state machine as the server reads it. Take the lock briefly, and not on an
-/// async runtime thread for long reads.
-pub type SharedState = Arc<RwLock<StateMachine<SledEngine>>>;
+/// async runtime thread for long reads. The same type for every backend.
+pub type SharedState = Arc<RwLock<StateMachine<DynEngine>>>;
 
 const STATE_TREE: &str = "state";
-const SNAPSHOT_TREE: &str = "snapshot";
-const SNAPSHOT_META_KEY: &[u8] = b"current/meta";
-const SNAPSHOT_DATA_KEY: &[u8] = b"current/data";
 /// State-machine metadata names (stored by `roster-state` under `m/<name>`).
 const APPLIED_META: &[u8] = b"raft/applied";
 const MEMBERSHIP_META: &[u8] = b"raft/membership";
@@ -64,6 +66,8 @@ pub enum StateStoreError {
     Task(#[from] tokio::task::JoinError),
     #[error("the state machine lock is poisoned (a panic during apply)")]
     Poisoned,
+    #[error("the memory snapshot store lock is poisoned")]
+    MemoryPoisoned,
 }
 
 /// openraft's state machine for a node. Clones share everything; a clone is also
@@ -71,28 +75,16 @@ pub enum StateStoreError {
 #[derive(Clone)]
 pub struct StateStore {
     sm: SharedState,
-    snapshots: sled::Tree,
-    /// For `generate_id`: unique snapshot ids, monotonic across restarts.
-    db: sled::Db,
-    flusher: GroupCommit,
+    backend: StateBackend,
     observer: Arc<dyn ApplyObserver>,
 }
 
-fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StateStoreError> {
+pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StateStoreError> {
     Ok(bincode::serialize(value)?)
 }
 
-fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StateStoreError> {
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StateStoreError> {
     Ok(bincode::deserialize(bytes)?)
-}
-
-/// Runs blocking work on tokio's blocking pool (see the module doc).
-async fn blocking<T, F>(f: F) -> Result<T, StateStoreError>
-where
-    F: FnOnce() -> Result<T, StateStoreError> + Send + 'static,
-    T: Send + 'static,
-{
-    tokio::task::spawn_blocking(f).await?
 }
 
 fn read_sm_err(e: StateStoreError) -> StorageError<NodeId> {
@@ -148,19 +140,38 @@ fn apply_err((log_id, e): ApplyFailure) -> StorageError<NodeId> {
 
 impl StateStore {
     /// Opens the state machine over the `state` tree of `db`. Blocking.
-    pub(crate) fn open(
+    pub(crate) fn open_sled(
         db: &sled::Db,
         flusher: GroupCommit,
         observer: Arc<dyn ApplyObserver>,
     ) -> Result<Self, OpenError> {
         let engine = SledEngine::new(db.open_tree(STATE_TREE)?, flusher.clone());
+        let backend = StateBackend::sled(db, flusher)?;
+        Self::open(Box::new(engine), backend, observer)
+    }
+
+    /// Opens the state machine over `engine`, with what `backend` keeps besides.
+    pub(crate) fn open(
+        engine: DynEngine,
+        backend: StateBackend,
+        observer: Arc<dyn ApplyObserver>,
+    ) -> Result<Self, OpenError> {
         Ok(StateStore {
             sm: Arc::new(RwLock::new(StateMachine::open(engine)?)),
-            snapshots: db.open_tree(SNAPSHOT_TREE)?,
-            db: db.clone(),
-            flusher,
+            backend,
             observer,
         })
+    }
+
+    /// Runs `f` on a clone of the store where the backend runs storage work (see
+    /// the module doc).
+    async fn blocking<T, F>(&self, f: F) -> Result<T, StateStoreError>
+    where
+        F: FnOnce(StateStore) -> Result<T, StateStoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let this = self.clone();
+        self.backend.run(move || f(this)).await?
     }
 
     /// The state machine, for the server's reads.
@@ -168,11 +179,11 @@ impl StateStore {
         self.sm.clone()
     }
 
-    fn read(&self) -> Result<RwLockReadGuard<'_, StateMachine<SledEngine>>, StateStoreError> {
+    fn read(&self) -> Result<RwLockReadGuard<'_, StateMachine<DynEngine>>, StateStoreError> {
         self.sm.read().map_err(|_| StateStoreError::Poisoned)
     }
 
-    fn write(&self) -> Result<RwLockWriteGuard<'_, StateMachine<SledEngine>>, StateStoreError> {
+    fn write(&self) -> Result<RwLockWriteGuard<'_, StateMachine<DynEngine>>, StateStoreError> {
         self.sm.write().map_err(|_| StateStoreError::Poisoned)
     }
 
@@ -218,30 +229,23 @@ impl StateStore {
         })
     }
 
-    /// `<term>-<index>-<counter>`; the counter (sled's persisted id generator)
-    /// keeps two snapshots at the same log id apart, also across restarts.
+    /// `<term>-<index>-<counter>`; the backend's counter (sled's persisted id
+    /// generator) keeps two snapshots at the same log id apart, also across restarts.
     fn snapshot_id(&self, applied: Option<&LogId<NodeId>>) -> Result<String, StateStoreError> {
-        let counter = self.db.generate_id()?;
+        let counter = self.backend.next_snapshot_counter()?;
         let (term, index) = applied.map_or((0, 0), |id| (id.leader_id.term, id.index));
         Ok(format!("{term}-{index}-{counter}"))
     }
 
     fn save_current(&self, meta: &Meta, bytes: &[u8]) -> Result<(), StateStoreError> {
-        let mut batch = sled::Batch::default();
-        batch.insert(SNAPSHOT_META_KEY, encode(meta)?);
-        batch.insert(SNAPSHOT_DATA_KEY, bytes);
-        self.snapshots.apply_batch(batch)?;
-        Ok(())
+        self.backend.save_current(meta, bytes)
     }
 
     fn load_current(&self) -> Result<Option<Snapshot<TypeConfig>>, StateStoreError> {
-        let Some(meta) = self.snapshots.get(SNAPSHOT_META_KEY)? else {
-            return Ok(None);
-        };
-        let bytes = self.snapshots.get(SNAPSHOT_DATA_KEY)?.unwrap_or_default();
-        Ok(Some(Snapshot {
-            meta: decode(&meta)?,
-            snapshot: Box::new(Cursor::new(bytes.to_vec())),
+        let current = self.backend.load_current()?;
+        Ok(current.map(|(meta, bytes)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
         }))
     }
 
@@ -253,7 +257,7 @@ impl StateStore {
 }
 
 fn read_applied(
-    sm: &StateMachine<SledEngine>,
+    sm: &StateMachine<DynEngine>,
 ) -> Result<(Option<LogId<NodeId>>, Membership), StateStoreError> {
     let applied = sm.meta(APPLIED_META)?.map(|v| decode(&v)).transpose()?;
     let membership = sm
@@ -266,8 +270,7 @@ fn read_applied(
 
 impl RaftSnapshotBuilder<TypeConfig> for StateStore {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
-        let this = self.clone();
-        blocking(move || this.build_snapshot_blocking())
+        self.blocking(|this| this.build_snapshot_blocking())
             .await
             .map_err(|e| StorageIOError::write_snapshot(None, AnyError::new(&e)).into())
     }
@@ -277,8 +280,7 @@ impl RaftStateMachine<TypeConfig> for StateStore {
     type SnapshotBuilder = StateStore;
 
     async fn applied_state(&mut self) -> StorageResult<(Option<LogId<NodeId>>, Membership)> {
-        let this = self.clone();
-        blocking(move || this.applied_state_blocking())
+        self.blocking(|this| this.applied_state_blocking())
             .await
             .map_err(read_sm_err)
     }
@@ -290,7 +292,7 @@ impl RaftStateMachine<TypeConfig> for StateStore {
     {
         let entries: Vec<_> = entries.into_iter().collect();
         let this = self.clone();
-        let task = tokio::task::spawn_blocking(move || {
+        let task = self.backend.run(move || {
             entries
                 .into_iter()
                 .map(|entry| this.apply_one(entry))
@@ -316,12 +318,12 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         meta: &Meta,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> StorageResult<()> {
-        let (this, owned_meta) = (self.clone(), meta.clone());
+        let owned_meta = meta.clone();
         let bytes = snapshot.into_inner();
-        blocking(move || this.install_blocking(&owned_meta, bytes))
+        self.blocking(move |this| this.install_blocking(&owned_meta, bytes))
             .await
             .map_err(|e| write_snapshot_err(meta, e))?;
-        self.flusher
+        self.backend
             .flush()
             .await
             .map_err(|e| write_snapshot_err(meta, e.into()))?;
@@ -330,8 +332,7 @@ impl RaftStateMachine<TypeConfig> for StateStore {
     }
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
-        let this = self.clone();
-        blocking(move || this.load_current())
+        self.blocking(|this| this.load_current())
             .await
             .map_err(read_snapshot_err)
     }

@@ -27,6 +27,7 @@ use std::thread::{self, JoinHandle};
 use roster_state::EngineError;
 
 use crate::log_store::LogStore;
+use crate::sled_log_store::SledLogStore;
 use crate::state_store::StateStore;
 use crate::types::ApplyObserver;
 
@@ -60,7 +61,9 @@ impl StorageOptions {
     }
 }
 
-/// A node's storage: the two halves openraft drives, over the same database.
+/// A node's storage: the two halves openraft drives, over the same backend (the
+/// node's sled database from [`open_storage`], or memory from
+/// [`crate::open_memory_storage`] / [`crate::MemoryStorage`]).
 pub struct Storage {
     pub log: LogStore,
     pub state: StateStore,
@@ -112,8 +115,8 @@ pub fn open_storage(
     let db = open_db(&opts)?;
     let mut durable = DurableFlush::open(db.clone(), &opts.dir)?;
     let flusher = GroupCommit::spawn(move || durable.flush()).map_err(OpenError::Thread)?;
-    let log = LogStore::open(&db, flusher.clone())?;
-    let state = StateStore::open(&db, flusher, observer)?;
+    let log = LogStore::sled(SledLogStore::open(&db, flusher.clone())?);
+    let state = StateStore::open_sled(&db, flusher, observer)?;
     Ok(Storage { log, state })
 }
 

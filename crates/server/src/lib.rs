@@ -15,4 +15,5 @@ pub mod proposer;
 pub mod route;
 
 pub use config::{ClusterState, InitialMember, NodeConfig};
-pub use node::{RunningNode, StartError};
+pub use node::{Backend, RunningNode, StartError};
+pub use roster_raft::MemoryStorage;

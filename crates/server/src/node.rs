@@ -18,7 +18,10 @@ use roster_proto::etcdserverpb::kv_server::KvServer;
 use roster_proto::etcdserverpb::lease_server::LeaseServer;
 use roster_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use roster_raft::network::RaftPeerService;
-use roster_raft::{open_storage, ApplyObserver, Member, NodeId, Raft, StorageOptions, TypeConfig};
+use roster_raft::{
+    open_storage, ApplyObserver, Member, MemoryStorage, NodeId, Raft, Storage, StorageOptions,
+    TypeConfig,
+};
 use roster_state::{Command, MemberAttrs};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -57,6 +60,16 @@ pub enum StartError {
          members together with --initial-cluster-state new"
     )]
     JoinUnsupported { dir: String },
+}
+
+/// Where a node keeps its raft log and state machine.
+pub enum Backend {
+    /// sled in `<data-dir>/sled`: durable; what `roster serve` uses.
+    Sled,
+    /// Memory that outlives the node (for tests and simulation only): starting
+    /// a node again with the same `MemoryStorage` is a restart that kept
+    /// everything. No data dir is touched.
+    Memory(MemoryStorage),
 }
 
 /// A running node. Dropping it does not stop it: call [`RunningNode::shutdown`].
@@ -120,49 +133,37 @@ fn initial_members(config: &NodeConfig) -> Result<(BTreeMap<NodeId, Member>, Nod
 }
 
 impl RunningNode {
-    /// Starts a node with the gRPC peer transport.
+    /// Starts a node with the gRPC peer transport and sled storage in its data dir.
     pub async fn start(config: NodeConfig) -> Result<Self, StartError> {
-        Self::start_with_network(config, roster_raft::network::GrpcNetworkFactory).await
+        let network = roster_raft::network::GrpcNetworkFactory;
+        Self::start_with(config, network, Backend::Sled).await
     }
 
-    /// Starts a node whose raft traffic goes through `network`.
-    pub async fn start_with_network<N>(config: NodeConfig, network: N) -> Result<Self, StartError>
+    /// Starts a node whose raft traffic goes through `network` and whose state
+    /// lives in `backend`.
+    pub async fn start_with<N>(
+        config: NodeConfig,
+        network: N,
+        backend: Backend,
+    ) -> Result<Self, StartError>
     where
         N: RaftNetworkFactory<TypeConfig>,
     {
         let (members, member_id) = initial_members(&config)?;
         let ids: Vec<NodeId> = members.keys().copied().collect();
         let cluster_id = identity::cluster_id(&ids, &config.initial_cluster_token);
-        let ident = Identity {
-            name: config.name.clone(),
-            member_id,
-            cluster_id,
-        };
-        let fresh = identity::load(&config.data_dir)?.is_none();
-        if fresh && config.initial_cluster_state == ClusterState::Existing {
-            return Err(StartError::JoinUnsupported {
-                dir: config.data_dir.display().to_string(),
-            });
+        if matches!(backend, Backend::Sled) {
+            let ident = Identity {
+                name: config.name.clone(),
+                member_id,
+                cluster_id,
+            };
+            check_data_dir(&config, &ident)?;
         }
-        identity::check_and_store(&config.data_dir, &ident)?;
         let peer_listeners = bind_all("--listen-peer-urls", &config.listen_peer_urls).await?;
         let client_listeners = bind_all("--listen-client-urls", &config.listen_client_urls).await?;
-
-        let options = StorageOptions {
-            dir: config.data_dir.join("sled"),
-            cache_capacity: config.cache_capacity,
-        };
-        let storage_error = |reason: String| StartError::Storage {
-            dir: config.data_dir.display().to_string(),
-            reason,
-        };
-        // Opening sled and fsyncing its files blocks: keep it off the runtime.
         let observer = Arc::new(LessorObserver::default());
-        let apply_observer: Arc<dyn ApplyObserver> = observer.clone();
-        let storage = tokio::task::spawn_blocking(move || open_storage(options, apply_observer))
-            .await
-            .map_err(|e| storage_error(e.to_string()))?
-            .map_err(|e| storage_error(e.to_string()))?;
+        let storage = open_backend(&config, backend, observer.clone()).await?;
         let shared = storage.state.shared();
         let raft_config = config
             .raft_config()
@@ -261,6 +262,48 @@ async fn bind_all(flag: &'static str, urls: &[String]) -> Result<Vec<TcpListener
         listeners.push(bind(flag, url).await?);
     }
     Ok(listeners)
+}
+
+/// Refuses a data dir of another member or cluster, and a fresh one when asked to
+/// join an existing cluster; records our identity in a fresh one.
+fn check_data_dir(config: &NodeConfig, ident: &Identity) -> Result<(), StartError> {
+    let fresh = identity::load(&config.data_dir)?.is_none();
+    if fresh && config.initial_cluster_state == ClusterState::Existing {
+        return Err(StartError::JoinUnsupported {
+            dir: config.data_dir.display().to_string(),
+        });
+    }
+    identity::check_and_store(&config.data_dir, ident)?;
+    Ok(())
+}
+
+/// Opens the raft log and state machine. Opening sled and fsyncing its files
+/// blocks, so it runs off the runtime.
+async fn open_backend(
+    config: &NodeConfig,
+    backend: Backend,
+    observer: Arc<LessorObserver>,
+) -> Result<Storage, StartError> {
+    let storage_error = |reason: String| StartError::Storage {
+        dir: config.data_dir.display().to_string(),
+        reason,
+    };
+    let observer: Arc<dyn ApplyObserver> = observer;
+    match backend {
+        Backend::Memory(memory) => memory
+            .open(observer)
+            .map_err(|e| storage_error(e.to_string())),
+        Backend::Sled => {
+            let options = StorageOptions {
+                dir: config.data_dir.join("sled"),
+                cache_capacity: config.cache_capacity,
+            };
+            tokio::task::spawn_blocking(move || open_storage(options, observer))
+                .await
+                .map_err(|e| storage_error(e.to_string()))?
+                .map_err(|e| storage_error(e.to_string()))
+        }
+    }
 }
 
 /// Writes the initial membership. Every member of a new cluster does this with the

@@ -50,6 +50,28 @@ pub trait Engine: Send + Sync + 'static {
     fn flush(&self) -> Result<(), EngineError>;
 }
 
+/// A type-erased engine, so that callers (and the types they name) need not be
+/// generic over the backend: sled on a real node, memory in tests and simulation.
+pub type DynEngine = Box<dyn Engine>;
+
+impl Engine for Box<dyn Engine> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
+        (**self).get(key)
+    }
+
+    fn scan(&self, start: &[u8], end: Option<&[u8]>) -> Box<dyn Iterator<Item = ScanItem> + '_> {
+        (**self).scan(start, end)
+    }
+
+    fn write(&self, batch: Batch) -> Result<(), EngineError> {
+        (**self).write(batch)
+    }
+
+    fn flush(&self) -> Result<(), EngineError> {
+        (**self).flush()
+    }
+}
+
 /// An in-memory engine for tests and simulation. `flush` is a no-op.
 #[derive(Debug, Default)]
 pub struct MemEngine {
@@ -243,6 +265,24 @@ mod tests {
             seen += 1;
         }
         assert_eq!(seen, 600);
+    }
+
+    #[test]
+    fn dyn_engine_delegates_every_method() {
+        let engine: DynEngine = Box::new(engine_with([b"a".to_vec(), b"b".to_vec()]));
+        let mut batch = Batch::default();
+        batch.put(b"c".to_vec(), b"3".to_vec());
+        batch.delete(b"a".to_vec());
+        engine.write(batch).expect("write");
+        assert_eq!(engine.get(b"c").expect("get"), Some(b"3".to_vec()));
+        assert_eq!(engine.get(b"a").expect("get"), None);
+        let keys: Vec<_> = engine
+            .scan(b"a", Some(b"c"))
+            .map(|item| item.map(|(k, _)| k))
+            .collect::<Result<_, _>>()
+            .expect("scan");
+        assert_eq!(keys, vec![b"b".to_vec()]);
+        engine.flush().expect("flush");
     }
 
     #[test]

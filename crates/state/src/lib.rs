@@ -44,7 +44,7 @@ mod tests;
 mod tx;
 
 pub use command::{Command, Response};
-pub use engine::{Batch, Engine, EngineError, MemEngine, ScanItem};
+pub use engine::{Batch, DynEngine, Engine, EngineError, MemEngine, ScanItem};
 pub use error::StateError;
 pub use keyspace::{Event, EventKind, KeyValue, RangeRequest, RangeResult, RemovalReason};
 pub use lease::{Lease, MAX_LEASE_TTL};

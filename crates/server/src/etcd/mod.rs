@@ -55,7 +55,7 @@ impl EtcdApi {
     /// Reads the local state machine under its lock.
     pub(crate) fn read<T>(
         &self,
-        f: impl FnOnce(&StateMachine<roster_raft::SledEngine>) -> Result<T, Status>,
+        f: impl FnOnce(&StateMachine<roster_raft::DynEngine>) -> Result<T, Status>,
     ) -> Result<T, Status> {
         let sm = self
             .state
