@@ -18,6 +18,7 @@ mod sled_log_store;
 mod state_backend;
 mod state_store;
 mod storage;
+mod storage_errors;
 mod types;
 
 pub use log_store::LogStore;

@@ -14,11 +14,13 @@ use std::ops::{Bound, RangeBounds};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
-use openraft::{
-    AnyError, Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote,
-};
+use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageError, Vote};
 
 use crate::log_store::index_bounds;
+use crate::storage_errors::{
+    read_logs as read_err, read_vote as read_vote_err, write_logs as write_err,
+    write_vote as write_vote_err,
+};
 use crate::types::{NodeId, TypeConfig};
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
@@ -72,22 +74,6 @@ impl MemLog {
 #[derive(Clone, Default)]
 pub(crate) struct MemLogStore {
     inner: Arc<Mutex<MemLog>>,
-}
-
-fn read_err(e: MemLogError) -> StorageError<NodeId> {
-    StorageIOError::read_logs(AnyError::new(&e)).into()
-}
-
-fn write_err(e: MemLogError) -> StorageError<NodeId> {
-    StorageIOError::write_logs(AnyError::new(&e)).into()
-}
-
-fn read_vote_err(e: MemLogError) -> StorageError<NodeId> {
-    StorageIOError::read_vote(AnyError::new(&e)).into()
-}
-
-fn write_vote_err(e: MemLogError) -> StorageError<NodeId> {
-    StorageIOError::write_vote(AnyError::new(&e)).into()
 }
 
 impl MemLogStore {

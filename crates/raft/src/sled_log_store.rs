@@ -15,14 +15,16 @@ use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
-use openraft::{
-    AnyError, Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote,
-};
+use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageError, Vote};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::log_store::index_bounds;
 use crate::storage::{FlushError, GroupCommit};
+use crate::storage_errors::{
+    read_logs as read_logs_err, read_vote as read_vote_err, write_logs as write_logs_err,
+    write_vote as write_vote_err,
+};
 use crate::types::{NodeId, TypeConfig};
 
 const LOG_TREE: &str = "raft_log";
@@ -74,22 +76,6 @@ where
     T: Send + 'static,
 {
     tokio::task::spawn_blocking(f).await?
-}
-
-fn read_logs_err(e: LogStoreError) -> StorageError<NodeId> {
-    StorageIOError::read_logs(AnyError::new(&e)).into()
-}
-
-fn write_logs_err(e: LogStoreError) -> StorageError<NodeId> {
-    StorageIOError::write_logs(AnyError::new(&e)).into()
-}
-
-fn read_vote_err(e: LogStoreError) -> StorageError<NodeId> {
-    StorageIOError::read_vote(AnyError::new(&e)).into()
-}
-
-fn write_vote_err(e: LogStoreError) -> StorageError<NodeId> {
-    StorageIOError::write_vote(AnyError::new(&e)).into()
 }
 
 impl SledLogStore {
@@ -203,7 +189,7 @@ impl RaftLogStorage<TypeConfig> for SledLogStore {
         self.flusher
             .flush()
             .await
-            .map_err(|e| write_vote_err(e.into()))
+            .map_err(|e| write_vote_err(LogStoreError::from(e)))
     }
 
     async fn read_vote(&mut self) -> StorageResult<Option<Vote<NodeId>>> {
@@ -274,6 +260,6 @@ impl RaftLogStorage<TypeConfig> for SledLogStore {
         self.flusher
             .flush()
             .await
-            .map_err(|e| write_logs_err(e.into()))
+            .map_err(|e| write_logs_err(LogStoreError::from(e)))
     }
 }
