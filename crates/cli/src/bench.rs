@@ -141,7 +141,10 @@ async fn run_puts(
         workers.push(tokio::spawn(async move {
             let mut tally = Tally::default();
             while let Some(n) = claim(&issued, total, deadline) {
-                let key = format!("bench/{:016x}", splitmix(n) % key_space.max(1));
+                let key = format!(
+                    "bench/{:016x}",
+                    roster_state::splitmix64(n) % key_space.max(1)
+                );
                 let req = PutRequest {
                     key: key.into_bytes(),
                     value: value.clone(),
@@ -262,11 +265,4 @@ fn report(name: &str, tallies: Vec<Tally>, elapsed: Duration) {
         ms(pct(0.99)),
         ms(all.last().copied().unwrap_or_default()),
     );
-}
-
-fn splitmix(n: u64) -> u64 {
-    let mut z = n.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }

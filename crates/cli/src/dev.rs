@@ -111,21 +111,17 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
 
 /// Resolves with the name of the first node that exits.
 async fn first_exit(children: &mut [Child]) -> String {
-    let waits = children.iter_mut().enumerate().map(|(i, c)| {
-        Box::pin(async move {
-            let _ = c.wait().await;
-            format!("n{}", i + 1)
+    let waits: Vec<_> = children
+        .iter_mut()
+        .enumerate()
+        .map(|(i, c)| {
+            Box::pin(async move {
+                let _ = c.wait().await;
+                format!("n{}", i + 1)
+            })
         })
-    });
-    futures_select_all(waits).await
-}
-
-async fn futures_select_all<F: std::future::Future<Output = String> + Unpin>(
-    futs: impl Iterator<Item = F>,
-) -> String {
-    let futs: Vec<F> = futs.collect();
-    let (name, _, _) = futures::future::select_all(futs).await;
-    name
+        .collect();
+    futures::future::select_all(waits).await.0
 }
 
 /// SIGTERM to each node (a clean shutdown), then wait for them.

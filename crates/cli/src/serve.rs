@@ -50,7 +50,7 @@ pub struct ServeArgs {
     #[arg(long, default_value = "5s", value_parser = crate::duration::parse)]
     lease_checkpoint_interval: Duration,
     /// sled page cache per node, MiB.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = roster_server::NodeConfig::DEFAULT_CACHE_MB)]
     cache_mb: u64,
     /// Log level: debug, info, warn, error (RUST_LOG overrides it).
     #[arg(long, default_value = "info")]

@@ -45,6 +45,9 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
+    /// The default sled page cache, MiB (the CLI's `--cache-mb`).
+    pub const DEFAULT_CACHE_MB: u64 = roster_raft::DEFAULT_CACHE_CAPACITY / (1024 * 1024);
+
     /// etcd's defaults: a one-node cluster on 127.0.0.1:2379 / 2380.
     pub fn single(name: &str, data_dir: PathBuf) -> Self {
         let peer = "http://127.0.0.1:2380".to_string();
@@ -64,7 +67,7 @@ impl NodeConfig {
             heartbeat_interval: Duration::from_millis(100),
             election_timeout: Duration::from_millis(1000),
             lease_checkpoint_interval: Duration::from_secs(5),
-            cache_capacity: 64 * 1024 * 1024,
+            cache_capacity: roster_raft::DEFAULT_CACHE_CAPACITY,
         }
     }
 

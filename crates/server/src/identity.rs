@@ -19,10 +19,7 @@ fn hash_parts<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> u64 {
             h = h.wrapping_mul(0x0000_0100_0000_01b3);
         }
     }
-    let mut z = h.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+    roster_state::splitmix64(h)
 }
 
 /// The member id of one member of the initial cluster. Never 0.

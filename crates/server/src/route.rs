@@ -226,7 +226,9 @@ impl Router {
     }
 
     fn leader(&self) -> Option<Leader> {
-        let m = self.raft.metrics().borrow().clone();
+        // Borrowed, not cloned: this runs for every routed request.
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
         let leader = m.current_leader?;
         if leader == self.id {
             return (m.state == ServerState::Leader).then_some(Leader::Local);

@@ -10,6 +10,7 @@ use crate::engine::{Engine, EngineError};
 use crate::error::{Fail, StateError};
 use crate::keyspace::{self, KeyValue, RemovalReason};
 use crate::layout;
+use crate::mix::splitmix64;
 use crate::tx::Tx;
 
 /// Largest TTL a lease may be granted, in seconds: etcd's `MaxLeaseTTL`.
@@ -80,15 +81,6 @@ fn generate_id<E: Engine>(tx: &mut Tx<'_, E>) -> Result<i64, EngineError> {
             return Ok(id);
         }
     }
-}
-
-/// Sebastiano Vigna's splitmix64 finalizer: a bijection on u64 that spreads a
-/// counter over the id space.
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 /// `LeaseRevoke`: the lease and its keys, in one revision.

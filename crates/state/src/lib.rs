@@ -38,6 +38,7 @@ mod layout;
 mod lease;
 mod machine;
 mod members;
+mod mix;
 mod snapshot;
 #[cfg(test)]
 mod tests;
@@ -50,4 +51,5 @@ pub use keyspace::{Event, EventKind, KeyValue, RangeRequest, RangeResult, Remova
 pub use lease::{Lease, MAX_LEASE_TTL};
 pub use machine::{Applied, StateMachine};
 pub use members::MemberAttrs;
+pub use mix::splitmix64;
 pub use snapshot::SnapshotData;
