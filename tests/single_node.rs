@@ -11,7 +11,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
 use harness::{
-    b64, ctl_endpoint, is_etcd, json_i64, json_u64, kvs, lease_hex, parse_lease_grant,
+    b64, etcdctl, is_etcd, json_i64, json_u64, kvs, lease_hex, parse_lease_grant,
     run_server_to_exit, wait_for, wait_until, with_flag, Cluster, NodeConfig,
 };
 use roster_proto::etcdserverpb::{
@@ -470,7 +470,7 @@ fn member_list_and_endpoint_status() {
     let out = c.ctl(0, &["endpoint", "status"]).expect_ok();
     let fields: Vec<&str> = out.stdout.trim_end().split(", ").collect();
     assert!(fields.len() >= 8, "{out}");
-    assert_eq!(fields[0], ctl_endpoint(&c.endpoint(0)));
+    assert_eq!(fields[0], c.endpoint(0));
     assert_eq!(fields[1], format!("{id:x}"));
     assert_eq!(fields[2], st.version);
     assert_eq!(fields[4], "true", "is leader: {out}");
@@ -482,10 +482,51 @@ fn member_list_and_endpoint_status() {
     assert!(
         out.stderr.contains(&format!(
             "{} is healthy: successfully committed proposal: took = ",
-            ctl_endpoint(&c.endpoint(0))
+            c.endpoint(0)
         )),
         "{out}"
     );
+}
+
+/// etcdctl 3.4 sends a URL endpoint as the HTTP/2 `:authority` of the commands that
+/// dial each endpoint on its own; both spellings of one endpoint must answer.
+#[test]
+fn endpoint_commands_accept_urls_and_bare_addresses() {
+    let c = Cluster::start(1);
+    let url = c.endpoint(0);
+    let bare = url.trim_start_matches("http://").to_string();
+    assert_ne!(url, bare, "client URLs carry a scheme");
+    let both = [url.clone(), bare.clone()];
+
+    let out = etcdctl(&both, &["endpoint", "status", "-w", "json"]).expect_ok();
+    let statuses = out.json();
+    let statuses = statuses.as_array().expect("one status per endpoint");
+    let answered: Vec<(&str, u64)> = statuses
+        .iter()
+        .map(|s| {
+            let endpoint = s["Endpoint"].as_str().unwrap_or_default();
+            (endpoint, json_u64(&s["Status"]["header"], "member_id"))
+        })
+        .collect();
+    let id = c.member_id(0);
+    assert_eq!(
+        answered,
+        vec![(url.as_str(), id), (bare.as_str(), id)],
+        "{out}"
+    );
+
+    let out = etcdctl(&both, &["endpoint", "health"]).expect_ok();
+    for endpoint in &both {
+        assert!(
+            out.stderr.contains(&format!("{endpoint} is healthy")),
+            "{out}"
+        );
+    }
+
+    // Ordinary requests on a URL endpoint still work after the rewritten ones.
+    etcdctl(std::slice::from_ref(&url), &["put", "url-key", "v"]).expect_ok();
+    let got = etcdctl(&[url], &["get", "url-key", "--print-value-only"]).expect_ok();
+    assert_eq!(got.stdout, "v\n");
 }
 
 // ---------------------------------------------------------------------------

@@ -250,18 +250,6 @@ pub fn etcdctl_path() -> OsString {
         .unwrap_or_else(|| "etcdctl".into())
 }
 
-/// An endpoint as the harness hands it to etcdctl: `host:port`, without the
-/// `http://` scheme. (etcdctl 3.4 dials `endpoint status` through gRPC's
-/// passthrough resolver, so a URL endpoint is sent as the HTTP/2 `:authority`
-/// `http://127.0.0.1:port`, which Go's gRPC server accepts and Rust's h2
-/// rejects with RST_STREAM PROTOCOL_ERROR.)
-pub fn ctl_endpoint(endpoint: &str) -> &str {
-    endpoint
-        .strip_prefix("http://")
-        .unwrap_or(endpoint)
-        .trim_end_matches('/')
-}
-
 /// Runs `etcdctl --endpoints=... --command-timeout=5s <args>` (API v3).
 pub fn etcdctl(endpoints: &[String], args: &[&str]) -> CtlOutput {
     etcdctl_timeout(endpoints, Duration::from_secs(5), args)
@@ -276,14 +264,7 @@ pub fn etcdctl_timeout(
     args: &[&str],
 ) -> CtlOutput {
     let mut full: Vec<String> = vec![
-        format!(
-            "--endpoints={}",
-            endpoints
-                .iter()
-                .map(|e| ctl_endpoint(e))
-                .collect::<Vec<_>>()
-                .join(",")
-        ),
+        format!("--endpoints={}", endpoints.join(",")),
         format!("--command-timeout={}ms", command_timeout.as_millis()),
         "--dial-timeout=2s".to_string(),
     ];

@@ -13,6 +13,7 @@ pub mod lessor;
 pub mod node;
 pub mod proposer;
 pub mod route;
+pub mod url_authority;
 
 pub use config::{ClusterState, InitialMember, NodeConfig};
 pub use node::{Backend, RunningNode, StartError};

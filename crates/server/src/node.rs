@@ -23,10 +23,13 @@ use roster_raft::{
     TypeConfig,
 };
 use roster_state::{Command, MemberAttrs};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::transport::server::Connected;
 
 use crate::config::{ClusterState, NodeConfig};
 use crate::etcd::{EtcdApi, MAX_GRPC_MESSAGE};
@@ -34,6 +37,7 @@ use crate::identity::{self, Identity};
 use crate::lessor::{Lessor, LessorConfig, LessorObserver};
 use crate::proposer::Proposer;
 use crate::route::Router;
+use crate::url_authority::AuthorityRewrite;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -222,10 +226,14 @@ impl RunningNode {
         for listener in peer_listeners {
             let peer = RaftPeerService::new(raft.clone(), Arc::new(router.clone()));
             let router = tonic::transport::Server::builder().add_service(peer.into_server());
-            servers.push(spawn_server(router, listener, stopped.clone()));
+            let incoming = TcpListenerStream::new(listener);
+            servers.push(spawn_server(router, incoming, stopped.clone()));
         }
         for listener in client_listeners {
-            servers.push(spawn_server(client_router(&api), listener, stopped.clone()));
+            // etcdctl 3.4 may send the endpoint URL as :authority; see url_authority.
+            let incoming =
+                TcpListenerStream::new(listener).map(|conn| conn.map(AuthorityRewrite::new));
+            servers.push(spawn_server(client_router(&api), incoming, stopped.clone()));
         }
         tracing::info!(
             name = %config.name,
@@ -339,12 +347,15 @@ fn client_router(api: &EtcdApi) -> tonic::transport::server::Router {
         .add_service(MaintenanceServer::new(api.clone()))
 }
 
-fn spawn_server(
+fn spawn_server<S, IO>(
     router: tonic::transport::server::Router,
-    listener: TcpListener,
+    incoming: S,
     mut stopped: watch::Receiver<bool>,
-) -> JoinHandle<Result<(), tonic::transport::Error>> {
-    let incoming = TcpListenerStream::new(listener);
+) -> JoinHandle<Result<(), tonic::transport::Error>>
+where
+    S: Stream<Item = std::io::Result<IO>> + Send + 'static,
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+{
     tokio::spawn(async move {
         router
             .serve_with_incoming_shutdown(incoming, async move {
