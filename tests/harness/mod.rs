@@ -263,6 +263,16 @@ pub fn etcdctl_timeout(
     command_timeout: Duration,
     args: &[&str],
 ) -> CtlOutput {
+    etcdctl_with_input(endpoints, command_timeout, args, None)
+}
+
+/// Runs etcdctl with `input` on its standard input (for `txn`); none: empty.
+pub fn etcdctl_with_input(
+    endpoints: &[String],
+    command_timeout: Duration,
+    args: &[&str],
+    input: Option<&str>,
+) -> CtlOutput {
     let mut full: Vec<String> = vec![
         format!("--endpoints={}", endpoints.join(",")),
         format!("--command-timeout={}ms", command_timeout.as_millis()),
@@ -278,7 +288,11 @@ pub fn etcdctl_timeout(
     }
     cmd.env("ETCDCTL_API", "3")
         .args(&full)
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap_or_else(|e| {
@@ -287,6 +301,11 @@ pub fn etcdctl_timeout(
             etcdctl_path()
         )
     });
+    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin
+            .write_all(text.as_bytes())
+            .expect("write etcdctl input");
+    }
     let out = read_in_background(child.stdout.take());
     let err = read_in_background(child.stderr.take());
     let deadline = Instant::now() + command_timeout + Duration::from_secs(10);

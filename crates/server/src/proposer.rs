@@ -129,7 +129,8 @@ async fn write(raft: &Raft, command: Command) -> Result<Response, ProposeError> 
 /// Bytes a command adds to an entry, roughly: what dominates is keys and values.
 fn approx_size(command: &Command) -> usize {
     match command {
-        Command::Put { key, value, .. } => key.len() + value.len() + 32,
+        Command::Put(put) => put.key.len() + put.value.len() + 32,
+        Command::Txn(txn) => bincode::serialized_size(txn).map_or(64, |n| n as usize),
         Command::DeleteRange { key, range_end, .. } => key.len() + range_end.len() + 32,
         Command::LeaseExpire { ids } | Command::LeaseRenewed { ids } => ids.len() * 8 + 16,
         Command::LeaseCheckpoint { remaining_ms } => remaining_ms.len() * 16 + 16,

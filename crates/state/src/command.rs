@@ -4,21 +4,15 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::StateError;
-use crate::keyspace::{KeyValue, RemovalReason};
+use crate::keyspace::{KeyValue, Put, RemovalReason};
 use crate::members::MemberAttrs;
+use crate::txn::{Txn, TxnOpResponse};
 
 /// One entry of the replicated log, as the state machine sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    /// etcd `Put`. `lease == 0` means no lease.
-    Put {
-        key: Vec<u8>,
-        value: Vec<u8>,
-        lease: i64,
-        prev_kv: bool,
-        ignore_value: bool,
-        ignore_lease: bool,
-    },
+    /// etcd `Put`.
+    Put(Put),
     /// etcd `DeleteRange` (graceful removal). `range_end` as in etcd: empty for one
     /// key, `[0]` for every key >= `key`, otherwise the half-open range.
     DeleteRange {
@@ -42,6 +36,12 @@ pub enum Command {
     /// The leases were kept alive after their last checkpoint: clears it, so a new
     /// leader restarts them at their full TTL. Unknown ids are skipped.
     LeaseRenewed { ids: Vec<i64> },
+    /// etcd `Txn`: compares, then the success or the failure branch, at one
+    /// revision. A failing operation fails (and undoes) the whole txn.
+    Txn(Txn),
+    /// etcd `Compact`: discard the history below `revision`. At or below the last
+    /// compaction: `Compacted`; above the store revision: `FutureRevision`.
+    Compact { revision: i64 },
     /// A member publishes its attributes (client URLs) after it starts.
     PublishMember(MemberAttrs),
     /// No change; used by a new leader to commit an entry of its term.
@@ -77,7 +77,12 @@ pub enum Response {
         revision: i64,
         revoked: Vec<i64>,
     },
-    /// Checkpoint, renewed, publish, noop.
+    Txn {
+        revision: i64,
+        succeeded: bool,
+        responses: Vec<TxnOpResponse>,
+    },
+    /// Checkpoint, renewed, publish, compact, noop.
     Done {
         revision: i64,
     },
@@ -99,6 +104,7 @@ impl Response {
             | Response::DeleteRange { revision, .. }
             | Response::LeaseGranted { revision, .. }
             | Response::LeaseRevoked { revision, .. }
+            | Response::Txn { revision, .. }
             | Response::Done { revision }
             | Response::Error { revision, .. } => *revision,
         }

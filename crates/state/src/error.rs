@@ -19,6 +19,14 @@ pub enum StateError {
     KeyNotFound,
     #[error("a batch may not contain a batch")]
     NestedBatch,
+    /// A read, watch or compaction below the revision the history was compacted at.
+    #[error("required revision has been compacted (compacted at {compacted})")]
+    Compacted { compacted: i64 },
+    #[error("required revision is a future revision")]
+    FutureRevision,
+    /// A txn branch that writes one key twice (or puts a key it also deletes).
+    #[error("duplicate key given in txn request")]
+    DuplicateKey,
 }
 
 impl StateError {
@@ -31,16 +39,20 @@ impl StateError {
             StateError::EmptyKey => "empty_key",
             StateError::KeyNotFound => "key_not_found",
             StateError::NestedBatch => "nested_batch",
+            StateError::Compacted { .. } => "compacted",
+            StateError::FutureRevision => "future_revision",
+            StateError::DuplicateKey => "duplicate_key",
         }
     }
 }
 
-/// Why applying a command stopped: a logical error (answered, changes nothing) or
-/// a storage failure (returned to the caller as `Err`). Lets the apply code use
-/// `?` for both.
-#[derive(Debug)]
-pub(crate) enum Fail {
+/// Why applying a command or serving a read stopped: a logical error (answered,
+/// changes nothing) or a storage failure. Lets the code use `?` for both.
+#[derive(Debug, thiserror::Error)]
+pub enum Fail {
+    #[error(transparent)]
     State(StateError),
+    #[error(transparent)]
     Engine(crate::engine::EngineError),
 }
 

@@ -10,7 +10,7 @@ use crate::engine::{Engine, EngineError};
 use crate::error::{Fail, StateError};
 use crate::layout;
 use crate::lease;
-use crate::tx::Tx;
+use crate::tx::{Tx, View};
 
 /// Why a key was removed. One enum for every API: etcd watchers see a plain
 /// DELETE, registry watchers see the reason.
@@ -56,8 +56,8 @@ pub struct Event {
     pub reason: Option<RemovalReason>,
 }
 
-/// A read of the current keyspace (etcd `RangeRequest` semantics).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// A read of the keyspace (etcd `RangeRequest` semantics).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RangeRequest {
     pub key: Vec<u8>,
     /// Empty: the single key. `[0]`: every key >= `key`. Otherwise `[key, range_end)`;
@@ -67,9 +67,11 @@ pub struct RangeRequest {
     pub limit: i64,
     pub count_only: bool,
     pub keys_only: bool,
+    /// 0: the current revision; otherwise read the keyspace as of this revision.
+    pub revision: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RangeResult {
     pub kvs: Vec<KeyValue>,
     /// Number of keys in the range (ignoring `limit`).
@@ -80,19 +82,24 @@ pub struct RangeResult {
     pub revision: i64,
 }
 
-/// The arguments of a `Command::Put`, borrowed.
-pub(crate) struct PutArgs<'c> {
-    pub key: &'c [u8],
-    pub value: &'c [u8],
+/// etcd `Put`'s arguments, as a command of its own or inside a txn.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Put {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    /// 0: no lease.
     pub lease: i64,
+    /// Answer with the key's previous version.
     pub prev_kv: bool,
+    /// Keep the current value (the key must exist).
     pub ignore_value: bool,
+    /// Keep the current lease (the key must exist).
     pub ignore_lease: bool,
 }
 
 /// The engine bounds `[start, end)` of the `k/` keys selected by `key` and
 /// `range_end` (etcd semantics), or `None` for an empty selection.
-fn engine_bounds(key: &[u8], range_end: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+pub(crate) fn engine_bounds(key: &[u8], range_end: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
     let start = layout::key_key(key);
     let end = match range_end {
         [] => layout::join(&start, &[0]),
@@ -103,12 +110,30 @@ fn engine_bounds(key: &[u8], range_end: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
     Some((start, end))
 }
 
-/// Serves a read of the live keys at `revision`. Streams the scan: only the
-/// returned pairs are decoded and kept; the rest are counted.
-pub(crate) fn range<E: Engine>(
-    engine: &E,
+/// Serves a read of the live keys in `view`, whose store revision is `revision`.
+/// Streams the scan: only the returned pairs are decoded and kept; the rest are
+/// counted.
+pub(crate) fn range(
+    view: &impl View,
     revision: i64,
     req: &RangeRequest,
+) -> Result<RangeResult, EngineError> {
+    let Some((start, end)) = engine_bounds(&req.key, &req.range_end) else {
+        return collect_range(std::iter::empty(), Ok, req, revision);
+    };
+    let values = view
+        .read_range(&start, Some(&end))
+        .map(|item| item.map(|(_, v)| v));
+    collect_range(values, |v: Vec<u8>| layout::decode(&v), req, revision)
+}
+
+/// Applies `req`'s count, limit and keys-only to the selected keys, in key order;
+/// `decode` runs only for the keys returned.
+pub(crate) fn collect_range<T>(
+    items: impl Iterator<Item = Result<T, EngineError>>,
+    decode: impl Fn(T) -> Result<KeyValue, EngineError>,
+    req: &RangeRequest,
+    revision: i64,
 ) -> Result<RangeResult, EngineError> {
     let mut result = RangeResult {
         kvs: Vec::new(),
@@ -116,17 +141,14 @@ pub(crate) fn range<E: Engine>(
         more: false,
         revision,
     };
-    let Some((start, end)) = engine_bounds(&req.key, &req.range_end) else {
-        return Ok(result);
-    };
     let limit = usize::try_from(req.limit).unwrap_or(0);
-    for item in engine.scan(&start, Some(&end)) {
-        let (_, value) = item?;
+    for item in items {
+        let item = item?;
         result.count += 1;
         if req.count_only || (limit > 0 && result.kvs.len() >= limit) {
             continue;
         }
-        let mut kv: KeyValue = layout::decode(&value)?;
+        let mut kv = decode(item)?;
         if req.keys_only {
             kv.value.clear();
         }
@@ -143,12 +165,22 @@ fn load<E: Engine>(tx: &Tx<'_, E>, key: &[u8]) -> Result<Option<KeyValue>, Engin
         .transpose()
 }
 
-/// etcd `Put`: validates everything first, so an error stages nothing.
-pub(crate) fn put<E: Engine>(tx: &mut Tx<'_, E>, args: &PutArgs<'_>) -> Result<Response, Fail> {
+/// etcd `Put`.
+pub(crate) fn put<E: Engine>(tx: &mut Tx<'_, E>, args: &Put) -> Result<Response, Fail> {
+    let old = put_kv(tx, args)?;
+    Ok(Response::Put {
+        revision: tx.revision(),
+        prev_kv: old.filter(|_| args.prev_kv),
+    })
+}
+
+/// Writes one key; returns its previous live version. Validates everything first,
+/// so an error stages nothing.
+pub(crate) fn put_kv<E: Engine>(tx: &mut Tx<'_, E>, args: &Put) -> Result<Option<KeyValue>, Fail> {
     if args.key.is_empty() {
         return Err(StateError::EmptyKey.into());
     }
-    let old = load(tx, args.key)?;
+    let old = load(tx, &args.key)?;
     if (args.ignore_value || args.ignore_lease) && old.is_none() {
         return Err(StateError::KeyNotFound.into());
     }
@@ -161,28 +193,25 @@ pub(crate) fn put<E: Engine>(tx: &mut Tx<'_, E>, args: &PutArgs<'_>) -> Result<R
     }
     let kv = next_version(tx.write_revision(), old.as_ref(), args, lease);
     let old_lease = old.as_ref().map_or(0, |o| o.lease);
-    relink(tx, args.key, old_lease, lease);
-    tx.put(layout::key_key(args.key), layout::encode(&kv)?);
+    relink(tx, &args.key, old_lease, lease);
+    tx.put(layout::key_key(&args.key), layout::encode(&kv)?);
     tx.event(Event {
         kind: EventKind::Put,
         kv,
         prev_kv: old.clone(),
         reason: None,
     })?;
-    Ok(Response::Put {
-        revision: tx.revision(),
-        prev_kv: old.filter(|_| args.prev_kv),
-    })
+    Ok(old)
 }
 
 /// The key's new live version written at `revision`.
-fn next_version(revision: i64, old: Option<&KeyValue>, args: &PutArgs<'_>, lease: i64) -> KeyValue {
+fn next_version(revision: i64, old: Option<&KeyValue>, args: &Put, lease: i64) -> KeyValue {
     let value = match old {
         Some(old) if args.ignore_value => old.value.clone(),
-        _ => args.value.to_vec(),
+        _ => args.value.clone(),
     };
     KeyValue {
-        key: args.key.to_vec(),
+        key: args.key.clone(),
         create_revision: old.map_or(revision, |o| o.create_revision),
         mod_revision: revision,
         version: old.map_or(1, |o| o.version + 1),
@@ -211,6 +240,20 @@ pub(crate) fn delete_range<E: Engine>(
     range_end: &[u8],
     want_prev: bool,
 ) -> Result<Response, Fail> {
+    let removed = delete_kvs(tx, key, range_end)?;
+    Ok(Response::DeleteRange {
+        revision: tx.revision(),
+        deleted: removed.len() as i64,
+        prev_kvs: if want_prev { removed } else { Vec::new() },
+    })
+}
+
+/// Deletes the selected keys gracefully; returns what they held.
+pub(crate) fn delete_kvs<E: Engine>(
+    tx: &mut Tx<'_, E>,
+    key: &[u8],
+    range_end: &[u8],
+) -> Result<Vec<KeyValue>, Fail> {
     if key.is_empty() {
         return Err(StateError::EmptyKey.into());
     }
@@ -218,20 +261,13 @@ pub(crate) fn delete_range<E: Engine>(
         Some((start, end)) => tx.scan(&start, Some(&end))?,
         None => Vec::new(),
     };
-    let deleted = pairs.len() as i64;
-    let mut prev_kvs = Vec::new();
+    let mut removed = Vec::with_capacity(pairs.len());
     for (_, value) in pairs {
         let kv: KeyValue = layout::decode(&value)?;
-        if want_prev {
-            prev_kvs.push(kv.clone());
-        }
+        removed.push(kv.clone());
         remove(tx, kv, RemovalReason::Graceful)?;
     }
-    Ok(Response::DeleteRange {
-        revision: tx.revision(),
-        deleted,
-        prev_kvs,
-    })
+    Ok(removed)
 }
 
 /// Removes one live key (and its lease link), recording the delete event with

@@ -13,8 +13,10 @@ use crate::engine::EngineError;
 
 /// `k/<key>`: live keys.
 pub(crate) const KEY: &[u8] = b"k/";
-/// `e/<rev><sub>`: the history of events.
+/// `e/<rev><sub>`: the events in revision order (each names its key's `h/` entry).
 pub(crate) const EVENT: &[u8] = b"e/";
+/// `h/<escaped key><rev>`: every version of every key, key-major.
+pub(crate) const HISTORY: &[u8] = b"h/";
 /// `l/<id>`: leases.
 pub(crate) const LEASE: &[u8] = b"l/";
 /// `a/<id><key>`: keys attached to a lease.
@@ -27,6 +29,12 @@ pub(crate) const MEMBER: &[u8] = b"p/";
 pub(crate) const REVISION: &[u8] = b"s/revision";
 /// `s/lease_seq`: the counter behind generated lease ids (u64, big-endian).
 pub(crate) const LEASE_SEQ: &[u8] = b"s/lease_seq";
+/// `s/compacted`: the revision history was last compacted at (i64). Absent: 0.
+pub(crate) const COMPACTED: &[u8] = b"s/compacted";
+
+/// Ends an escaped key in `h/`. Lower than every escaped byte that can follow, so
+/// a key sorts before every longer key it is a prefix of.
+const KEY_END: [u8; 2] = [0x00, 0x01];
 
 /// `prefix` followed by `rest`.
 pub(crate) fn join(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
@@ -57,6 +65,61 @@ pub(crate) fn event_key(revision: i64, sub: u64) -> Vec<u8> {
     let mut key = join(EVENT, &revision.to_be_bytes());
     key.extend_from_slice(&sub.to_be_bytes());
     key
+}
+
+/// A user key made safe to be followed by more bytes while keeping its order:
+/// `0x00` becomes `0x00 0xff`, and [`KEY_END`] closes it (see `h/` in the crate
+/// docs). `a < b` as keys exactly when `escape(a) < escape(b)`.
+fn escape_key(key: &[u8], out: &mut Vec<u8>) {
+    for &byte in key {
+        out.push(byte);
+        if byte == 0 {
+            out.push(0xff);
+        }
+    }
+}
+
+/// `h/<escaped key>`: the prefix of every version of `key`.
+pub(crate) fn history_prefix(key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HISTORY.len() + key.len() + 2);
+    out.extend_from_slice(HISTORY);
+    escape_key(key, &mut out);
+    out.extend_from_slice(&KEY_END);
+    out
+}
+
+/// `h/<escaped key><rev>`: the version of `key` written at `revision`.
+pub(crate) fn history_key(key: &[u8], revision: i64) -> Vec<u8> {
+    let mut out = history_prefix(key);
+    out.extend_from_slice(&revision.to_be_bytes());
+    out
+}
+
+/// The `h/` bound below every version of every key `>= key` (and above those of
+/// smaller keys): an escaped key without its end marker.
+pub(crate) fn history_bound(key: &[u8]) -> Vec<u8> {
+    let mut out = join(HISTORY, &[]);
+    escape_key(key, &mut out);
+    out
+}
+
+/// Splits an `h/` engine key into the user key and the revision.
+pub(crate) fn parse_history_key(stored: &[u8]) -> Result<(Vec<u8>, i64), EngineError> {
+    let corrupt = || EngineError(format!("corrupt history key {stored:?}"));
+    let body = stored.strip_prefix(HISTORY).ok_or_else(corrupt)?;
+    let (escaped, revision) = body
+        .split_at_checked(body.len().saturating_sub(10))
+        .ok_or_else(corrupt)?;
+    let revision = revision.strip_prefix(&KEY_END).ok_or_else(corrupt)?;
+    let mut key = Vec::with_capacity(escaped.len());
+    let mut bytes = escaped.iter();
+    while let Some(&byte) = bytes.next() {
+        key.push(byte);
+        if byte == 0 && bytes.next() != Some(&0xff) {
+            return Err(corrupt());
+        }
+    }
+    Ok((key, decode_u64(revision, "history revision")? as i64))
 }
 
 fn lease_id_bytes(id: i64) -> [u8; 8] {
@@ -132,6 +195,27 @@ mod tests {
         let mut sorted = keys.clone();
         sorted.sort();
         assert_eq!(keys, sorted);
+    }
+
+    #[test]
+    fn history_keys_sort_by_key_then_revision_and_parse_back() {
+        let keys: [&[u8]; 6] = [b"", b"\x00", b"\x00\x00", b"\x00\x01", b"a", b"a\x00"];
+        let mut stored = Vec::new();
+        for key in keys {
+            for rev in [1, 255, 256] {
+                let k = history_key(key, rev);
+                assert_eq!(parse_history_key(&k).expect("parses"), (key.to_vec(), rev));
+                assert!(history_bound(key) <= k, "bound of {key:?}");
+                stored.push(k);
+            }
+        }
+        let mut sorted = stored.clone();
+        sorted.sort();
+        assert_eq!(stored, sorted);
+        // The bound of the next key is above every version of a key.
+        assert!(history_key(b"a", i64::MAX) < history_bound(b"a\x00"));
+        assert!(history_key(b"a", i64::MAX) < history_bound(b"b"));
+        assert!(parse_history_key(b"h/abc").is_err());
     }
 
     #[test]

@@ -16,23 +16,28 @@
 //! | prefix            | value                                                        |
 //! |-------------------|--------------------------------------------------------------|
 //! | `k/<key>`         | [`KeyValue`], the live version of a key                      |
-//! | `e/<rev><sub>`    | [`Event`]: every put and delete, with the removal reason     |
+//! | `e/<rev><sub>`    | the key that changed and its previous version's revision     |
+//! | `h/<esc key><rev>`| the key's version at `rev` (put, or delete with its reason)  |
 //! | `l/<id>`          | [`Lease`]                                                    |
 //! | `a/<id><key>`     | empty: the keys attached to a lease                          |
 //! | `p/<id>`          | [`MemberAttrs`] a member published                          |
 //! | `m/<name>`        | the caller's opaque metadata (`apply`'s `meta`), any name    |
 //! | `s/revision`      | the store revision, i64; absent = 1 (an empty store)         |
 //! | `s/lease_seq`     | u64 counter behind generated lease ids (`LeaseGrant{id: 0}`) |
+//! | `s/compacted`     | the revision of the last `Compact`, i64; absent = 0          |
 //!
-//! Values of `k/`, `e/`, `l/` are bincode 1.3 (default options). `<rev>` and
+//! Values of `k/`, `e/`, `h/`, `l/` are bincode 1.3 (default options). `<rev>` and
 //! `<sub>` are 8-byte big-endian (`<sub>` numbers the events of one revision from
 //! 0); `<id>` is the lease id with its sign bit flipped, big-endian, so leases sort
-//! by signed id. The state machine's own entries live under `s/`, apart from the
+//! by signed id. `<esc key>` is the key with each `0x00` escaped as `0x00 0xff`
+//! and `0x00 0x01` appended, so versions sort by key, then revision (see
+//! `history`). The state machine's own entries live under `s/`, apart from the
 //! caller's `m/`, so no metadata name can collide with them.
 
 mod command;
 mod engine;
 mod error;
+mod history;
 mod keyspace;
 mod layout;
 mod lease;
@@ -43,13 +48,15 @@ mod snapshot;
 #[cfg(test)]
 mod tests;
 mod tx;
+mod txn;
 
 pub use command::{Command, Response};
 pub use engine::{Batch, DynEngine, Engine, EngineError, MemEngine, ScanItem};
-pub use error::StateError;
-pub use keyspace::{Event, EventKind, KeyValue, RangeRequest, RangeResult, RemovalReason};
+pub use error::{Fail, StateError};
+pub use keyspace::{Event, EventKind, KeyValue, Put, RangeRequest, RangeResult, RemovalReason};
 pub use lease::{Lease, MAX_LEASE_TTL};
 pub use machine::{Applied, StateMachine};
 pub use members::MemberAttrs;
 pub use mix::splitmix64;
 pub use snapshot::SnapshotData;
+pub use txn::{Compare, CompareOp, CompareTarget, Txn, TxnOp, TxnOpResponse};

@@ -10,12 +10,14 @@
 use crate::command::{Command, Response};
 use crate::engine::{Batch, Engine, EngineError};
 use crate::error::Fail;
-use crate::keyspace::{self, Event, PutArgs, RangeRequest, RangeResult};
+use crate::history;
+use crate::keyspace::{self, Event, RangeRequest, RangeResult};
 use crate::layout;
 use crate::lease::{self, Lease};
 use crate::members::{self, MemberAttrs};
 use crate::snapshot::SnapshotData;
 use crate::tx::Tx;
+use crate::txn::{self, Txn};
 
 /// What applying one command produced: the client's answer and the key events
 /// (for watchers), in order.
@@ -85,9 +87,22 @@ impl<E: Engine> StateMachine<E> {
         self.revision
     }
 
-    /// Reads live keys at the current revision.
-    pub fn range(&self, req: &RangeRequest) -> Result<RangeResult, EngineError> {
-        keyspace::range(&self.engine, self.revision, req)
+    /// Reads keys at the current revision, or at `req.revision` from the history
+    /// (`Compacted` below the last compaction, `FutureRevision` above the store's).
+    pub fn range(&self, req: &RangeRequest) -> Result<RangeResult, Fail> {
+        history::read(&self.engine, req, self.revision)
+    }
+
+    /// Answers a read-only txn ([`Txn::is_read_only`]) from the applied state,
+    /// without a log entry; a writing txn is answered as if it had no effect.
+    pub fn read_txn(&self, txn: &Txn) -> Result<Response, Fail> {
+        let mut tx = Tx::new(&self.engine, self.revision);
+        txn::apply(&mut tx, txn)
+    }
+
+    /// The revision the history was last compacted at (0: never).
+    pub fn compacted(&self) -> Result<i64, EngineError> {
+        history::compacted(&self.engine)
     }
 
     pub fn lease(&self, id: i64) -> Result<Option<Lease>, EngineError> {
@@ -117,15 +132,14 @@ impl<E: Engine> StateMachine<E> {
     }
 
     /// Up to `limit` events of revisions `>= from_revision`, in revision order
-    /// (each event's `kv.mod_revision` is its revision).
-    pub fn events(&self, from_revision: i64, limit: usize) -> Result<Vec<Event>, EngineError> {
-        let start = layout::event_key(from_revision.max(0), 0);
-        let end = layout::prefix_end(layout::EVENT);
-        self.engine
-            .scan(&start, end.as_deref())
-            .take(limit)
-            .map(|item| layout::decode(&item?.1))
-            .collect()
+    /// (each event's `kv.mod_revision` is its revision), with `prev_kv` set.
+    /// Below the last compaction: `Compacted`.
+    pub fn events(&self, from_revision: i64, limit: usize) -> Result<Vec<Event>, Fail> {
+        let compacted = history::compacted(&self.engine)?;
+        if from_revision < compacted {
+            return Err(crate::StateError::Compacted { compacted }.into());
+        }
+        Ok(history::events(&self.engine, from_revision, limit)?)
     }
 
     /// The attributes every member published, by id.
@@ -182,24 +196,7 @@ fn run_command<E: Engine>(tx: &mut Tx<'_, E>, cmd: &Command) -> Result<Response,
 /// Runs one command against the staged transaction.
 fn execute<E: Engine>(tx: &mut Tx<'_, E>, cmd: &Command) -> Result<Response, Fail> {
     match cmd {
-        Command::Put {
-            key,
-            value,
-            lease,
-            prev_kv,
-            ignore_value,
-            ignore_lease,
-        } => keyspace::put(
-            tx,
-            &PutArgs {
-                key,
-                value,
-                lease: *lease,
-                prev_kv: *prev_kv,
-                ignore_value: *ignore_value,
-                ignore_lease: *ignore_lease,
-            },
-        ),
+        Command::Put(put) => keyspace::put(tx, put),
         Command::DeleteRange {
             key,
             range_end,
@@ -210,6 +207,8 @@ fn execute<E: Engine>(tx: &mut Tx<'_, E>, cmd: &Command) -> Result<Response, Fai
         Command::LeaseExpire { ids } => lease::expire(tx, ids),
         Command::LeaseCheckpoint { remaining_ms } => lease::checkpoint(tx, remaining_ms),
         Command::LeaseRenewed { ids } => lease::renewed(tx, ids),
+        Command::Txn(t) => txn::apply(tx, t),
+        Command::Compact { revision } => history::compact(tx, *revision),
         Command::PublishMember(attrs) => members::publish(tx, attrs),
         Command::Noop => Ok(Response::Done {
             revision: tx.revision(),

@@ -12,9 +12,54 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
-use crate::engine::{Batch, Engine, EngineError, Pairs};
+use crate::engine::{Batch, Engine, EngineError, Pairs, ScanItem};
+use crate::history;
 use crate::keyspace::Event;
 use crate::layout;
+
+/// Read access to one consistent state: an engine as last written, or a [`Tx`]
+/// with what it has staged. Reads that serve both clients and commands (ranges,
+/// history, txn compares) are written once, over this.
+pub(crate) trait View {
+    fn read(&self, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError>;
+    /// Pairs with `start <= key < end`, in key order.
+    fn read_range<'s>(
+        &'s self,
+        start: &[u8],
+        end: Option<&[u8]>,
+    ) -> Box<dyn Iterator<Item = ScanItem> + 's>;
+}
+
+impl<E: Engine> View for E {
+    fn read(&self, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
+        self.get(key)
+    }
+
+    fn read_range<'s>(
+        &'s self,
+        start: &[u8],
+        end: Option<&[u8]>,
+    ) -> Box<dyn Iterator<Item = ScanItem> + 's> {
+        self.scan(start, end)
+    }
+}
+
+impl<E: Engine> View for Tx<'_, E> {
+    fn read(&self, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
+        self.get(key)
+    }
+
+    fn read_range<'s>(
+        &'s self,
+        start: &[u8],
+        end: Option<&[u8]>,
+    ) -> Box<dyn Iterator<Item = ScanItem> + 's> {
+        match self.scan(start, end) {
+            Ok(pairs) => Box::new(pairs.into_iter().map(Ok)),
+            Err(e) => Box::new(std::iter::once(Err(e))),
+        }
+    }
+}
 
 pub(crate) struct Tx<'a, E> {
     engine: &'a E,
@@ -129,11 +174,10 @@ impl<'a, E: Engine> Tx<'a, E> {
         Ok(seen.into_iter().collect())
     }
 
-    /// Records a key event at the write revision, persisting it under `e/`.
+    /// Records a key event at the write revision, persisting it in the history.
     pub(crate) fn event(&mut self, event: Event) -> Result<(), EngineError> {
         let sub = (self.events.len() - self.events_mark) as u64;
-        let key = layout::event_key(self.write_revision(), sub);
-        self.put(key, layout::encode(&event)?);
+        history::stage(self, &event, sub)?;
         self.events.push(event);
         Ok(())
     }

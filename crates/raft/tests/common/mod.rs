@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use openraft::{Entry, EntryPayload, LogId, Membership};
 use roster_raft::{open_storage, ApplyObserver, Member, Storage, StorageOptions, TypeConfig};
-use roster_state::{Applied, Command};
+use roster_state::{Applied, Command, Put};
 
 /// Records every `applied` call and counts snapshot installs.
 #[derive(Default)]
@@ -46,14 +46,14 @@ pub fn log_id(term: u64, node: u64, index: u64) -> LogId<u64> {
 }
 
 pub fn put(key: &str, value: &str) -> Command {
-    Command::Put {
+    Command::Put(Put {
         key: key.as_bytes().to_vec(),
         value: value.as_bytes().to_vec(),
         lease: 0,
         prev_kv: false,
         ignore_value: false,
         ignore_lease: false,
-    }
+    })
 }
 
 pub fn normal(term: u64, index: u64, command: Command) -> Entry<TypeConfig> {

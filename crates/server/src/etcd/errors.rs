@@ -2,7 +2,7 @@
 //! react to Roster exactly as they react to etcd (retry on "no leader", give up on
 //! "requested lease not found", ...).
 
-use roster_state::{EngineError, StateError};
+use roster_state::{EngineError, Fail, StateError};
 use tonic::Status;
 
 use crate::route::RouteError;
@@ -16,6 +16,19 @@ pub fn state_status(error: &StateError) -> Status {
         StateError::KeyNotFound => Status::invalid_argument("etcdserver: key not found"),
         // Only the proposer builds batches, never from a client's request.
         StateError::NestedBatch => Status::internal("roster: a batch inside a batch"),
+        StateError::Compacted { .. } => compacted(),
+        StateError::FutureRevision => future_revision(),
+        StateError::DuplicateKey => {
+            Status::invalid_argument("etcdserver: duplicate key given in txn request")
+        }
+    }
+}
+
+/// A logical error as etcd's status; a storage failure as internal.
+pub fn fail_status(fail: Fail) -> Status {
+    match fail {
+        Fail::State(error) => state_status(&error),
+        Fail::Engine(error) => engine_status(error),
     }
 }
 
@@ -41,6 +54,10 @@ pub fn empty_key() -> Status {
 
 pub fn too_large() -> Status {
     Status::invalid_argument("etcdserver: request is too large")
+}
+
+pub fn compacted() -> Status {
+    Status::out_of_range("etcdserver: mvcc: required revision has been compacted")
 }
 
 pub fn future_revision() -> Status {

@@ -1,5 +1,5 @@
-//! etcd `KV`: Range, Put, DeleteRange. Txn and Compact arrive with the history
-//! work (issue 3) and answer `Unimplemented` until then.
+//! etcd `KV`: Range (current or past revision), Put, DeleteRange, Txn (see
+//! `txn.rs`) and Compact.
 
 use roster_proto::etcdserverpb::kv_server::Kv;
 use roster_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
@@ -8,10 +8,10 @@ use roster_proto::etcdserverpb::{
     PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
 };
 use roster_proto::mvccpb;
-use roster_state::{Command, KeyValue, Response};
+use roster_state::{Command, KeyValue, Put, Response};
 use tonic::{Request, Response as GrpcResponse, Status};
 
-use super::errors::{empty_key, engine_status, future_revision, state_status, too_large};
+use super::errors::{empty_key, fail_status, state_status, too_large};
 use super::{EtcdApi, MAX_REQUEST_BYTES};
 
 pub(crate) fn to_proto_kv(kv: KeyValue) -> mvccpb::KeyValue {
@@ -82,44 +82,70 @@ fn filter_and_sort(req: &RangeRequest, kvs: &mut Vec<KeyValue>) {
     }
 }
 
-impl EtcdApi {
-    fn range_local(&self, req: &RangeRequest) -> Result<RangeResponse, Status> {
-        let post = needs_sort(req) || has_filters(req);
-        let query = roster_state::RangeRequest {
-            key: req.key.clone(),
-            range_end: req.range_end.clone(),
-            limit: if post { 0 } else { req.limit },
-            count_only: req.count_only && !post,
-            keys_only: req.keys_only,
-        };
-        let mut result = self.read(|sm| sm.range(&query).map_err(engine_status))?;
-        if req.revision > result.revision {
-            return Err(future_revision());
-        }
-        if req.revision > 0 && req.revision < result.revision {
-            return Err(Status::unimplemented(
-                "roster: reads at a past revision are not supported yet",
-            ));
-        }
-        let mut more = result.more;
-        if post {
-            filter_and_sort(req, &mut result.kvs);
-            result.count = result.kvs.len() as i64;
-            if req.limit > 0 && result.kvs.len() > req.limit as usize {
-                result.kvs.truncate(req.limit as usize);
-                more = true;
-            }
-            if req.count_only {
-                result.kvs.clear();
-            }
-        }
-        Ok(RangeResponse {
-            header: self.header(result.revision),
-            kvs: result.kvs.into_iter().map(to_proto_kv).collect(),
-            more,
-            count: result.count,
-        })
+/// The state machine's part of a range: post-read filters and sorts need every
+/// key, so they turn the limit and count-only off (see [`range_response`]).
+pub(crate) fn range_query(req: &RangeRequest) -> roster_state::RangeRequest {
+    let post = needs_sort(req) || has_filters(req);
+    roster_state::RangeRequest {
+        key: req.key.clone(),
+        range_end: req.range_end.clone(),
+        limit: if post { 0 } else { req.limit },
+        count_only: req.count_only && !post,
+        keys_only: req.keys_only,
+        revision: req.revision,
     }
+}
+
+/// etcd's answer to `req` from what [`range_query`] read.
+pub(crate) fn range_response(
+    api: &EtcdApi,
+    req: &RangeRequest,
+    mut result: roster_state::RangeResult,
+) -> RangeResponse {
+    let mut more = result.more;
+    if needs_sort(req) || has_filters(req) {
+        filter_and_sort(req, &mut result.kvs);
+        result.count = result.kvs.len() as i64;
+        if req.limit > 0 && result.kvs.len() > req.limit as usize {
+            result.kvs.truncate(req.limit as usize);
+            more = true;
+        }
+        if req.count_only {
+            result.kvs.clear();
+        }
+    }
+    RangeResponse {
+        header: api.header(result.revision),
+        kvs: result.kvs.into_iter().map(to_proto_kv).collect(),
+        more,
+        count: result.count,
+    }
+}
+
+pub(crate) fn to_put(req: PutRequest) -> Put {
+    Put {
+        key: req.key,
+        value: req.value,
+        lease: req.lease,
+        prev_kv: req.prev_kv,
+        ignore_value: req.ignore_value,
+        ignore_lease: req.ignore_lease,
+    }
+}
+
+/// etcd's checks of a put: a key, and no value or lease given with the flag that
+/// keeps the old one.
+pub(crate) fn check_put(req: &PutRequest) -> Result<(), Status> {
+    if req.key.is_empty() {
+        return Err(empty_key());
+    }
+    if req.ignore_value && !req.value.is_empty() {
+        return Err(Status::invalid_argument("etcdserver: value is provided"));
+    }
+    if req.ignore_lease && req.lease != 0 {
+        return Err(Status::invalid_argument("etcdserver: lease is provided"));
+    }
+    Ok(())
 }
 
 #[tonic::async_trait]
@@ -133,26 +159,18 @@ impl Kv for EtcdApi {
             return Err(empty_key());
         }
         self.before_read(req.serializable).await?;
-        self.range_local(&req).map(GrpcResponse::new)
+        let query = range_query(&req);
+        let result = self.read(|sm| sm.range(&query).map_err(fail_status))?;
+        Ok(GrpcResponse::new(range_response(self, &req, result)))
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Result<GrpcResponse<PutResponse>, Status> {
         let req = req.into_inner();
-        if req.key.is_empty() {
-            return Err(empty_key());
-        }
+        check_put(&req)?;
         if req.key.len() + req.value.len() > MAX_REQUEST_BYTES {
             return Err(too_large());
         }
-        let command = Command::Put {
-            key: req.key,
-            value: req.value,
-            lease: req.lease,
-            prev_kv: req.prev_kv,
-            ignore_value: req.ignore_value,
-            ignore_lease: req.ignore_lease,
-        };
-        match self.write(command).await? {
+        match self.write(Command::Put(to_put(req))).await? {
             Response::Put { revision, prev_kv } => Ok(GrpcResponse::new(PutResponse {
                 header: self.header(revision),
                 prev_kv: prev_kv.map(to_proto_kv),
@@ -188,17 +206,27 @@ impl Kv for EtcdApi {
         }
     }
 
-    async fn txn(&self, _req: Request<TxnRequest>) -> Result<GrpcResponse<TxnResponse>, Status> {
-        Err(Status::unimplemented("roster: Txn is not supported yet"))
+    async fn txn(&self, req: Request<TxnRequest>) -> Result<GrpcResponse<TxnResponse>, Status> {
+        self.txn_request(req.into_inner())
+            .await
+            .map(GrpcResponse::new)
     }
 
     async fn compact(
         &self,
-        _req: Request<CompactionRequest>,
+        req: Request<CompactionRequest>,
     ) -> Result<GrpcResponse<CompactionResponse>, Status> {
-        Err(Status::unimplemented(
-            "roster: Compact is not supported yet",
-        ))
+        // Compaction runs as part of applying the entry, so it is always
+        // "physical": done when the answer comes.
+        let command = Command::Compact {
+            revision: req.into_inner().revision,
+        };
+        match self.write(command).await? {
+            Response::Done { revision } => Ok(GrpcResponse::new(CompactionResponse {
+                header: self.header(revision),
+            })),
+            other => Err(unexpected(&other)),
+        }
     }
 }
 

@@ -10,6 +10,7 @@ mod errors;
 mod kv;
 mod lease;
 mod maintenance;
+mod txn;
 
 use roster_proto::etcdserverpb::ResponseHeader;
 use roster_raft::{Raft, SharedState};

@@ -6,6 +6,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::*;
 
+mod history;
+mod txn;
+
 type Machine = StateMachine<MemEngine>;
 
 // ---- building commands ---------------------------------------------------------
@@ -14,8 +17,8 @@ fn b(s: &str) -> Vec<u8> {
     s.as_bytes().to_vec()
 }
 
-fn put(key: &str, value: &str) -> Command {
-    Command::Put {
+fn put_args(key: &str, value: &str) -> Put {
+    Put {
         key: b(key),
         value: b(value),
         lease: 0,
@@ -23,6 +26,10 @@ fn put(key: &str, value: &str) -> Command {
         ignore_value: false,
         ignore_lease: false,
     }
+}
+
+fn put(key: &str, value: &str) -> Command {
+    Command::Put(put_args(key, value))
 }
 
 /// Options of a `put(..)`, chained: `put("a", "1").on(7).prev()`.
@@ -35,26 +42,26 @@ trait PutOpts {
 
 impl PutOpts for Command {
     fn on(mut self, lease_id: i64) -> Command {
-        if let Command::Put { lease, .. } = &mut self {
-            *lease = lease_id;
+        if let Command::Put(put) = &mut self {
+            put.lease = lease_id;
         }
         self
     }
     fn prev(mut self) -> Command {
-        if let Command::Put { prev_kv, .. } = &mut self {
-            *prev_kv = true;
+        if let Command::Put(put) = &mut self {
+            put.prev_kv = true;
         }
         self
     }
     fn keep_value(mut self) -> Command {
-        if let Command::Put { ignore_value, .. } = &mut self {
-            *ignore_value = true;
+        if let Command::Put(put) = &mut self {
+            put.ignore_value = true;
         }
         self
     }
     fn keep_lease(mut self) -> Command {
-        if let Command::Put { ignore_lease, .. } = &mut self {
-            *ignore_lease = true;
+        if let Command::Put(put) = &mut self {
+            put.ignore_lease = true;
         }
         self
     }
