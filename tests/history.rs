@@ -8,7 +8,7 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::{etcdctl_with_input, json_i64, kvs, Cluster};
+use harness::{etcdctl_with_input, json_i64, kvs, wait_for, Cluster, ClusterOptions};
 use roster_proto::etcdserverpb::{
     compare::{CompareResult, CompareTarget, TargetUnion},
     kv_client::KvClient,
@@ -231,4 +231,46 @@ fn past_revisions_are_readable_until_compacted_on_every_node() {
             .contains("etcdserver: mvcc: required revision is a future revision"),
         "{out}"
     );
+}
+
+#[test]
+fn revision_auto_compaction_keeps_the_last_revisions() {
+    if harness::is_etcd() {
+        return; // etcd checks every five minutes; this test needs roster's one second
+    }
+    let mut opts = ClusterOptions::new(3);
+    opts.extra_args = [
+        "--auto-compaction-mode",
+        "revision",
+        "--auto-compaction-retention",
+        "10",
+    ]
+    .map(String::from)
+    .to_vec();
+    let c = Cluster::start_with(opts);
+    let mut last = 0;
+    for n in 0..40 {
+        last = put_rev(&c, n % 3, "auto", &n.to_string());
+    }
+    let first_gone = wait_for(
+        Duration::from_secs(15),
+        "history below the retention compacted",
+        || {
+            let out = c.ctl(1, &["get", "auto", &format!("--rev={}", last - 20)]);
+            (!out.success()).then_some(out)
+        },
+    );
+    assert!(
+        first_gone
+            .stderr
+            .contains("required revision has been compacted"),
+        "{first_gone}"
+    );
+    for i in 0..3 {
+        assert_eq!(
+            value_at(&c, i, "auto", last - 10).as_deref(),
+            Some("29"),
+            "node {i}"
+        );
+    }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use roster_server::{ClusterState, InitialMember, NodeConfig, RunningNode};
+use roster_server::{AutoCompaction, ClusterState, InitialMember, NodeConfig, RunningNode};
 use tracing_subscriber::EnvFilter;
 
 /// As with etcd (Go's flag package), a flag given twice takes its last value.
@@ -49,6 +49,16 @@ pub struct ServeArgs {
     /// How often the leader checkpoints the remaining TTL of long leases (e.g. 5s).
     #[arg(long, default_value = "5s", value_parser = crate::duration::parse)]
     lease_checkpoint_interval: Duration,
+    /// How often watchers that asked for progress notifications get one.
+    #[arg(long = "experimental-watch-progress-notify-interval", default_value = "10m", value_parser = crate::duration::parse)]
+    watch_progress_notify_interval: Duration,
+    /// `periodic` (keep a time span of history) or `revision` (keep a number of revisions).
+    #[arg(long, default_value = "periodic")]
+    auto_compaction_mode: String,
+    /// History to keep: for `periodic` a duration (a bare number is hours, as in
+    /// etcd), for `revision` a count; 0 turns automatic compaction off.
+    #[arg(long, default_value = "0")]
+    auto_compaction_retention: String,
     /// sled page cache per node, MiB.
     #[arg(long, default_value_t = roster_server::NodeConfig::DEFAULT_CACHE_MB)]
     cache_mb: u64,
@@ -115,9 +125,40 @@ impl ServeArgs {
         config.heartbeat_interval = Duration::from_millis(self.heartbeat_interval);
         config.election_timeout = Duration::from_millis(self.election_timeout);
         config.lease_checkpoint_interval = self.lease_checkpoint_interval;
+        config.watch_progress_notify_interval = self.watch_progress_notify_interval;
+        config.auto_compaction =
+            auto_compaction(&self.auto_compaction_mode, &self.auto_compaction_retention)?;
         config.cache_capacity = self.cache_mb * 1024 * 1024;
         Ok(config)
     }
+}
+
+/// etcd's two auto-compaction flags as one policy.
+fn auto_compaction(mode: &str, retention: &str) -> anyhow::Result<AutoCompaction> {
+    let retention = retention.trim();
+    let policy = match mode {
+        "periodic" => {
+            // A bare number is hours, as in etcd.
+            let text = match retention.parse::<f64>() {
+                Ok(hours) => format!("{}s", hours * 3600.0),
+                Err(_) => retention.to_string(),
+            };
+            let keep = crate::duration::parse(&text)
+                .map_err(|e| anyhow::anyhow!("--auto-compaction-retention: {e}"))?;
+            if keep.is_zero() {
+                AutoCompaction::Off
+            } else {
+                AutoCompaction::Periodic(keep)
+            }
+        }
+        "revision" => match retention.parse::<i64>() {
+            Ok(0) => AutoCompaction::Off,
+            Ok(n) if n > 0 => AutoCompaction::Revision(n),
+            _ => bail!("--auto-compaction-retention: {retention:?} is not a revision count"),
+        },
+        other => bail!("--auto-compaction-mode must be periodic or revision, not {other:?}"),
+    };
+    Ok(policy)
 }
 
 fn or_default(given: Vec<String>, fallback: &[String]) -> Vec<String> {
@@ -174,5 +215,30 @@ mod tests {
         assert_eq!(members[1].peer_urls, vec!["http://3:4".to_string()]);
         let err = parse_initial_cluster("a").expect_err("invalid");
         assert!(err.to_string().contains("name=peer-url"));
+    }
+
+    #[test]
+    fn auto_compaction_flags_read_as_etcd_reads_them() {
+        let hours = |h: u64| AutoCompaction::Periodic(Duration::from_secs(h * 3600));
+        assert_eq!(
+            auto_compaction("periodic", "0").ok(),
+            Some(AutoCompaction::Off)
+        );
+        assert_eq!(auto_compaction("periodic", "1").ok(), Some(hours(1)));
+        assert_eq!(
+            auto_compaction("periodic", "30m").ok(),
+            Some(AutoCompaction::Periodic(Duration::from_secs(1800)))
+        );
+        assert_eq!(
+            auto_compaction("revision", "1000").ok(),
+            Some(AutoCompaction::Revision(1000))
+        );
+        let err = auto_compaction("revision", "1h").expect_err("not a count");
+        assert!(
+            err.to_string().contains("--auto-compaction-retention"),
+            "{err}"
+        );
+        let err = auto_compaction("hourly", "1").expect_err("unknown mode");
+        assert!(err.to_string().contains("--auto-compaction-mode"), "{err}");
     }
 }

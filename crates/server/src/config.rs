@@ -40,6 +40,11 @@ pub struct NodeConfig {
     pub election_timeout: Duration,
     /// How often the leader checkpoints the remaining TTL of long leases.
     pub lease_checkpoint_interval: Duration,
+    /// How often a watcher that asked for progress notifications gets one
+    /// (etcd's `--experimental-watch-progress-notify-interval`, 10 minutes).
+    pub watch_progress_notify_interval: Duration,
+    /// What history the leader compacts away by itself (default: none, as etcd).
+    pub auto_compaction: crate::compactor::AutoCompaction,
     /// sled page cache budget, bytes.
     pub cache_capacity: u64,
 }
@@ -67,6 +72,8 @@ impl NodeConfig {
             heartbeat_interval: Duration::from_millis(100),
             election_timeout: Duration::from_millis(1000),
             lease_checkpoint_interval: Duration::from_secs(5),
+            watch_progress_notify_interval: Duration::from_secs(600),
+            auto_compaction: crate::compactor::AutoCompaction::Off,
             cache_capacity: roster_raft::DEFAULT_CACHE_CAPACITY,
         }
     }

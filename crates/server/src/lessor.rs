@@ -23,12 +23,12 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use openraft::ServerState;
-use roster_raft::{ApplyObserver, Raft, SharedState};
-use roster_state::{Applied, Command, Response};
+use roster_raft::{Raft, SharedState};
+use roster_state::{Command, Response};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
@@ -162,6 +162,13 @@ struct Inner {
 }
 
 impl Lessor {
+    /// The whole state was replaced by a snapshot (on a follower): counts as a
+    /// change of the lease table.
+    pub(crate) fn installed_snapshot(&self) {
+        let _clocks = self.clocks();
+        self.inner.changes.fetch_add(1, Ordering::SeqCst);
+    }
+
     /// Creates the lessor and spawns its tasks (leadership watch, expiry, keepalive
     /// batching, checkpoints) on the current runtime.
     pub fn start(raft: Raft, proposer: Proposer, state: SharedState, config: LessorConfig) -> Self {
@@ -208,7 +215,7 @@ impl Lessor {
     /// clock of a granted lease and stops those of revoked or expired ones at
     /// the moment the state machine changes, so no keepalive can renew a lease
     /// whose keys are already gone.
-    fn observe(&self, response: &Response) {
+    pub(crate) fn observe(&self, response: &Response) {
         match response {
             Response::Batch(responses) => responses.iter().for_each(|r| self.observe(r)),
             Response::LeaseGranted { id, ttl, .. } => {
@@ -539,36 +546,6 @@ impl Lessor {
             if let Some(clock) = clocks.leases.get_mut(id) {
                 clock.checkpointed = true;
             }
-        }
-    }
-}
-
-/// The lessor's seat in the apply path. Storage is opened (and may replay the
-/// log) before the lessor exists, so it is attached once the node has one;
-/// applies before that are covered by `promote` reading the lease table.
-#[derive(Default)]
-pub struct LessorObserver {
-    lessor: OnceLock<Lessor>,
-}
-
-impl LessorObserver {
-    pub fn attach(&self, lessor: Lessor) {
-        let _ = self.lessor.set(lessor);
-    }
-}
-
-impl ApplyObserver for LessorObserver {
-    fn applied(&self, _index: u64, _command: &Command, applied: &Applied) {
-        if let Some(lessor) = self.lessor.get() {
-            lessor.observe(&applied.response);
-        }
-    }
-
-    /// Only followers install snapshots; count it as a change all the same.
-    fn installed_snapshot(&self) {
-        if let Some(lessor) = self.lessor.get() {
-            let _clocks = lessor.clocks();
-            lessor.inner.changes.fetch_add(1, Ordering::SeqCst);
         }
     }
 }

@@ -6,15 +6,19 @@
 //! linearizably" ([`route::Router`]).
 
 mod batch;
+pub mod compactor;
 pub mod config;
 pub mod etcd;
 pub mod identity;
 pub mod lessor;
 pub mod node;
+pub mod observer;
 pub mod proposer;
 pub mod route;
 pub mod url_authority;
+pub mod watch;
 
+pub use compactor::AutoCompaction;
 pub use config::{ClusterState, InitialMember, NodeConfig};
 pub use node::{Backend, RunningNode, StartError};
 pub use roster_raft::MemoryStorage;

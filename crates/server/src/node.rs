@@ -17,6 +17,7 @@ use roster_proto::etcdserverpb::cluster_server::ClusterServer;
 use roster_proto::etcdserverpb::kv_server::KvServer;
 use roster_proto::etcdserverpb::lease_server::LeaseServer;
 use roster_proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use roster_proto::etcdserverpb::watch_server::WatchServer;
 use roster_raft::network::RaftPeerService;
 use roster_raft::{
     open_storage, ApplyObserver, Member, MemoryStorage, NodeId, Raft, Storage, StorageOptions,
@@ -31,13 +32,16 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::transport::server::Connected;
 
+use crate::compactor;
 use crate::config::{ClusterState, NodeConfig};
-use crate::etcd::{EtcdApi, MAX_GRPC_MESSAGE};
+use crate::etcd::{EtcdApi, WatchSettings, MAX_GRPC_MESSAGE};
 use crate::identity::{self, Identity};
-use crate::lessor::{Lessor, LessorConfig, LessorObserver};
+use crate::lessor::{Lessor, LessorConfig};
+use crate::observer::NodeObserver;
 use crate::proposer::Proposer;
 use crate::route::Router;
 use crate::url_authority::AuthorityRewrite;
+use crate::watch::WatchHub;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -166,9 +170,11 @@ impl RunningNode {
         }
         let peer_listeners = bind_all("--listen-peer-urls", &config.listen_peer_urls).await?;
         let client_listeners = bind_all("--listen-client-urls", &config.listen_client_urls).await?;
-        let observer = Arc::new(LessorObserver::default());
+        let hub = WatchHub::new();
+        let observer = Arc::new(NodeObserver::new(hub.clone()));
         let storage = open_backend(&config, backend, observer.clone()).await?;
         let shared = storage.state.shared();
+        hub.attach_state(shared.clone());
         let raft_config = config
             .raft_config()
             .validate()
@@ -203,6 +209,12 @@ impl RunningNode {
             },
         );
         observer.attach(lessor.clone());
+        compactor::start(
+            raft.clone(),
+            proposer.clone(),
+            shared.clone(),
+            config.auto_compaction,
+        );
         let router = Router::new(member_id, raft.clone(), lessor, proposer);
         let api = EtcdApi {
             raft: raft.clone(),
@@ -212,6 +224,11 @@ impl RunningNode {
             member_id,
             min_lease_ttl: config.min_lease_ttl(),
             data_dir: config.data_dir.clone(),
+            watch: WatchSettings {
+                hub,
+                progress_interval: config.watch_progress_notify_interval,
+                no_leader_after: config.election_timeout * 3,
+            },
         };
         tokio::spawn(publish_attributes(
             router.clone(),
@@ -290,7 +307,7 @@ fn check_data_dir(config: &NodeConfig, ident: &Identity) -> Result<(), StartErro
 async fn open_backend(
     config: &NodeConfig,
     backend: Backend,
-    observer: Arc<LessorObserver>,
+    observer: Arc<NodeObserver>,
 ) -> Result<Storage, StartError> {
     let storage_error = |reason: String| StartError::Storage {
         dir: config.data_dir.display().to_string(),
@@ -345,6 +362,7 @@ fn client_router(api: &EtcdApi) -> tonic::transport::server::Router {
         .add_service(LeaseServer::new(api.clone()))
         .add_service(ClusterServer::new(api.clone()))
         .add_service(MaintenanceServer::new(api.clone()))
+        .add_service(WatchServer::new(api.clone()))
 }
 
 fn spawn_server<S, IO>(

@@ -115,8 +115,10 @@ fn load_version(
         .transpose()
 }
 
-/// Up to `limit` events of revisions `>= from_revision`, in revision order, each
-/// with the key's previous version as `prev_kv` (as etcd's watch sends it).
+/// The events of revisions `>= from_revision`, in revision order, each with the
+/// key's previous version as `prev_kv` (as etcd's watch sends it): at least
+/// `limit` if there are that many, and then the rest of the last revision, so a
+/// page never splits a revision.
 pub(crate) fn events(
     view: &impl View,
     from_revision: i64,
@@ -124,27 +126,35 @@ pub(crate) fn events(
 ) -> Result<Vec<Event>, EngineError> {
     let start = layout::event_key(from_revision.max(0), 0);
     let end = layout::prefix_end(layout::EVENT);
-    let mut events = Vec::new();
-    for item in view.read_range(&start, end.as_deref()).take(limit) {
+    let mut events: Vec<Event> = Vec::new();
+    for item in view.read_range(&start, end.as_deref()) {
         let (stored, value) = item?;
-        let reference: EventRef = layout::decode(&value)?;
         let revision = event_revision(&stored)?;
-        let version = load_version(view, &reference.key, revision)?
-            .ok_or_else(|| EngineError(format!("event at {revision} has no version")))?;
-        let prev_kv = match reference.prev_revision {
-            0 => None,
-            prev => load_version(view, &reference.key, prev)?
-                .filter(|v| v.kind == EventKind::Put)
-                .map(|v| v.kv),
-        };
-        events.push(Event {
-            kind: version.kind,
-            kv: version.kv,
-            prev_kv,
-            reason: version.reason,
-        });
+        if events.len() >= limit && events.last().is_none_or(|e| e.kv.mod_revision != revision) {
+            break;
+        }
+        let reference: EventRef = layout::decode(&value)?;
+        events.push(load_event(view, reference, revision)?);
     }
     Ok(events)
+}
+
+/// Rebuilds one event from its reference and the versions it names.
+fn load_event(view: &impl View, reference: EventRef, revision: i64) -> Result<Event, EngineError> {
+    let version = load_version(view, &reference.key, revision)?
+        .ok_or_else(|| EngineError(format!("event at {revision} has no version")))?;
+    let prev_kv = match reference.prev_revision {
+        0 => None,
+        prev => load_version(view, &reference.key, prev)?
+            .filter(|v| v.kind == EventKind::Put)
+            .map(|v| v.kv),
+    };
+    Ok(Event {
+        kind: version.kind,
+        kv: version.kv,
+        prev_kv,
+        reason: version.reason,
+    })
 }
 
 fn event_revision(stored: &[u8]) -> Result<i64, EngineError> {

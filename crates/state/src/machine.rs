@@ -131,9 +131,10 @@ impl<E: Engine> StateMachine<E> {
             .collect()
     }
 
-    /// Up to `limit` events of revisions `>= from_revision`, in revision order
-    /// (each event's `kv.mod_revision` is its revision), with `prev_kv` set.
-    /// Below the last compaction: `Compacted`.
+    /// The events of revisions `>= from_revision` in revision order (each event's
+    /// `kv.mod_revision` is its revision), with `prev_kv` set: `limit` of them,
+    /// and then the rest of the last revision, so a page never splits a
+    /// revision. Below the last compaction: `Compacted`.
     pub fn events(&self, from_revision: i64, limit: usize) -> Result<Vec<Event>, Fail> {
         let compacted = history::compacted(&self.engine)?;
         if from_revision < compacted {

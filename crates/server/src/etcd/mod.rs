@@ -11,6 +11,7 @@ mod kv;
 mod lease;
 mod maintenance;
 mod txn;
+mod watch;
 
 use roster_proto::etcdserverpb::ResponseHeader;
 use roster_raft::{Raft, SharedState};
@@ -40,6 +41,17 @@ pub struct EtcdApi {
     pub(crate) min_lease_ttl: i64,
     /// The node's data dir, for the db size in `Status`.
     pub(crate) data_dir: std::path::PathBuf,
+    pub(crate) watch: WatchSettings,
+}
+
+/// What the Watch service needs beyond the rest.
+#[derive(Clone)]
+pub struct WatchSettings {
+    pub hub: std::sync::Arc<crate::watch::WatchHub>,
+    /// Period of progress notifications to watchers that asked for them.
+    pub progress_interval: std::time::Duration,
+    /// A require-leader stream ends once its node has had no leader this long.
+    pub no_leader_after: std::time::Duration,
 }
 
 impl EtcdApi {

@@ -191,6 +191,9 @@ fn expiry_is_replayed_as_deletes_of_one_revision_with_reason_expired() {
         ]
     );
     assert_eq!(replayed[0].prev_kv, Some(kv("x", "1", 2, 2, 1, 7)));
+    // A page never splits a revision: a limit of one still brings both deletes.
+    assert_eq!(sm.events(sm.revision(), 1).expect("events"), expired.events);
+    assert_eq!(sm.events(2, 1).expect("events").len(), 1);
 }
 
 #[test]
