@@ -321,6 +321,75 @@ fn bad_requests_are_answered_as_etcd_does_and_the_stream_stays_up() {
 }
 
 #[test]
+fn an_empty_key_watches_the_zero_byte_key_as_in_etcd() {
+    let c = Cluster::start(1);
+    runtime().block_on(async {
+        let all_keys = WatchCreateRequest {
+            key: Vec::new(),
+            range_end: vec![0],
+            ..Default::default()
+        };
+        let mut w = WatchConn::open(&c, 0, all_keys).await;
+        let created = w.next().await;
+        assert!(created.created && !created.canceled, "{created:?}");
+        c.ctl(0, &["put", "any", "v"]).expect_ok();
+        assert_eq!(
+            w.events(1).await[0].1,
+            "any",
+            "empty key with range_end [0]: every key"
+        );
+    });
+}
+
+#[test]
+fn large_revisions_come_in_fragments_when_asked() {
+    let c = Cluster::start(1);
+    let lease = parse_lease_grant(&c.ctl(0, &["lease", "grant", "600"]).expect_ok());
+    runtime().block_on(async {
+        let mut kv = KvClient::new(channel(&c, 0).await);
+        let big = "v".repeat(1024 * 1024);
+        for key in ["big/1", "big/2", "big/3"] {
+            let request = PutRequest {
+                key: key.into(),
+                value: big.clone().into(),
+                lease,
+                ..Default::default()
+            };
+            kv.put(request).await.expect("put");
+        }
+        let mut w = WatchConn::open(
+            &c,
+            0,
+            WatchCreateRequest {
+                prev_kv: true,
+                fragment: true,
+                ..watch_prefix("big/", 0)
+            },
+        )
+        .await;
+        assert!(w.next().await.created);
+        // Revoking deletes all three in one revision: with their previous values
+        // about 3 MiB, more than etcd's 1.5 MiB request limit, so fragments.
+        c.ctl(0, &["lease", "revoke", &format!("{lease:x}")])
+            .expect_ok();
+        let mut flags = Vec::new();
+        let mut events = 0;
+        while events < 3 {
+            let part = w.next().await;
+            events += part.events.len();
+            flags.push(part.fragment);
+        }
+        assert!(flags.len() > 1, "split: {flags:?}");
+        assert_eq!(
+            flags.last(),
+            Some(&false),
+            "the last part ends the revision: {flags:?}"
+        );
+        assert!(flags[..flags.len() - 1].iter().all(|f| *f), "{flags:?}");
+    });
+}
+
+#[test]
 fn filters_progress_requests_and_cancel() {
     let c = Cluster::start(1);
     runtime().block_on(async {

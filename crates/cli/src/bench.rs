@@ -14,7 +14,12 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use roster_proto::etcdserverpb::kv_client::KvClient;
 use roster_proto::etcdserverpb::lease_client::LeaseClient;
-use roster_proto::etcdserverpb::{LeaseGrantRequest, LeaseKeepAliveRequest, PutRequest};
+use roster_proto::etcdserverpb::watch_client::WatchClient;
+use roster_proto::etcdserverpb::watch_request::RequestUnion;
+use roster_proto::etcdserverpb::{
+    LeaseGrantRequest, LeaseKeepAliveRequest, PutRequest, WatchCreateRequest, WatchRequest,
+    WatchResponse,
+};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
@@ -52,6 +57,15 @@ enum Workload {
         /// Distinct keys written.
         #[arg(long, default_value_t = 100_000)]
         key_space: u64,
+    },
+    /// Put-to-event latency and delivery rate: --watchers watch streams on one
+    /// prefix (spread over the connections) while the workers put keys under it;
+    /// each value carries its send time, so every delivered event is timed.
+    Watch {
+        #[arg(long, default_value_t = 1)]
+        watchers: usize,
+        #[arg(long, default_value_t = 256)]
+        value_size: usize,
     },
     /// Keepalive round trips over --leases live leases, one stream per worker.
     Keepalive {
@@ -99,9 +113,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         } => {
             let started = Instant::now();
             let deadline = started + args.duration;
-            let tallies =
-                run_puts(&args, &channels, *value_size, *key_space, deadline, &issued).await?;
+            let make = random_puts(*value_size, *key_space);
+            let tallies = run_puts(&args, &channels, make, deadline, &issued).await?;
             (tallies, started.elapsed())
+        }
+        Workload::Watch {
+            watchers,
+            value_size,
+        } => {
+            return run_watch(&args, &channels, *watchers, *value_size).await;
         }
         Workload::Keepalive { leases, ttl } => {
             let ids = grant_leases(&channels, *leases, *ttl).await?;
@@ -116,6 +136,127 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long watchers wait for the events of puts that were acknowledged.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The watch workload: opens the watchers, runs the puts, waits until every
+/// watcher has every event (or [`DRAIN_TIMEOUT`]), and reports both.
+async fn run_watch(
+    args: &BenchArgs,
+    channels: &[Channel],
+    watchers: usize,
+    value_size: usize,
+) -> anyhow::Result<()> {
+    let epoch = Instant::now();
+    let prefix = format!(
+        "watchbench/{:x}/",
+        roster_state::splitmix64(epoch.elapsed().as_nanos() as u64 ^ std::process::id() as u64)
+    );
+    let expected = Arc::new(AtomicU64::new(u64::MAX));
+    let mut tasks = Vec::with_capacity(watchers);
+    for i in 0..watchers {
+        let stream = open_watch(&channels[i % channels.len()], &prefix).await?;
+        tasks.push(tokio::spawn(drain_events(stream, epoch, expected.clone())));
+    }
+    eprintln!("{watchers} watchers on {prefix}");
+    let started = Instant::now();
+    let deadline = started + args.duration;
+    let issued = Arc::new(AtomicU64::new(0));
+    let make = timed_puts(prefix.clone(), value_size, epoch);
+    let put_tallies = run_puts(args, channels, make, deadline, &issued).await?;
+    let put_elapsed = started.elapsed();
+    let acknowledged: u64 = put_tallies.iter().map(|t| t.latencies.len() as u64).sum();
+    expected.store(acknowledged, Ordering::SeqCst);
+    let watch_tallies = join(tasks).await?;
+    let delivered_in = started.elapsed();
+    let missing: u64 = watch_tallies
+        .iter()
+        .map(|t| acknowledged.saturating_sub(t.latencies.len() as u64))
+        .sum();
+    report("put (watched)", put_tallies, put_elapsed);
+    report(
+        &format!("watch x{watchers} put-to-event"),
+        watch_tallies,
+        delivered_in,
+    );
+    println!("events missing at the end: {missing}");
+    Ok(())
+}
+
+/// The request side of a watch stream (kept open while its answers are read)
+/// and the answers.
+type WatchStream = (mpsc::Sender<WatchRequest>, tonic::Streaming<WatchResponse>);
+
+/// One watch stream on `prefix` from now on, created.
+async fn open_watch(channel: &Channel, prefix: &str) -> anyhow::Result<WatchStream> {
+    let mut end = prefix.as_bytes().to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    let create = WatchRequest {
+        request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+            key: prefix.as_bytes().to_vec(),
+            range_end: end,
+            ..Default::default()
+        })),
+    };
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(create).await.context("queueing the watch")?;
+    let mut stream = WatchClient::new(channel.clone())
+        .watch(ReceiverStream::new(rx))
+        .await
+        .context("opening a watch stream")?
+        .into_inner();
+    let created = stream.message().await.context("watch creation")?;
+    if !created.is_some_and(|c| c.created && !c.canceled) {
+        bail!("the watch was not created");
+    }
+    Ok((tx, stream))
+}
+
+/// Times every event a watcher receives until it has `expected` of them.
+async fn drain_events(
+    (_requests, mut stream): WatchStream,
+    epoch: Instant,
+    expected: Arc<AtomicU64>,
+) -> Tally {
+    let mut tally = Tally::default();
+    loop {
+        let want = expected.load(Ordering::SeqCst);
+        if tally.latencies.len() as u64 >= want {
+            return tally;
+        }
+        // While the puts run the count is unknown: look again every 100 ms.
+        let unknown = want == u64::MAX;
+        let wait = if unknown {
+            Duration::from_millis(100)
+        } else {
+            DRAIN_TIMEOUT
+        };
+        match tokio::time::timeout(wait, stream.message()).await {
+            Err(_) if unknown => continue,
+            Ok(Ok(Some(response))) => {
+                let now = epoch.elapsed();
+                for event in response.events {
+                    let sent = event.kv.and_then(|kv| {
+                        std::str::from_utf8(&kv.value[..20.min(kv.value.len())])
+                            .ok()?
+                            .parse::<u64>()
+                            .ok()
+                    });
+                    match sent {
+                        Some(nanos) => tally
+                            .latencies
+                            .push(now.saturating_sub(Duration::from_nanos(nanos))),
+                        None => tally.errors += 1,
+                    }
+                }
+            }
+            _ => return tally,
+        }
+    }
+}
+
 /// Claims the next operation number, or `None` when the run is over.
 fn claim(issued: &AtomicU64, total: u64, deadline: Instant) -> Option<u64> {
     if Instant::now() >= deadline {
@@ -125,29 +266,48 @@ fn claim(issued: &AtomicU64, total: u64, deadline: Instant) -> Option<u64> {
     (n < total).then_some(n)
 }
 
+/// Makes the key and value of put number `n`.
+type PutMaker = Arc<dyn Fn(u64) -> (Vec<u8>, Vec<u8>) + Send + Sync>;
+
+/// Random keys out of `key_space`, fixed values.
+fn random_puts(value_size: usize, key_space: u64) -> PutMaker {
+    let value = vec![b'x'; value_size];
+    Arc::new(move |n| {
+        let key = format!(
+            "bench/{:016x}",
+            roster_state::splitmix64(n) % key_space.max(1)
+        );
+        (key.into_bytes(), value.clone())
+    })
+}
+
+/// Keys `<prefix><n>`, values that start with the send time (ns since `epoch`).
+fn timed_puts(prefix: String, value_size: usize, epoch: Instant) -> PutMaker {
+    Arc::new(move |n| {
+        let mut value = format!("{:020}", epoch.elapsed().as_nanos()).into_bytes();
+        value.resize(value_size.max(20), b'x');
+        (format!("{prefix}{n}").into_bytes(), value)
+    })
+}
+
 async fn run_puts(
     args: &BenchArgs,
     channels: &[Channel],
-    value_size: usize,
-    key_space: u64,
+    make: PutMaker,
     deadline: Instant,
     issued: &Arc<AtomicU64>,
 ) -> anyhow::Result<Vec<Tally>> {
-    let value = vec![b'x'; value_size];
     let mut workers = Vec::new();
     for w in 0..args.clients {
         let mut kv = KvClient::new(channels[w % channels.len()].clone());
-        let (issued, value, total) = (issued.clone(), value.clone(), args.total);
+        let (issued, make, total) = (issued.clone(), make.clone(), args.total);
         workers.push(tokio::spawn(async move {
             let mut tally = Tally::default();
             while let Some(n) = claim(&issued, total, deadline) {
-                let key = format!(
-                    "bench/{:016x}",
-                    roster_state::splitmix64(n) % key_space.max(1)
-                );
+                let (key, value) = make(n);
                 let req = PutRequest {
-                    key: key.into_bytes(),
-                    value: value.clone(),
+                    key,
+                    value,
                     ..Default::default()
                 };
                 let t = Instant::now();

@@ -25,7 +25,7 @@ use roster_raft::{
 };
 use roster_state::{Command, MemberAttrs};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -243,13 +243,13 @@ impl RunningNode {
         for listener in peer_listeners {
             let peer = RaftPeerService::new(raft.clone(), Arc::new(router.clone()));
             let router = tonic::transport::Server::builder().add_service(peer.into_server());
-            let incoming = TcpListenerStream::new(listener);
+            let incoming = TcpListenerStream::new(listener).map(|conn| conn.map(no_delay));
             servers.push(spawn_server(router, incoming, stopped.clone()));
         }
         for listener in client_listeners {
             // etcdctl 3.4 may send the endpoint URL as :authority; see url_authority.
-            let incoming =
-                TcpListenerStream::new(listener).map(|conn| conn.map(AuthorityRewrite::new));
+            let incoming = TcpListenerStream::new(listener)
+                .map(|conn| conn.map(|tcp| AuthorityRewrite::new(no_delay(tcp))));
             servers.push(spawn_server(client_router(&api), incoming, stopped.clone()));
         }
         tracing::info!(
@@ -350,6 +350,16 @@ async fn publish_attributes(router: Router, attrs: MemberAttrs) {
             Err(e) => tracing::debug!(error = %e, "publishing member attributes, retrying"),
         }
     }
+}
+
+/// Turns Nagle's algorithm off on an accepted connection. Streamed answers
+/// (watch events, keepalive answers) are small writes that follow one another;
+/// with Nagle on, each waits for the peer's delayed ACK (40 ms on Linux).
+fn no_delay(tcp: TcpStream) -> TcpStream {
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+    }
+    tcp
 }
 
 fn client_router(api: &EtcdApi) -> tonic::transport::server::Router {

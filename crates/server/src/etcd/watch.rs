@@ -217,11 +217,15 @@ impl Session {
         let check_every = settings.no_leader_after / 3;
         let mut leader_check = interval_at(start + check_every, check_every);
         let mut leaderless_checks = 0;
+        // A client that closes its side keeps its watches, as with etcd: the
+        // session lasts until the response stream is dropped.
+        let mut reading = true;
         loop {
             tokio::select! {
-                request = requests.message() => match request {
+                request = requests.message(), if reading => match request {
                     Ok(Some(request)) => self.handle(request).await,
-                    _ => break,
+                    Ok(None) => reading = false,
+                    Err(_) => break,
                 },
                 _ = progress.tick() => settings.hub.notify_progress(self.stream),
                 _ = leader_check.tick(), if require_leader => {
