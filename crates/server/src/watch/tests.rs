@@ -2,6 +2,7 @@
 //! state machine and their events published, as the apply observer does, and the
 //! hub's queue is read as a stream would read it.
 
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -202,5 +203,120 @@ async fn progress_never_claims_more_than_was_queued() {
             revision,
         }) => assert_eq!(revision, f.hub.published()),
         other => panic!("{other:?}"),
+    }
+}
+
+/// etcd #20221: a watch from a future revision sees nothing before it.
+#[tokio::test]
+async fn a_future_start_sees_nothing_before_it() {
+    let f = Fixture::new();
+    let now = f.put("f/0", "v");
+    let mut rx = f.watch(1, "f/", now + 5, 16).await;
+    let mut last = now;
+    for n in 1..=8 {
+        last = f.put(&format!("f/{n}"), "v");
+    }
+    assert_eq!(
+        revisions(&mut rx, 4).await,
+        (now + 5..=last).collect::<Vec<_>>()
+    );
+}
+
+/// etcd #17529: many watches on one stream with a queue far too small; every
+/// watch still gets every event, in order.
+#[tokio::test]
+async fn many_watches_on_one_congested_stream_all_get_everything() {
+    let f = Fixture::new();
+    let (out, mut rx) = mpsc::channel(4);
+    for id in 0..50 {
+        let selector = Selector {
+            key: b"m/".to_vec(),
+            range_end: prefix_end("m/"),
+            no_put: false,
+            no_delete: false,
+        };
+        f.hub
+            .add((7, id), selector, WatchOptions::default(), 0, &out)
+            .await;
+        assert!(matches!(rx.recv().await, Some(Outbound::Created { .. })));
+    }
+    let first = f.put("m/0", "v");
+    let mut last = first;
+    for n in 1..200 {
+        last = f.put(&format!("m/{}", n % 3), "v");
+    }
+    let mut seen: HashMap<i64, Vec<i64>> = HashMap::new();
+    while seen.values().map(Vec::len).sum::<usize>() < 50 * 200 {
+        match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+            Ok(Some(Outbound::Events {
+                watch_id, events, ..
+            })) => {
+                seen.entry(watch_id)
+                    .or_default()
+                    .extend(events.iter().map(|e| e.kv.mod_revision));
+            }
+            other => panic!(
+                "{other:?} after {} events",
+                seen.values().map(Vec::len).sum::<usize>()
+            ),
+        }
+    }
+    let all: Vec<i64> = (first..=last).collect();
+    for id in 0..50 {
+        assert_eq!(seen.get(&id), Some(&all), "watch {id}");
+    }
+}
+
+/// etcd #15220: a progress answer is in step with the events before it: every
+/// event up to its revision has been queued ahead of it, also while a watcher is
+/// catching up.
+#[tokio::test]
+async fn progress_is_in_step_with_the_events_queued_before_it() {
+    let f = Fixture::new();
+    let (out, mut rx) = mpsc::channel(2);
+    let selector = Selector {
+        key: b"p/".to_vec(),
+        range_end: prefix_end("p/"),
+        no_put: false,
+        no_delete: false,
+    };
+    f.hub
+        .add((3, 0), selector, WatchOptions::default(), 0, &out)
+        .await;
+    let first = f.put("p/0", "v");
+    let mut last = first;
+    for n in 1..300 {
+        last = f.put(&format!("p/{n}"), "v");
+    }
+    let progress = tokio::spawn({
+        let (hub, out) = (f.hub.clone(), out.clone());
+        async move { hub.progress(3, &out).await }
+    });
+    let mut received = Vec::new();
+    let mut progress_seen = None;
+    while received.len() < 300 {
+        match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+            Ok(Some(Outbound::Events { events, .. })) => {
+                received.extend(events.iter().map(|e| e.kv.mod_revision))
+            }
+            Ok(Some(Outbound::Progress { revision, .. })) => {
+                let upto: Vec<i64> = (first..=revision).collect();
+                assert!(
+                    revision < first || received.starts_with(&upto),
+                    "progress {revision} ahead of events {received:?}"
+                );
+                progress_seen = Some(revision);
+            }
+            Ok(Some(Outbound::Created { .. })) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    progress.await.expect("progress task");
+    assert_eq!(received, (first..=last).collect::<Vec<_>>());
+    if progress_seen.is_none() {
+        match rx.recv().await {
+            Some(Outbound::Progress { revision, .. }) => assert!(revision <= last),
+            other => panic!("{other:?}"),
+        }
     }
 }
