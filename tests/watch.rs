@@ -13,7 +13,7 @@ use std::sync::mpsc as std_mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use harness::{etcdctl_path, json_i64, parse_lease_grant, Cluster};
+use harness::{etcdctl_path, json_i64, parse_lease_grant, Cluster, ClusterOptions};
 use roster_proto::etcdserverpb::watch_create_request::FilterType;
 use roster_proto::etcdserverpb::watch_request::RequestUnion;
 use roster_proto::etcdserverpb::{
@@ -427,6 +427,36 @@ fn filters_progress_requests_and_cancel() {
         put(&mut kv, "f/2", "v").await;
         c.ctl(0, &["del", "f/2"]).expect_ok();
         assert!(w.quiet_for(Duration::from_millis(300)).await.is_none());
+    });
+}
+
+#[test]
+fn progress_notifications_come_to_watches_that_asked_for_them() {
+    // The flag has the same name in etcd 3.4.
+    let mut opts = ClusterOptions::new(1);
+    opts.extra_args = vec!["--experimental-watch-progress-notify-interval=1s".to_string()];
+    let c = Cluster::start_with(opts);
+    let revision = json_i64(&c.ctl_json(0, &["put", "n/0", "v"])["header"], "revision");
+    runtime().block_on(async {
+        let notified = WatchCreateRequest {
+            progress_notify: true,
+            ..watch_prefix("n/", 0)
+        };
+        let mut w = WatchConn::open(&c, 0, notified).await;
+        let id = w.next().await.watch_id;
+        w.create(watch_prefix("other/", 0)).await;
+        let quiet_id = w.next().await.watch_id;
+        let started = Instant::now();
+        let note = w.next().await;
+        assert!(note.events.is_empty() && !note.canceled, "{note:?}");
+        assert_eq!(note.watch_id, id, "only the watch that asked: {note:?}");
+        assert_ne!(note.watch_id, quiet_id);
+        assert!(note.header.expect("header").revision >= revision);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
     });
 }
 
