@@ -1111,3 +1111,28 @@ fn data_dir_of_another_cluster_is_refused() {
         c.status(0).is_ok_and(|s| s.leader == c.member_id(0))
     });
 }
+
+/// The registry's prefix is read-only through the etcd API (roster only: etcd
+/// has no such prefix).
+#[test]
+fn registry_keys_are_read_only_through_the_etcd_api() {
+    if is_etcd() {
+        return;
+    }
+    let c = Cluster::start(1);
+    let refused = "keys under /roster/registry/ belong to the registry";
+    for args in [
+        vec!["put", "/roster/registry/web/1", "x"],
+        vec!["del", "/roster/registry/", "--prefix"],
+        vec!["del", "/", "--prefix"],
+        vec!["del", "", "--from-key"],
+    ] {
+        let out = c.ctl(0, &args).expect_err();
+        assert!(out.stderr.contains(refused), "{args:?}: {out}");
+    }
+    // Reads are allowed, and keys beside the prefix stay writable.
+    c.ctl(0, &["get", "/roster/registry/", "--prefix"])
+        .expect_ok();
+    c.ctl(0, &["put", "/roster/other", "x"]).expect_ok();
+    c.ctl(0, &["del", "/roster/other"]).expect_ok();
+}

@@ -218,24 +218,38 @@ impl Lessor {
     pub(crate) fn observe(&self, response: &Response) {
         match response {
             Response::Batch(responses) => responses.iter().for_each(|r| self.observe(r)),
-            Response::LeaseGranted { id, ttl, .. } => {
-                let mut clocks = self.clocks();
-                self.inner.changes.fetch_add(1, Ordering::SeqCst);
-                if clocks.term.is_some() {
-                    let deadline = Instant::now() + ttl_duration(*ttl);
-                    clocks.set(*id, *ttl, deadline, false);
-                    drop(clocks);
-                    self.inner.wake.notify_one();
+            Response::LeaseGranted { id, ttl, .. } => self.granted(*id, *ttl),
+            Response::LeaseRevoked { revoked, .. } => self.revoked(revoked),
+            Response::Registry {
+                granted, revoked, ..
+            } => {
+                if let Some((id, ttl)) = granted {
+                    self.granted(*id, *ttl);
                 }
-            }
-            Response::LeaseRevoked { revoked, .. } => {
-                let mut clocks = self.clocks();
-                self.inner.changes.fetch_add(1, Ordering::SeqCst);
-                for id in revoked {
-                    clocks.leases.remove(id);
+                if !revoked.is_empty() {
+                    self.revoked(revoked);
                 }
             }
             _ => {}
+        }
+    }
+
+    fn granted(&self, id: i64, ttl: i64) {
+        let mut clocks = self.clocks();
+        self.inner.changes.fetch_add(1, Ordering::SeqCst);
+        if clocks.term.is_some() {
+            let deadline = Instant::now() + ttl_duration(ttl);
+            clocks.set(id, ttl, deadline, false);
+            drop(clocks);
+            self.inner.wake.notify_one();
+        }
+    }
+
+    fn revoked(&self, ids: &[i64]) {
+        let mut clocks = self.clocks();
+        self.inner.changes.fetch_add(1, Ordering::SeqCst);
+        for id in ids {
+            clocks.leases.remove(id);
         }
     }
 

@@ -1,15 +1,19 @@
 //! Commands: the only way the replicated state changes. Each is applied in log
 //! order on every node; anything time-dependent is a value inside the command.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::StateError;
 use crate::keyspace::{KeyValue, Put, RemovalReason};
 use crate::members::MemberAttrs;
+use crate::registry::{InstanceSpec, LeaseChoice};
 use crate::txn::{Txn, TxnOpResponse};
 
-/// One entry of the replicated log, as the state machine sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One entry of the replicated log, as the state machine sees it. (Not `Eq`:
+/// instance status numbers are floats.)
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
     /// etcd `Put`.
     Put(Put),
@@ -42,6 +46,41 @@ pub enum Command {
     /// etcd `Compact`: discard the history below `revision`. At or below the last
     /// compaction: `Compacted`; above the store revision: `FutureRevision`.
     Compact { revision: i64 },
+    /// Registry: upsert an instance (see `registry`). `now_ms`: the proposer's
+    /// wall clock, kept as the first registration time.
+    Register {
+        spec: InstanceSpec,
+        lease: LeaseChoice,
+        now_ms: u64,
+    },
+    /// Registry: graceful removal of one instance.
+    Deregister { service: String, id: String },
+    /// Registry: an operator's removal, with actor and reason, audited.
+    ForceDeregister {
+        service: String,
+        id: String,
+        actor: String,
+        reason: String,
+        now_ms: u64,
+    },
+    /// Registry: mark an instance draining, removed at `deadline_ms` if given.
+    Drain {
+        service: String,
+        id: String,
+        deadline_ms: Option<u64>,
+    },
+    /// Registry: remove the listed instances whose drain deadline is at or
+    /// before `now_ms` (proposed by the leader), reason `drained`.
+    DrainExpire {
+        instances: Vec<(String, String)>,
+        now_ms: u64,
+    },
+    /// Registry: replace an instance's status numbers.
+    SetStatus {
+        service: String,
+        id: String,
+        status: BTreeMap<String, f64>,
+    },
     /// A member publishes its attributes (client URLs) after it starts.
     PublishMember(MemberAttrs),
     /// No change; used by a new leader to commit an entry of its term.
@@ -82,6 +121,14 @@ pub enum Response {
         succeeded: bool,
         responses: Vec<TxnOpResponse>,
     },
+    /// A registry command: the lease the instance lives on, a lease it granted
+    /// (id, TTL) and the leases it revoked, so the lessor can follow them.
+    Registry {
+        revision: i64,
+        lease: i64,
+        granted: Option<(i64, i64)>,
+        revoked: Vec<i64>,
+    },
     /// Checkpoint, renewed, publish, compact, noop.
     Done {
         revision: i64,
@@ -105,6 +152,7 @@ impl Response {
             | Response::LeaseGranted { revision, .. }
             | Response::LeaseRevoked { revision, .. }
             | Response::Txn { revision, .. }
+            | Response::Registry { revision, .. }
             | Response::Done { revision }
             | Response::Error { revision, .. } => *revision,
         }

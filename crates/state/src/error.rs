@@ -27,6 +27,21 @@ pub enum StateError {
     /// A txn branch that writes one key twice (or puts a key it also deletes).
     #[error("duplicate key given in txn request")]
     DuplicateKey,
+    #[error("lease TTL must be positive, not {0}")]
+    InvalidTtl(i64),
+    /// An empty, over-long or malformed service name, instance id, actor or tag.
+    #[error("invalid {what} {name:?}: must be 1 to 253 printable bytes without '/' or spaces")]
+    InvalidName { what: String, name: String },
+    #[error("invalid endpoint {0:?}: expected HOST:PORT with a port from 1 to 65535")]
+    InvalidEndpoint(String),
+    #[error("metadata of {0} bytes exceeds the limit of 16 KiB")]
+    MetadataTooLarge(usize),
+    #[error("instance not found")]
+    InstanceNotFound,
+    #[error("a forced removal needs a reason")]
+    MissingReason,
+    #[error("status value {0:?} is not a finite number")]
+    InvalidStatus(String),
 }
 
 impl StateError {
@@ -42,6 +57,13 @@ impl StateError {
             StateError::Compacted { .. } => "compacted",
             StateError::FutureRevision => "future_revision",
             StateError::DuplicateKey => "duplicate_key",
+            StateError::InvalidTtl(_) => "invalid_ttl",
+            StateError::InvalidName { .. } => "invalid_name",
+            StateError::InvalidEndpoint(_) => "invalid_endpoint",
+            StateError::MetadataTooLarge(_) => "metadata_too_large",
+            StateError::InstanceNotFound => "instance_not_found",
+            StateError::MissingReason => "missing_reason",
+            StateError::InvalidStatus(_) => "invalid_status",
         }
     }
 }

@@ -21,6 +21,8 @@ pub(crate) const HISTORY: &[u8] = b"h/";
 pub(crate) const LEASE: &[u8] = b"l/";
 /// `a/<id><key>`: keys attached to a lease.
 pub(crate) const ATTACH: &[u8] = b"a/";
+/// `u/<rev>`: the audit log of forced removals.
+pub(crate) const AUDIT: &[u8] = b"u/";
 /// `m/<name>`: the caller's metadata (arbitrary names).
 pub(crate) const META: &[u8] = b"m/";
 /// `p/<id>`: attributes a member published (u64 id, big-endian).
@@ -137,6 +139,10 @@ pub(crate) fn attach_prefix(id: i64) -> Vec<u8> {
 
 pub(crate) fn attach_key(id: i64, key: &[u8]) -> Vec<u8> {
     join(&attach_prefix(id), key)
+}
+
+pub(crate) fn audit_key(revision: i64) -> Vec<u8> {
+    join(AUDIT, &revision.to_be_bytes())
 }
 
 pub(crate) fn member_key(id: u64) -> Vec<u8> {

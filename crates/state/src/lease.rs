@@ -31,7 +31,7 @@ pub(crate) fn exists<E: Engine>(tx: &Tx<'_, E>, id: i64) -> Result<bool, EngineE
     Ok(tx.get(&layout::lease_key(id))?.is_some())
 }
 
-fn load<E: Engine>(tx: &Tx<'_, E>, id: i64) -> Result<Option<Lease>, EngineError> {
+pub(crate) fn load<E: Engine>(tx: &Tx<'_, E>, id: i64) -> Result<Option<Lease>, EngineError> {
     tx.get(&layout::lease_key(id))?
         .map(|v| layout::decode(&v))
         .transpose()
@@ -63,6 +63,18 @@ pub(crate) fn grant<E: Engine>(tx: &mut Tx<'_, E>, id: i64, ttl: i64) -> Result<
         id,
         ttl,
     })
+}
+
+/// Grants a lease with a generated id (for a registration); its id.
+pub(crate) fn grant_new<E: Engine>(tx: &mut Tx<'_, E>, ttl: i64) -> Result<i64, Fail> {
+    if ttl <= 0 {
+        return Err(StateError::InvalidTtl(ttl).into());
+    }
+    match grant(tx, 0, ttl)? {
+        Response::LeaseGranted { id, .. } => Ok(id),
+        // `grant` answers nothing else on success.
+        _ => Err(StateError::InvalidTtl(ttl).into()),
+    }
 }
 
 /// A fresh lease id, the same on every node: the persisted counter `s/lease_seq`
@@ -115,7 +127,7 @@ pub(crate) fn expire<E: Engine>(tx: &mut Tx<'_, E>, ids: &[i64]) -> Result<Respo
 
 /// Deletes lease `id`, its attached keys (with `reason`) and its index; `false`
 /// if there is no such lease.
-fn remove<E: Engine>(
+pub(crate) fn remove<E: Engine>(
     tx: &mut Tx<'_, E>,
     id: i64,
     reason: RemovalReason,

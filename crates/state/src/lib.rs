@@ -21,6 +21,7 @@
 //! | `l/<id>`          | [`Lease`]                                                    |
 //! | `a/<id><key>`     | empty: the keys attached to a lease                          |
 //! | `p/<id>`          | [`MemberAttrs`] a member published                          |
+//! | `u/<rev>`         | [`registry::AuditEntry`]: a forced removal, who and why      |
 //! | `m/<name>`        | the caller's opaque metadata (`apply`'s `meta`), any name    |
 //! | `s/revision`      | the store revision, i64; absent = 1 (an empty store)         |
 //! | `s/lease_seq`     | u64 counter behind generated lease ids (`LeaseGrant{id: 0}`) |
@@ -44,6 +45,7 @@ mod lease;
 mod machine;
 mod members;
 mod mix;
+pub mod registry;
 mod snapshot;
 #[cfg(test)]
 mod tests;

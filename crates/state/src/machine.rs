@@ -15,6 +15,7 @@ use crate::keyspace::{self, Event, RangeRequest, RangeResult};
 use crate::layout;
 use crate::lease::{self, Lease};
 use crate::members::{self, MemberAttrs};
+use crate::registry::{self, AuditEntry, Instance};
 use crate::snapshot::SnapshotData;
 use crate::tx::Tx;
 use crate::txn::{self, Txn};
@@ -143,6 +144,34 @@ impl<E: Engine> StateMachine<E> {
         Ok(history::events(&self.engine, from_revision, limit)?)
     }
 
+    /// The registered instances of `service` (all services: `None`), by service
+    /// then id.
+    pub fn instances(&self, service: Option<&str>) -> Result<Vec<Instance>, EngineError> {
+        let mut prefix = registry::REGISTRY_PREFIX.to_vec();
+        if let Some(service) = service {
+            prefix.extend_from_slice(service.as_bytes());
+            prefix.push(b'/');
+        }
+        let start = layout::key_key(&prefix);
+        let end = layout::prefix_end(&start);
+        self.engine
+            .scan(&start, end.as_deref())
+            .map(|item| {
+                let kv: crate::KeyValue = layout::decode(&item?.1)?;
+                registry::decode_instance(&kv.value)
+            })
+            .collect()
+    }
+
+    /// The audit log of forced removals, oldest first.
+    pub fn audit_log(&self) -> Result<Vec<AuditEntry>, EngineError> {
+        let end = layout::prefix_end(layout::AUDIT);
+        self.engine
+            .scan(layout::AUDIT, end.as_deref())
+            .map(|item| layout::decode(&item?.1))
+            .collect()
+    }
+
     /// The attributes every member published, by id.
     pub fn members(&self) -> Result<Vec<MemberAttrs>, EngineError> {
         let end = layout::prefix_end(layout::MEMBER);
@@ -210,6 +239,32 @@ fn execute<E: Engine>(tx: &mut Tx<'_, E>, cmd: &Command) -> Result<Response, Fai
         Command::LeaseRenewed { ids } => lease::renewed(tx, ids),
         Command::Txn(t) => txn::apply(tx, t),
         Command::Compact { revision } => history::compact(tx, *revision),
+        Command::Register {
+            spec,
+            lease,
+            now_ms,
+        } => registry::register(tx, spec, *lease, *now_ms),
+        Command::Deregister { service, id } => registry::deregister(tx, service, id),
+        Command::ForceDeregister {
+            service,
+            id,
+            actor,
+            reason,
+            now_ms,
+        } => registry::force_deregister(tx, service, id, actor, reason, *now_ms),
+        Command::Drain {
+            service,
+            id,
+            deadline_ms,
+        } => registry::drain(tx, service, id, *deadline_ms),
+        Command::DrainExpire { instances, now_ms } => {
+            registry::drain_expire(tx, instances, *now_ms)
+        }
+        Command::SetStatus {
+            service,
+            id,
+            status,
+        } => registry::set_status(tx, service, id, status),
         Command::PublishMember(attrs) => members::publish(tx, attrs),
         Command::Noop => Ok(Response::Done {
             revision: tx.revision(),

@@ -21,6 +21,13 @@ pub fn state_status(error: &StateError) -> Status {
         StateError::DuplicateKey => {
             Status::invalid_argument("etcdserver: duplicate key given in txn request")
         }
+        StateError::InvalidTtl(_)
+        | StateError::InvalidName { .. }
+        | StateError::InvalidEndpoint(_)
+        | StateError::MetadataTooLarge(_)
+        | StateError::MissingReason
+        | StateError::InvalidStatus(_) => Status::invalid_argument(format!("roster: {error}")),
+        StateError::InstanceNotFound => Status::not_found(format!("roster: {error}")),
     }
 }
 

@@ -133,12 +133,38 @@ pub(crate) fn to_put(req: PutRequest) -> Put {
     }
 }
 
+/// Refuses a write whose keys reach into the registry's reserved prefix: only the
+/// registry API may change instance records, so its invariants hold.
+pub(crate) fn check_writable(key: &[u8], range_end: &[u8]) -> Result<(), Status> {
+    let reserved = roster_state::registry::REGISTRY_PREFIX;
+    let touches = match range_end {
+        [] => key.starts_with(reserved),
+        // Every key >= `key`.
+        [0] => key < reserved || key.starts_with(reserved),
+        end => {
+            let mut reserved_end = reserved.to_vec();
+            if let Some(last) = reserved_end.last_mut() {
+                *last += 1;
+            }
+            key < reserved_end.as_slice() && end > reserved
+        }
+    };
+    if touches {
+        return Err(Status::permission_denied(format!(
+            "roster: keys under {} belong to the registry; change them through the registry API",
+            String::from_utf8_lossy(reserved)
+        )));
+    }
+    Ok(())
+}
+
 /// etcd's checks of a put: a key, and no value or lease given with the flag that
 /// keeps the old one.
 pub(crate) fn check_put(req: &PutRequest) -> Result<(), Status> {
     if req.key.is_empty() {
         return Err(empty_key());
     }
+    check_writable(&req.key, &[])?;
     if req.ignore_value && !req.value.is_empty() {
         return Err(Status::invalid_argument("etcdserver: value is provided"));
     }
@@ -187,6 +213,7 @@ impl Kv for EtcdApi {
         if req.key.is_empty() {
             return Err(empty_key());
         }
+        check_writable(&req.key, &req.range_end)?;
         let command = Command::DeleteRange {
             key: req.key,
             range_end: req.range_end,

@@ -19,7 +19,9 @@ use roster_state::{
 use tonic::Status;
 
 use super::errors::{empty_key, fail_status, state_status};
-use super::kv::{check_put, range_query, range_response, to_proto_kv, to_put, unexpected};
+use super::kv::{
+    check_put, check_writable, range_query, range_response, to_proto_kv, to_put, unexpected,
+};
 use super::EtcdApi;
 
 /// etcd's default `--max-txn-ops`.
@@ -130,6 +132,7 @@ fn check_txn(req: &TxnRequest, max_ops: usize) -> Result<(), Status> {
         match &op.request {
             Some(PbRequest::RequestRange(r)) if r.key.is_empty() => return Err(empty_key()),
             Some(PbRequest::RequestDeleteRange(d)) if d.key.is_empty() => return Err(empty_key()),
+            Some(PbRequest::RequestDeleteRange(d)) => check_writable(&d.key, &d.range_end)?,
             Some(PbRequest::RequestPut(p)) => check_put(p)?,
             Some(PbRequest::RequestTxn(t)) => check_txn(t, max_ops - ops)?,
             Some(_) => {}

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use crate::*;
 
 mod history;
+mod registry;
 mod txn;
 
 type Machine = StateMachine<MemEngine>;

@@ -1,0 +1,419 @@
+//! The service registry's replicated part: instance records and their life cycle.
+//!
+//! An instance is an ordinary key of the keyspace, `/roster/registry/<service>/<id>`,
+//! holding the [`Instance`] as JSON and attached to the instance's lease, so the
+//! etcd API can read it, one watch mechanism serves both APIs, and an expiring
+//! lease removes its instances like any other key (reason `expired`). Every change
+//! is one command, applied at one revision:
+//!
+//! - `Register`: an idempotent upsert. It grants the instance a lease of its own
+//!   (kept across re-registrations with the same TTL), attaches it to a lease the
+//!   caller holds (several instances of one process may share one), or gives it
+//!   none (an external service, removed only explicitly).
+//! - `Deregister` (reason `graceful`), `ForceDeregister` (reason `forced`, with an
+//!   entry in the audit log), `Drain` (state `draining`, optionally with a
+//!   deadline) and `DrainExpire` (reason `drained`, proposed by the leader once a
+//!   deadline has passed). A lease that `Register` granted goes with the last
+//!   instance on it.
+//! - `SetStatus`: the free-form numbers (load, queue depth), a write of its own so
+//!   heartbeats never are.
+//!
+//! Times (`registered_at_ms`, deadlines, audit times) are milliseconds since the
+//! Unix epoch stamped by the proposing node into the command, never read here.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::Response;
+use crate::engine::{Engine, EngineError};
+use crate::error::{Fail, StateError};
+use crate::keyspace::{self, KeyValue, Put, RemovalReason};
+use crate::layout;
+use crate::lease;
+use crate::tx::Tx;
+
+/// Every registry key starts with this; the etcd API may read it, not write it.
+pub const REGISTRY_PREFIX: &[u8] = b"/roster/registry/";
+/// Longest service name or instance id, in bytes.
+pub const MAX_NAME_LEN: usize = 253;
+/// Most bytes of metadata (keys and values) and of tags, each.
+pub const MAX_METADATA_BYTES: usize = 16 * 1024;
+
+/// One network endpoint of an instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// Host name or IP address.
+    pub address: String,
+    pub port: u16,
+    /// Free-form: `http`, `grpc`, `tcp`...
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub protocol: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceState {
+    Up,
+    Draining,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    Passing,
+    Warning,
+    Critical,
+}
+
+/// What a client registers: everything but what the registry decides.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceSpec {
+    pub service: String,
+    pub id: String,
+    pub endpoints: Vec<Endpoint>,
+    pub metadata: BTreeMap<String, String>,
+    pub tags: Vec<String>,
+    pub weight: u32,
+}
+
+/// The stored record (`docs/registry.md` documents its JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Instance {
+    #[serde(flatten)]
+    pub spec: InstanceSpec,
+    /// Free-form numbers set by `SetStatus`.
+    pub status: BTreeMap<String, f64>,
+    pub state: InstanceState,
+    /// When a draining instance is removed (ms since the epoch), if ever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_deadline_ms: Option<u64>,
+    pub health: Health,
+    /// First registration (ms since the epoch); kept by re-registrations.
+    pub registered_at_ms: u64,
+    /// 0: no lease (removed only explicitly).
+    pub lease: i64,
+    /// The lease was granted by `Register` for this instance (and goes with the
+    /// last instance on it).
+    pub lease_owned: bool,
+}
+
+/// Which lease a registration lives on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LeaseChoice {
+    /// A lease of the instance's own with this TTL (seconds).
+    Own { ttl: i64 },
+    /// An existing lease the caller holds.
+    Shared { id: i64 },
+    /// None: an external service.
+    None,
+}
+
+/// One entry of the audit log of forced removals.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub revision: i64,
+    pub at_ms: u64,
+    pub actor: String,
+    pub reason: String,
+    pub service: String,
+    pub id: String,
+}
+
+/// The keyspace key of an instance.
+pub fn instance_key(service: &str, id: &str) -> Vec<u8> {
+    let mut key = REGISTRY_PREFIX.to_vec();
+    key.extend_from_slice(service.as_bytes());
+    key.push(b'/');
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+/// Parses a stored record.
+pub fn decode_instance(value: &[u8]) -> Result<Instance, EngineError> {
+    serde_json::from_slice(value).map_err(|e| EngineError(format!("corrupt instance record: {e}")))
+}
+
+fn encode_instance(instance: &Instance) -> Result<Vec<u8>, EngineError> {
+    serde_json::to_vec(instance).map_err(|e| EngineError(format!("encode instance: {e}")))
+}
+
+/// Checks a name (service or instance id): non-empty, bounded, no `/`, printable.
+fn check_name(what: &'static str, name: &str) -> Result<(), StateError> {
+    let bad = name.is_empty()
+        || name.len() > MAX_NAME_LEN
+        || name.contains('/')
+        || name.chars().any(|c| c.is_control() || c.is_whitespace());
+    if bad {
+        return Err(StateError::InvalidName {
+            what: what.to_string(),
+            name: name.chars().take(64).collect(),
+        });
+    }
+    Ok(())
+}
+
+/// Everything about a spec that can be checked without the store.
+pub fn validate_spec(spec: &InstanceSpec) -> Result<(), StateError> {
+    check_name("service", &spec.service)?;
+    check_name("instance id", &spec.id)?;
+    for endpoint in &spec.endpoints {
+        if endpoint.address.is_empty()
+            || endpoint.port == 0
+            || endpoint.address.contains(char::is_whitespace)
+        {
+            return Err(StateError::InvalidEndpoint(format!(
+                "{}:{}",
+                endpoint.address, endpoint.port
+            )));
+        }
+    }
+    let metadata: usize = spec.metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
+    let tags: usize = spec.tags.iter().map(String::len).sum();
+    if metadata > MAX_METADATA_BYTES || tags > MAX_METADATA_BYTES {
+        return Err(StateError::MetadataTooLarge(metadata.max(tags)));
+    }
+    if spec.metadata.keys().any(String::is_empty) || spec.tags.iter().any(String::is_empty) {
+        return Err(StateError::InvalidName {
+            what: "metadata key or tag".to_string(),
+            name: String::new(),
+        });
+    }
+    Ok(())
+}
+
+pub(crate) fn load<E: Engine>(
+    tx: &Tx<'_, E>,
+    service: &str,
+    id: &str,
+) -> Result<Option<(KeyValue, Instance)>, EngineError> {
+    let Some(value) = tx.get(&layout::key_key(&instance_key(service, id)))? else {
+        return Ok(None);
+    };
+    let kv: KeyValue = layout::decode(&value)?;
+    let instance = decode_instance(&kv.value)?;
+    Ok(Some((kv, instance)))
+}
+
+/// Writes the record (a put event), keeping its lease attachment.
+fn store<E: Engine>(tx: &mut Tx<'_, E>, instance: &Instance) -> Result<(), Fail> {
+    let put = Put {
+        key: instance_key(&instance.spec.service, &instance.spec.id),
+        value: encode_instance(instance)?,
+        lease: instance.lease,
+        prev_kv: false,
+        ignore_value: false,
+        ignore_lease: false,
+    };
+    keyspace::put_kv(tx, &put)?;
+    Ok(())
+}
+
+/// `Register`: see the module docs. Answers the lease the instance lives on.
+pub(crate) fn register<E: Engine>(
+    tx: &mut Tx<'_, E>,
+    spec: &InstanceSpec,
+    choice: LeaseChoice,
+    now_ms: u64,
+) -> Result<Response, Fail> {
+    validate_spec(spec)?;
+    let existing = load(tx, &spec.service, &spec.id)?.map(|(_, i)| i);
+    let mut granted = None;
+    let (lease, lease_owned) = match choice {
+        LeaseChoice::None => (0, false),
+        LeaseChoice::Shared { id } => {
+            if id == 0 || !lease::exists(tx, id)? {
+                return Err(StateError::LeaseNotFound.into());
+            }
+            (id, false)
+        }
+        LeaseChoice::Own { ttl } => match &existing {
+            Some(old)
+                if old.lease_owned && lease::load(tx, old.lease)?.is_some_and(|l| l.ttl == ttl) =>
+            {
+                (old.lease, true)
+            }
+            _ => {
+                let id = lease::grant_new(tx, ttl)?;
+                granted = Some((id, ttl));
+                (id, true)
+            }
+        },
+    };
+    let instance = Instance {
+        spec: spec.clone(),
+        status: existing
+            .as_ref()
+            .map(|o| o.status.clone())
+            .unwrap_or_default(),
+        state: InstanceState::Up,
+        drain_deadline_ms: None,
+        health: existing.as_ref().map_or(Health::Passing, |o| o.health),
+        registered_at_ms: existing.as_ref().map_or(now_ms, |o| o.registered_at_ms),
+        lease,
+        lease_owned,
+    };
+    store(tx, &instance)?;
+    let mut revoked = Vec::new();
+    if let Some(old) = existing.filter(|o| o.lease_owned && o.lease != lease) {
+        revoked.extend(release_owned_lease(tx, old.lease)?);
+    }
+    Ok(Response::Registry {
+        revision: tx.revision(),
+        lease,
+        granted,
+        revoked,
+    })
+}
+
+/// Revokes an owned lease that no key is attached to any more; its id if so.
+fn release_owned_lease<E: Engine>(tx: &mut Tx<'_, E>, id: i64) -> Result<Option<i64>, EngineError> {
+    let prefix = layout::attach_prefix(id);
+    let end = layout::prefix_end(&prefix);
+    if !tx.scan(&prefix, end.as_deref())?.is_empty() || !lease::exists(tx, id)? {
+        return Ok(None);
+    }
+    lease::remove(tx, id, RemovalReason::Graceful)?;
+    Ok(Some(id))
+}
+
+/// Removes one instance with `reason`, and its owned lease if it was the last on it.
+fn remove<E: Engine>(
+    tx: &mut Tx<'_, E>,
+    service: &str,
+    id: &str,
+    reason: RemovalReason,
+) -> Result<Response, Fail> {
+    let Some((kv, instance)) = load(tx, service, id)? else {
+        return Err(StateError::InstanceNotFound.into());
+    };
+    keyspace::remove(tx, kv, reason)?;
+    let mut revoked = Vec::new();
+    if instance.lease_owned {
+        revoked.extend(release_owned_lease(tx, instance.lease)?);
+    }
+    Ok(Response::Registry {
+        revision: tx.revision(),
+        lease: instance.lease,
+        granted: None,
+        revoked,
+    })
+}
+
+/// `Deregister`: graceful removal.
+pub(crate) fn deregister<E: Engine>(
+    tx: &mut Tx<'_, E>,
+    service: &str,
+    id: &str,
+) -> Result<Response, Fail> {
+    remove(tx, service, id, RemovalReason::Graceful)
+}
+
+/// `ForceDeregister`: an operator's removal, recorded in the audit log.
+pub(crate) fn force_deregister<E: Engine>(
+    tx: &mut Tx<'_, E>,
+    service: &str,
+    id: &str,
+    actor: &str,
+    reason: &str,
+    now_ms: u64,
+) -> Result<Response, Fail> {
+    if reason.trim().is_empty() {
+        return Err(StateError::MissingReason.into());
+    }
+    check_name("actor", actor)?;
+    let response = remove(tx, service, id, RemovalReason::Forced)?;
+    let entry = AuditEntry {
+        revision: tx.write_revision(),
+        at_ms: now_ms,
+        actor: actor.to_string(),
+        reason: reason.to_string(),
+        service: service.to_string(),
+        id: id.to_string(),
+    };
+    tx.put(layout::audit_key(entry.revision), layout::encode(&entry)?);
+    Ok(response)
+}
+
+/// Changes an existing instance's record with `change` (which may refuse).
+fn update<E: Engine>(
+    tx: &mut Tx<'_, E>,
+    service: &str,
+    id: &str,
+    change: impl FnOnce(&mut Instance) -> Result<(), StateError>,
+) -> Result<Response, Fail> {
+    let Some((_, mut instance)) = load(tx, service, id)? else {
+        return Err(StateError::InstanceNotFound.into());
+    };
+    change(&mut instance)?;
+    store(tx, &instance)?;
+    Ok(Response::Registry {
+        revision: tx.revision(),
+        lease: instance.lease,
+        granted: None,
+        revoked: Vec::new(),
+    })
+}
+
+/// `Drain`: marks the instance draining, with an optional removal deadline.
+pub(crate) fn drain<E: Engine>(
+    tx: &mut Tx<'_, E>,
+    service: &str,
+    id: &str,
+    deadline_ms: Option<u64>,
+) -> Result<Response, Fail> {
+    update(tx, service, id, |instance| {
+        instance.state = InstanceState::Draining;
+        instance.drain_deadline_ms = deadline_ms;
+        Ok(())
+    })
+}
+
+/// `DrainExpire`: removes (reason `drained`) each listed instance that is still
+/// draining with a deadline at or before `now_ms`; others are skipped (a
+/// re-registration may have raced the deadline).
+pub(crate) fn drain_expire<E: Engine>(
+    tx: &mut Tx<'_, E>,
+    instances: &[(String, String)],
+    now_ms: u64,
+) -> Result<Response, Fail> {
+    let mut revoked = Vec::new();
+    for (service, id) in instances {
+        let due = load(tx, service, id)?.is_some_and(|(_, i)| {
+            i.state == InstanceState::Draining && i.drain_deadline_ms.is_some_and(|d| d <= now_ms)
+        });
+        if due {
+            if let Response::Registry { revoked: r, .. } =
+                remove(tx, service, id, RemovalReason::Drained)?
+            {
+                revoked.extend(r);
+            }
+        }
+    }
+    Ok(Response::Registry {
+        revision: tx.revision(),
+        lease: 0,
+        granted: None,
+        revoked,
+    })
+}
+
+/// `SetStatus`: replaces the instance's status numbers.
+pub(crate) fn set_status<E: Engine>(
+    tx: &mut Tx<'_, E>,
+    service: &str,
+    id: &str,
+    status: &BTreeMap<String, f64>,
+) -> Result<Response, Fail> {
+    update(tx, service, id, |instance| {
+        let size = status.keys().map(String::len).sum::<usize>() + status.len() * 8;
+        if size > MAX_METADATA_BYTES {
+            return Err(StateError::MetadataTooLarge(size));
+        }
+        if let Some((name, _)) = status.iter().find(|(_, v)| !v.is_finite()) {
+            return Err(StateError::InvalidStatus(name.clone()));
+        }
+        instance.status = status.clone();
+        Ok(())
+    })
+}

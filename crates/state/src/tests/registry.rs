@@ -1,0 +1,382 @@
+//! Scenarios of the registry commands: registration with an own, shared or no
+//! lease, each way out (graceful, expired, forced with audit, drained) with its
+//! reason, and every refusal changing nothing.
+
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::registry::{Endpoint, Health, Instance, InstanceSpec, InstanceState, LeaseChoice};
+
+fn spec(service: &str, id: &str) -> InstanceSpec {
+    InstanceSpec {
+        service: service.into(),
+        id: id.into(),
+        endpoints: vec![Endpoint {
+            address: "10.0.0.1".into(),
+            port: 8080,
+            protocol: "http".into(),
+        }],
+        metadata: BTreeMap::from([("zone".to_string(), "a".to_string())]),
+        tags: vec!["web".into()],
+        weight: 1,
+    }
+}
+
+fn register(spec: InstanceSpec, lease: LeaseChoice, now_ms: u64) -> Command {
+    Command::Register {
+        spec,
+        lease,
+        now_ms,
+    }
+}
+
+fn deregister(service: &str, id: &str) -> Command {
+    Command::Deregister {
+        service: service.into(),
+        id: id.into(),
+    }
+}
+
+/// Applies a registry command; its (lease, granted, revoked).
+fn registry_ok(sm: &mut Machine, cmd: Command) -> (i64, Option<(i64, i64)>, Vec<i64>) {
+    match apply(sm, &cmd).response {
+        Response::Registry {
+            lease,
+            granted,
+            revoked,
+            ..
+        } => (lease, granted, revoked),
+        other => panic!("{cmd:?}: {other:?}"),
+    }
+}
+
+fn instance(sm: &Machine, service: &str, id: &str) -> Option<Instance> {
+    sm.instances(Some(service))
+        .expect("instances")
+        .into_iter()
+        .find(|i| i.spec.id == id)
+}
+
+#[test]
+fn registering_with_a_ttl_grants_a_lease_and_writes_the_record_at_one_revision() {
+    let mut sm = machine();
+    let applied = apply(
+        &mut sm,
+        &register(spec("web", "1"), LeaseChoice::Own { ttl: 10 }, 1_000),
+    );
+    let Response::Registry {
+        revision,
+        lease,
+        granted,
+        ..
+    } = applied.response
+    else {
+        panic!("{:?}", applied.response);
+    };
+    assert_eq!((revision, granted), (2, Some((lease, 10))));
+    assert_eq!(sm.lease(lease).expect("lease").map(|l| l.ttl), Some(10));
+    let record = instance(&sm, "web", "1").expect("registered");
+    assert_eq!(
+        (record.lease, record.lease_owned, record.registered_at_ms),
+        (lease, true, 1_000)
+    );
+    assert_eq!(
+        (record.state, record.health),
+        (InstanceState::Up, Health::Passing)
+    );
+    // An ordinary key of the keyspace, on the lease, readable as JSON.
+    let kv = get(&sm, "/roster/registry/web/1").expect("key");
+    assert_eq!(kv.lease, lease);
+    let json: serde_json::Value = serde_json::from_slice(&kv.value).expect("json");
+    assert_eq!(json["service"], "web");
+    assert_eq!(json["endpoints"][0]["port"], 8080);
+    assert_eq!(json["metadata"]["zone"], "a");
+    assert_eq!(applied.events.len(), 1);
+}
+
+#[test]
+fn re_registering_is_an_upsert_that_keeps_the_lease_and_first_time() {
+    let mut sm = machine();
+    let (lease, ..) = registry_ok(
+        &mut sm,
+        register(spec("web", "1"), LeaseChoice::Own { ttl: 10 }, 1_000),
+    );
+    let mut changed = spec("web", "1");
+    changed.weight = 5;
+    let (again, granted, revoked) = registry_ok(
+        &mut sm,
+        register(changed, LeaseChoice::Own { ttl: 10 }, 2_000),
+    );
+    assert_eq!((again, granted, revoked), (lease, None, vec![]));
+    let record = instance(&sm, "web", "1").expect("registered");
+    assert_eq!((record.spec.weight, record.registered_at_ms), (5, 1_000));
+    // A new TTL: a new lease, and the old one (now empty) goes.
+    let (new_lease, granted, revoked) = registry_ok(
+        &mut sm,
+        register(spec("web", "1"), LeaseChoice::Own { ttl: 30 }, 3_000),
+    );
+    assert_ne!(new_lease, lease);
+    assert_eq!((granted, revoked), (Some((new_lease, 30)), vec![lease]));
+    assert_eq!(sm.lease(lease).expect("lease"), None);
+}
+
+#[test]
+fn instances_share_a_lease_and_deregistering_one_keeps_the_others() {
+    let mut sm = machine();
+    run(&mut sm, &[grant(7, 60)]);
+    registry_ok(
+        &mut sm,
+        register(spec("api", "a"), LeaseChoice::Shared { id: 7 }, 1),
+    );
+    registry_ok(
+        &mut sm,
+        register(spec("api", "b"), LeaseChoice::Shared { id: 7 }, 1),
+    );
+    let applied = apply(&mut sm, &deregister("api", "a"));
+    assert_eq!(
+        reasons(&applied.events),
+        vec![(
+            EventKind::Delete,
+            b("/roster/registry/api/a"),
+            Some(RemovalReason::Graceful)
+        )]
+    );
+    assert!(instance(&sm, "api", "b").is_some());
+    assert!(
+        sm.lease(7).expect("lease").is_some(),
+        "a shared lease is the caller's"
+    );
+    // The lease expiring takes the rest, reason expired.
+    let applied = apply(&mut sm, &expire(&[7]));
+    assert_eq!(
+        reasons(&applied.events),
+        vec![(
+            EventKind::Delete,
+            b("/roster/registry/api/b"),
+            Some(RemovalReason::Expired)
+        )]
+    );
+}
+
+#[test]
+fn the_last_instance_takes_its_own_lease_with_it() {
+    let mut sm = machine();
+    let (lease, ..) = registry_ok(
+        &mut sm,
+        register(spec("web", "1"), LeaseChoice::Own { ttl: 10 }, 1),
+    );
+    let (_, _, revoked) = registry_ok(&mut sm, deregister("web", "1"));
+    assert_eq!(revoked, vec![lease]);
+    assert_eq!(sm.lease(lease).expect("lease"), None);
+    assert!(sm.instances(None).expect("instances").is_empty());
+}
+
+#[test]
+fn after_expiry_a_registration_works_at_once_with_a_new_lease() {
+    let mut sm = machine();
+    let (lease, ..) = registry_ok(
+        &mut sm,
+        register(spec("web", "1"), LeaseChoice::Own { ttl: 10 }, 1),
+    );
+    apply(&mut sm, &expire(&[lease]));
+    assert!(instance(&sm, "web", "1").is_none());
+    let (fresh, granted, _) = registry_ok(
+        &mut sm,
+        register(spec("web", "1"), LeaseChoice::Own { ttl: 10 }, 2),
+    );
+    assert_ne!(fresh, lease);
+    assert_eq!(granted, Some((fresh, 10)));
+    assert_eq!(
+        instance(&sm, "web", "1").map(|i| i.registered_at_ms),
+        Some(2)
+    );
+}
+
+#[test]
+fn a_forced_removal_is_audited_and_needs_a_reason() {
+    let mut sm = machine();
+    registry_ok(&mut sm, register(spec("web", "1"), LeaseChoice::None, 1));
+    let force = |reason: &str| Command::ForceDeregister {
+        service: "web".into(),
+        id: "1".into(),
+        actor: "alice".into(),
+        reason: reason.into(),
+        now_ms: 99,
+    };
+    fails(&mut sm, force("  "), StateError::MissingReason);
+    let applied = apply(&mut sm, &force("host decommissioned"));
+    assert_eq!(
+        reasons(&applied.events),
+        vec![(
+            EventKind::Delete,
+            b("/roster/registry/web/1"),
+            Some(RemovalReason::Forced)
+        )]
+    );
+    let audit = sm.audit_log().expect("audit");
+    assert_eq!(audit.len(), 1);
+    assert_eq!(
+        (
+            audit[0].actor.as_str(),
+            audit[0].reason.as_str(),
+            audit[0].revision,
+            audit[0].at_ms
+        ),
+        ("alice", "host decommissioned", sm.revision(), 99)
+    );
+    // Forcing out what is not there is an error, and audits nothing.
+    fails(&mut sm, force("again"), StateError::InstanceNotFound);
+    assert_eq!(sm.audit_log().expect("audit").len(), 1);
+}
+
+#[test]
+fn draining_then_the_deadline_removes_with_reason_drained() {
+    let mut sm = machine();
+    registry_ok(
+        &mut sm,
+        register(spec("web", "1"), LeaseChoice::Own { ttl: 60 }, 1),
+    );
+    registry_ok(
+        &mut sm,
+        register(spec("web", "2"), LeaseChoice::Own { ttl: 60 }, 1),
+    );
+    let drain = |id: &str| Command::Drain {
+        service: "web".into(),
+        id: id.into(),
+        deadline_ms: Some(5_000),
+    };
+    registry_ok(&mut sm, drain("1"));
+    registry_ok(&mut sm, drain("2"));
+    assert_eq!(
+        instance(&sm, "web", "1").map(|i| i.state),
+        Some(InstanceState::Draining)
+    );
+    // Instance 2 registers again (up again) before its deadline.
+    registry_ok(
+        &mut sm,
+        register(spec("web", "2"), LeaseChoice::Own { ttl: 60 }, 2),
+    );
+    let both = vec![
+        ("web".to_string(), "1".to_string()),
+        ("web".to_string(), "2".to_string()),
+    ];
+    let early = apply(
+        &mut sm,
+        &Command::DrainExpire {
+            instances: both.clone(),
+            now_ms: 4_999,
+        },
+    );
+    assert!(early.events.is_empty(), "not yet due");
+    let due = apply(
+        &mut sm,
+        &Command::DrainExpire {
+            instances: both,
+            now_ms: 5_000,
+        },
+    );
+    assert_eq!(
+        reasons(&due.events),
+        vec![(
+            EventKind::Delete,
+            b("/roster/registry/web/1"),
+            Some(RemovalReason::Drained)
+        )]
+    );
+    assert_eq!(
+        instance(&sm, "web", "2").map(|i| i.state),
+        Some(InstanceState::Up)
+    );
+}
+
+#[test]
+fn instances_without_a_lease_stay_until_removed() {
+    let mut sm = machine();
+    let (lease, granted, _) =
+        registry_ok(&mut sm, register(spec("ext", "db"), LeaseChoice::None, 1));
+    assert_eq!((lease, granted), (0, None));
+    assert_eq!(
+        get(&sm, "/roster/registry/ext/db").map(|kv| kv.lease),
+        Some(0)
+    );
+    registry_ok(&mut sm, deregister("ext", "db"));
+    assert!(sm.instances(None).expect("instances").is_empty());
+}
+
+#[test]
+fn status_numbers_are_a_write_of_their_own() {
+    let mut sm = machine();
+    registry_ok(&mut sm, register(spec("web", "1"), LeaseChoice::None, 1));
+    let set = |load: f64| Command::SetStatus {
+        service: "web".into(),
+        id: "1".into(),
+        status: BTreeMap::from([("load".to_string(), load)]),
+    };
+    registry_ok(&mut sm, set(0.75));
+    assert_eq!(
+        instance(&sm, "web", "1").map(|i| i.status["load"]),
+        Some(0.75)
+    );
+    fails(
+        &mut sm,
+        set(f64::NAN),
+        StateError::InvalidStatus("load".into()),
+    );
+}
+
+#[test]
+fn bad_registrations_change_nothing() {
+    let mut sm = machine();
+    let with = |f: fn(&mut InstanceSpec)| {
+        let mut s = spec("web", "1");
+        f(&mut s);
+        register(s, LeaseChoice::Own { ttl: 10 }, 1)
+    };
+    let invalid = |what: &str, name: &str| StateError::InvalidName {
+        what: what.into(),
+        name: name.into(),
+    };
+    fails(&mut sm, with(|s| s.service.clear()), invalid("service", ""));
+    fails(
+        &mut sm,
+        with(|s| s.id = "a/b".into()),
+        invalid("instance id", "a/b"),
+    );
+    fails(
+        &mut sm,
+        with(|s| s.id = "x".repeat(254)),
+        invalid("instance id", &"x".repeat(64)),
+    );
+    fails(
+        &mut sm,
+        with(|s| s.endpoints[0].port = 0),
+        StateError::InvalidEndpoint("10.0.0.1:0".into()),
+    );
+    fails(
+        &mut sm,
+        with(|s| s.endpoints[0].address.clear()),
+        StateError::InvalidEndpoint(":8080".into()),
+    );
+    fails(
+        &mut sm,
+        with(|s| {
+            s.metadata.insert("big".into(), "v".repeat(17 * 1024));
+        }),
+        StateError::MetadataTooLarge(17 * 1024 + 8),
+    );
+    fails(
+        &mut sm,
+        register(spec("web", "1"), LeaseChoice::Own { ttl: 0 }, 1),
+        StateError::InvalidTtl(0),
+    );
+    fails(
+        &mut sm,
+        register(spec("web", "1"), LeaseChoice::Shared { id: 42 }, 1),
+        StateError::LeaseNotFound,
+    );
+    fails(
+        &mut sm,
+        deregister("web", "1"),
+        StateError::InstanceNotFound,
+    );
+}
