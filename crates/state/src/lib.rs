@@ -46,6 +46,7 @@ mod machine;
 mod members;
 mod mix;
 pub mod registry;
+pub mod selector;
 mod snapshot;
 #[cfg(test)]
 mod tests;
