@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "etcd/authpb/auth.proto",
     "etcd/etcdserverpb/rpc.proto",
     "raft/raft.proto",
+    "roster/v1/registry.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -11,6 +11,7 @@
 //!   wire-compatible with `etcdctl` and the etcd client libraries.
 //! - [`raftpb`]: Roster's internal node-to-node Raft transport
 //!   (package `roster.raftpb`).
+//! - [`registry`]: the native service-registry API (package `roster.v1`).
 
 /// etcd storage types: `KeyValue` and `Event` (package `mvccpb`).
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
@@ -35,6 +36,12 @@ pub mod etcdserverpb {
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod raftpb {
     tonic::include_proto!("roster.raftpb");
+}
+
+/// Roster's native service-registry API (package `roster.v1`).
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod registry {
+    tonic::include_proto!("roster.v1");
 }
 
 /// Encoded `google.protobuf.FileDescriptorSet` of every `.proto` file in this

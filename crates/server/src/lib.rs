@@ -14,6 +14,7 @@ pub mod lessor;
 pub mod node;
 pub mod observer;
 pub mod proposer;
+pub mod registry_api;
 pub mod route;
 pub mod url_authority;
 pub mod watch;

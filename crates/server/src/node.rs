@@ -18,6 +18,7 @@ use roster_proto::etcdserverpb::kv_server::KvServer;
 use roster_proto::etcdserverpb::lease_server::LeaseServer;
 use roster_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use roster_proto::etcdserverpb::watch_server::WatchServer;
+use roster_proto::registry::registry_server::RegistryServer;
 use roster_raft::network::RaftPeerService;
 use roster_raft::{
     open_storage, ApplyObserver, Member, MemoryStorage, NodeId, Raft, Storage, StorageOptions,
@@ -39,6 +40,7 @@ use crate::identity::{self, Identity};
 use crate::lessor::{Lessor, LessorConfig};
 use crate::observer::NodeObserver;
 use crate::proposer::Proposer;
+use crate::registry_api::RegistryApi;
 use crate::route::Router;
 use crate::url_authority::AuthorityRewrite;
 use crate::watch::WatchHub;
@@ -373,6 +375,7 @@ fn client_router(api: &EtcdApi) -> tonic::transport::server::Router {
         .add_service(ClusterServer::new(api.clone()))
         .add_service(MaintenanceServer::new(api.clone()))
         .add_service(WatchServer::new(api.clone()))
+        .add_service(RegistryServer::new(RegistryApi::new(api.clone())))
 }
 
 fn spawn_server<S, IO>(

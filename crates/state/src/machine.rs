@@ -145,8 +145,8 @@ impl<E: Engine> StateMachine<E> {
     }
 
     /// The registered instances of `service` (all services: `None`), by service
-    /// then id.
-    pub fn instances(&self, service: Option<&str>) -> Result<Vec<Instance>, EngineError> {
+    /// then id, each with the revision of its record's last change.
+    pub fn instances(&self, service: Option<&str>) -> Result<Vec<(Instance, i64)>, EngineError> {
         let mut prefix = registry::REGISTRY_PREFIX.to_vec();
         if let Some(service) = service {
             prefix.extend_from_slice(service.as_bytes());
@@ -158,7 +158,7 @@ impl<E: Engine> StateMachine<E> {
             .scan(&start, end.as_deref())
             .map(|item| {
                 let kv: crate::KeyValue = layout::decode(&item?.1)?;
-                registry::decode_instance(&kv.value)
+                Ok((registry::decode_instance(&kv.value)?, kv.mod_revision))
             })
             .collect()
     }

@@ -18,7 +18,8 @@ use roster_raft::{Raft, SharedState};
 use roster_state::StateMachine;
 use tonic::Status;
 
-pub use errors::{route_status, state_status};
+pub use errors::{engine_status as fail_engine, route_status, state_status};
+pub(crate) use kv::unexpected;
 pub use maintenance::API_VERSION;
 
 use crate::route::Router;

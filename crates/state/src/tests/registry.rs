@@ -54,6 +54,7 @@ fn instance(sm: &Machine, service: &str, id: &str) -> Option<Instance> {
     sm.instances(Some(service))
         .expect("instances")
         .into_iter()
+        .map(|(i, _)| i)
         .find(|i| i.spec.id == id)
 }
 

@@ -1,0 +1,264 @@
+//! The native registry API (`roster.v1.Registry`): each call is one registry
+//! command through the log, or a read of the local state (linearizable unless
+//! the caller asks otherwise). Times are stamped here, on the node that takes
+//! the request, and travel inside the command.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use roster_proto::registry::register_request::Lease as LeaseField;
+use roster_proto::registry::registry_server::Registry;
+use roster_proto::registry::{
+    AuditEntry as PbAuditEntry, AuditListRequest, AuditListResponse, ChangeResponse,
+    DiscoverRequest, DiscoverResponse, DrainRequest, Endpoint as PbEndpoint,
+    ForceDeregisterRequest, Health as PbHealth, HealthFilter, HeartbeatRequest, HeartbeatResponse,
+    Instance as PbInstance, InstanceRequest, InstanceState as PbState, RegisterRequest,
+    RegisterResponse, SetStatusRequest,
+};
+use roster_state::registry::{
+    Endpoint, Health, Instance, InstanceSpec, InstanceState, LeaseChoice,
+};
+use roster_state::selector::Selector;
+use roster_state::{Command, Response};
+use tonic::{Request, Response as GrpcResponse, Status};
+
+use crate::etcd::{fail_engine, route_status, EtcdApi};
+
+/// The registry service of one node; shares the etcd API's plumbing.
+#[derive(Clone)]
+pub struct RegistryApi {
+    api: EtcdApi,
+}
+
+impl RegistryApi {
+    pub fn new(api: EtcdApi) -> Self {
+        RegistryApi { api }
+    }
+
+    /// Proposes a registry command; its revision and lease.
+    async fn change(&self, command: Command) -> Result<(i64, i64), Status> {
+        match self.api.write(command).await? {
+            Response::Registry {
+                revision, lease, ..
+            } => Ok((revision, lease)),
+            other => Err(crate::etcd::unexpected(&other)),
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn to_spec(req: &RegisterRequest) -> Result<InstanceSpec, Status> {
+    let mut endpoints = Vec::with_capacity(req.endpoints.len());
+    for (i, e) in req.endpoints.iter().enumerate() {
+        let port = u16::try_from(e.port).map_err(|_| {
+            Status::invalid_argument(format!("endpoints[{i}].port {} is not 1-65535", e.port))
+        })?;
+        endpoints.push(Endpoint {
+            address: e.address.clone(),
+            port,
+            protocol: e.protocol.clone(),
+        });
+    }
+    Ok(InstanceSpec {
+        service: req.service.clone(),
+        id: req.id.clone(),
+        endpoints,
+        metadata: req.metadata.clone().into_iter().collect(),
+        tags: req.tags.clone(),
+        weight: req.weight,
+    })
+}
+
+fn to_proto(instance: Instance, mod_revision: i64) -> PbInstance {
+    let state = match instance.state {
+        InstanceState::Up => PbState::Up,
+        InstanceState::Draining => PbState::Draining,
+    };
+    let health = match instance.health {
+        Health::Passing => PbHealth::Passing,
+        Health::Warning => PbHealth::Warning,
+        Health::Critical => PbHealth::Critical,
+    };
+    let spec = instance.spec;
+    PbInstance {
+        service: spec.service,
+        id: spec.id,
+        endpoints: spec
+            .endpoints
+            .into_iter()
+            .map(|e| PbEndpoint {
+                address: e.address,
+                port: u32::from(e.port),
+                protocol: e.protocol,
+            })
+            .collect(),
+        metadata: spec.metadata.into_iter().collect(),
+        tags: spec.tags,
+        weight: spec.weight,
+        status: instance.status.into_iter().collect(),
+        state: state as i32,
+        drain_deadline_ms: instance.drain_deadline_ms.unwrap_or(0),
+        health: health as i32,
+        registered_at_ms: instance.registered_at_ms,
+        lease: instance.lease,
+        lease_owned: instance.lease_owned,
+        mod_revision,
+    }
+}
+
+#[tonic::async_trait]
+impl Registry for RegistryApi {
+    async fn register(
+        &self,
+        req: Request<RegisterRequest>,
+    ) -> Result<GrpcResponse<RegisterResponse>, Status> {
+        let req = req.into_inner();
+        let spec = to_spec(&req)?;
+        let lease = match req.lease {
+            Some(LeaseField::TtlSeconds(ttl)) if ttl <= 0 => {
+                return Err(Status::invalid_argument(format!(
+                    "ttl_seconds must be positive, not {ttl}"
+                )))
+            }
+            Some(LeaseField::TtlSeconds(ttl)) => LeaseChoice::Own {
+                ttl: ttl.max(self.api.min_lease_ttl),
+            },
+            Some(LeaseField::LeaseId(id)) => LeaseChoice::Shared { id },
+            Some(LeaseField::NoLease(_)) => LeaseChoice::None,
+            None => {
+                return Err(Status::invalid_argument(
+                    "lease: give ttl_seconds, lease_id or no_lease",
+                ))
+            }
+        };
+        let command = Command::Register {
+            spec,
+            lease,
+            now_ms: now_ms(),
+        };
+        let (revision, lease) = self.change(command).await?;
+        Ok(GrpcResponse::new(RegisterResponse { revision, lease }))
+    }
+
+    async fn deregister(
+        &self,
+        req: Request<InstanceRequest>,
+    ) -> Result<GrpcResponse<ChangeResponse>, Status> {
+        let InstanceRequest { service, id } = req.into_inner();
+        let (revision, _) = self.change(Command::Deregister { service, id }).await?;
+        Ok(GrpcResponse::new(ChangeResponse { revision }))
+    }
+
+    async fn drain(
+        &self,
+        req: Request<DrainRequest>,
+    ) -> Result<GrpcResponse<ChangeResponse>, Status> {
+        let req = req.into_inner();
+        let deadline_ms = (req.deadline_ms > 0).then(|| now_ms().saturating_add(req.deadline_ms));
+        let command = Command::Drain {
+            service: req.service,
+            id: req.id,
+            deadline_ms,
+        };
+        let (revision, _) = self.change(command).await?;
+        Ok(GrpcResponse::new(ChangeResponse { revision }))
+    }
+
+    async fn force_deregister(
+        &self,
+        req: Request<ForceDeregisterRequest>,
+    ) -> Result<GrpcResponse<ChangeResponse>, Status> {
+        let req = req.into_inner();
+        let command = Command::ForceDeregister {
+            service: req.service,
+            id: req.id,
+            actor: req.actor,
+            reason: req.reason,
+            now_ms: now_ms(),
+        };
+        let (revision, _) = self.change(command).await?;
+        Ok(GrpcResponse::new(ChangeResponse { revision }))
+    }
+
+    async fn set_status(
+        &self,
+        req: Request<SetStatusRequest>,
+    ) -> Result<GrpcResponse<ChangeResponse>, Status> {
+        let req = req.into_inner();
+        let command = Command::SetStatus {
+            service: req.service,
+            id: req.id,
+            status: req.status.into_iter().collect(),
+        };
+        let (revision, _) = self.change(command).await?;
+        Ok(GrpcResponse::new(ChangeResponse { revision }))
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<HeartbeatRequest>,
+    ) -> Result<GrpcResponse<HeartbeatResponse>, Status> {
+        let lease = req.into_inner().lease;
+        let ttl = self
+            .api
+            .router
+            .keepalive(lease)
+            .await
+            .map_err(route_status)?;
+        Ok(GrpcResponse::new(HeartbeatResponse { ttl }))
+    }
+
+    async fn discover(
+        &self,
+        req: Request<DiscoverRequest>,
+    ) -> Result<GrpcResponse<DiscoverResponse>, Status> {
+        let req = req.into_inner();
+        let selector =
+            Selector::parse(&req.selector).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let passing_only = HealthFilter::try_from(req.health).unwrap_or(HealthFilter::PassingOnly)
+            == HealthFilter::PassingOnly;
+        self.api.before_read(req.serializable).await?;
+        let service = Some(req.service.as_str()).filter(|s| !s.is_empty());
+        let (instances, revision) = self.api.read(|sm| {
+            let all = sm.instances(service).map_err(fail_engine)?;
+            Ok((all, sm.revision()))
+        })?;
+        let instances = instances
+            .into_iter()
+            .filter(|(i, _)| selector.matches(&i.spec.metadata, &i.spec.tags))
+            .filter(|(i, _)| req.include_draining || i.state == InstanceState::Up)
+            .filter(|(i, _)| !passing_only || i.health == Health::Passing)
+            .map(|(i, rev)| to_proto(i, rev))
+            .collect();
+        Ok(GrpcResponse::new(DiscoverResponse {
+            revision,
+            instances,
+        }))
+    }
+
+    async fn audit_list(
+        &self,
+        _req: Request<AuditListRequest>,
+    ) -> Result<GrpcResponse<AuditListResponse>, Status> {
+        self.api.before_read(false).await?;
+        let (entries, revision) = self
+            .api
+            .read(|sm| Ok((sm.audit_log().map_err(fail_engine)?, sm.revision())))?;
+        let entries = entries
+            .into_iter()
+            .map(|e| PbAuditEntry {
+                revision: e.revision,
+                at_ms: e.at_ms,
+                actor: e.actor,
+                reason: e.reason,
+                service: e.service,
+                id: e.id,
+            })
+            .collect();
+        Ok(GrpcResponse::new(AuditListResponse { revision, entries }))
+    }
+}

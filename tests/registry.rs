@@ -1,0 +1,373 @@
+//! Black-box tests of the native registry API (`roster.v1.Registry`) on a
+//! three-node cluster, through gRPC on followers and the leader: registration on
+//! an own, shared or no lease, heartbeats, expiry, graceful and forced removal
+//! with the audit log, draining, and discovery by selector.
+
+mod harness;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use harness::{parse_lease_grant, Cluster};
+use roster_proto::registry::register_request::Lease;
+use roster_proto::registry::registry_client::RegistryClient;
+use roster_proto::registry::{
+    AuditListRequest, DiscoverRequest, DrainRequest, Endpoint, ForceDeregisterRequest,
+    HealthFilter, HeartbeatRequest, InstanceRequest, InstanceState, RegisterRequest,
+};
+use tonic::transport::Channel;
+use tonic::Code;
+
+async fn client(c: &Cluster, i: usize) -> RegistryClient<Channel> {
+    let channel = Channel::from_shared(c.endpoint(i))
+        .expect("endpoint uri")
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .expect("connect");
+    RegistryClient::new(channel)
+}
+
+fn instance(service: &str, id: &str, lease: Lease, metadata: &[(&str, &str)]) -> RegisterRequest {
+    RegisterRequest {
+        service: service.into(),
+        id: id.into(),
+        endpoints: vec![Endpoint {
+            address: "10.0.0.1".into(),
+            port: 8080,
+            protocol: "http".into(),
+        }],
+        metadata: metadata
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<HashMap<_, _>>(),
+        tags: vec!["web".into()],
+        weight: 1,
+        lease: Some(lease),
+    }
+}
+
+fn which(service: &str, id: &str) -> InstanceRequest {
+    InstanceRequest {
+        service: service.into(),
+        id: id.into(),
+    }
+}
+
+fn discover(service: &str, selector: &str) -> DiscoverRequest {
+    DiscoverRequest {
+        service: service.into(),
+        selector: selector.into(),
+        ..Default::default()
+    }
+}
+
+async fn ids(registry: &mut RegistryClient<Channel>, request: DiscoverRequest) -> Vec<String> {
+    let found = registry
+        .discover(request)
+        .await
+        .expect("discover")
+        .into_inner();
+    found.instances.into_iter().map(|i| i.id).collect()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Runtime::new().expect("runtime")
+}
+
+#[test]
+fn register_discover_and_deregister_with_an_own_lease() {
+    let c = Cluster::start(3);
+    runtime().block_on(async {
+        let mut registry = client(&c, c.followers()[0]).await;
+        let registered = registry
+            .register(instance(
+                "web",
+                "1",
+                Lease::TtlSeconds(30),
+                &[("zone", "a")],
+            ))
+            .await
+            .expect("register")
+            .into_inner();
+        assert_ne!(registered.lease, 0);
+        // Idempotent: the same lease again.
+        let again = registry
+            .register(instance(
+                "web",
+                "1",
+                Lease::TtlSeconds(30),
+                &[("zone", "a")],
+            ))
+            .await
+            .expect("register again")
+            .into_inner();
+        assert_eq!(again.lease, registered.lease);
+        // Visible on another node, and through the etcd API.
+        let mut other = client(&c, c.leader()).await;
+        let found = other
+            .discover(discover("web", ""))
+            .await
+            .expect("discover")
+            .into_inner();
+        assert_eq!(found.instances.len(), 1);
+        let web1 = &found.instances[0];
+        assert_eq!(
+            (web1.id.as_str(), web1.lease, web1.lease_owned),
+            ("1", registered.lease, true)
+        );
+        assert_eq!(web1.state, InstanceState::Up as i32);
+        let out = c
+            .ctl(0, &["get", "/roster/registry/web/1", "--print-value-only"])
+            .expect_ok();
+        assert!(out.stdout.contains(r#""service":"web""#), "{out}");
+        // The heartbeat renews the registry's own lease.
+        let beat = registry
+            .heartbeat(HeartbeatRequest {
+                lease: registered.lease,
+            })
+            .await
+            .expect("heartbeat")
+            .into_inner();
+        assert_eq!(beat.ttl, 30);
+        // Deregistering the last instance revokes the lease it owned.
+        registry
+            .deregister(which("web", "1"))
+            .await
+            .expect("deregister");
+        assert!(ids(&mut other, discover("web", "")).await.is_empty());
+        let gone = registry
+            .heartbeat(HeartbeatRequest {
+                lease: registered.lease,
+            })
+            .await;
+        assert_eq!(
+            gone.map(|r| r.into_inner().ttl).ok(),
+            Some(0),
+            "the owned lease is revoked"
+        );
+        let missing = registry
+            .deregister(which("web", "1"))
+            .await
+            .expect_err("gone");
+        assert_eq!(missing.code(), Code::NotFound);
+    });
+}
+
+#[test]
+fn instances_on_a_shared_lease_and_forced_removal_with_audit() {
+    let c = Cluster::start(3);
+    let lease = parse_lease_grant(&c.ctl(0, &["lease", "grant", "60"]).expect_ok());
+    runtime().block_on(async {
+        let mut registry = client(&c, 1).await;
+        for id in ["a", "b"] {
+            let got = registry
+                .register(instance("api", id, Lease::LeaseId(lease), &[]))
+                .await
+                .expect("register")
+                .into_inner();
+            assert_eq!(got.lease, lease);
+        }
+        let force = |reason: &str, id: &str| ForceDeregisterRequest {
+            service: "api".into(),
+            id: id.into(),
+            actor: "alice".into(),
+            reason: reason.into(),
+        };
+        let refused = registry
+            .force_deregister(force("", "a"))
+            .await
+            .expect_err("no reason");
+        assert_eq!(refused.code(), Code::InvalidArgument);
+        assert!(refused.message().contains("reason"), "{refused:?}");
+        let done = registry
+            .force_deregister(force("bad host", "a"))
+            .await
+            .expect("force")
+            .into_inner();
+        let unknown = registry
+            .force_deregister(force("again", "zz"))
+            .await
+            .expect_err("unknown");
+        assert_eq!(unknown.code(), Code::NotFound);
+        assert_eq!(
+            ids(&mut registry, discover("api", "")).await,
+            vec!["b".to_string()]
+        );
+        let audit = registry
+            .audit_list(AuditListRequest {})
+            .await
+            .expect("audit")
+            .into_inner();
+        assert_eq!(audit.entries.len(), 1);
+        let entry = &audit.entries[0];
+        assert_eq!(
+            (
+                entry.actor.as_str(),
+                entry.reason.as_str(),
+                entry.id.as_str(),
+                entry.revision
+            ),
+            ("alice", "bad host", "a", done.revision)
+        );
+        // The caller's lease is the caller's: it stays after its instances go.
+        registry
+            .deregister(which("api", "b"))
+            .await
+            .expect("deregister");
+        let out = c
+            .ctl(2, &["lease", "timetolive", &format!("{lease:x}")])
+            .expect_ok();
+        assert!(out.stdout.contains("remaining"), "{out}");
+    });
+}
+
+#[test]
+fn an_instance_whose_heartbeats_stop_expires_and_can_register_again_at_once() {
+    let c = Cluster::start(3);
+    runtime().block_on(async {
+        let mut registry = client(&c, c.followers()[0]).await;
+        let first = registry
+            .register(instance("job", "w", Lease::TtlSeconds(2), &[]))
+            .await
+            .expect("register")
+            .into_inner();
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            let beat = registry
+                .heartbeat(HeartbeatRequest { lease: first.lease })
+                .await
+                .expect("heartbeat");
+            assert!(beat.into_inner().ttl > 0);
+        }
+        assert_eq!(
+            ids(&mut registry, discover("job", "")).await,
+            vec!["w".to_string()],
+            "kept alive"
+        );
+        let stopped = Instant::now();
+        let mut gone = false;
+        while stopped.elapsed() < Duration::from_secs(10) && !gone {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            gone = ids(&mut registry, discover("job", "")).await.is_empty();
+        }
+        assert!(gone, "expired within 10 s");
+        assert!(
+            stopped.elapsed() >= Duration::from_millis(1500),
+            "not before its TTL: {:?}",
+            stopped.elapsed()
+        );
+        let second = registry
+            .register(instance("job", "w", Lease::TtlSeconds(2), &[]))
+            .await
+            .expect("register again")
+            .into_inner();
+        assert_ne!(second.lease, first.lease);
+    });
+}
+
+#[test]
+fn discovery_filters_by_selector_draining_and_lease_less_instances_stay() {
+    let c = Cluster::start(3);
+    runtime().block_on(async {
+        let mut registry = client(&c, 2).await;
+        let members = [
+            ("1", vec![("zone", "a"), ("tier", "web")]),
+            ("2", vec![("zone", "b"), ("tier", "api")]),
+            ("3", vec![("zone", "a"), ("tier", "api"), ("canary", "yes")]),
+        ];
+        for (id, metadata) in &members {
+            registry
+                .register(instance("svc", id, Lease::NoLease(true), metadata))
+                .await
+                .expect("register");
+        }
+        let cases = [
+            ("", vec!["1", "2", "3"]),
+            ("zone=a", vec!["1", "3"]),
+            ("zone=a,!canary", vec!["1"]),
+            ("tier in (api),zone!=a", vec!["2"]),
+            ("tag:web", vec!["1", "2", "3"]),
+            ("!tag:web", vec![]),
+        ];
+        for (selector, want) in cases {
+            assert_eq!(
+                ids(&mut registry, discover("svc", selector)).await,
+                want,
+                "{selector:?}"
+            );
+        }
+        let bad = registry
+            .discover(discover("svc", "zone in a"))
+            .await
+            .expect_err("bad selector");
+        assert_eq!(bad.code(), Code::InvalidArgument);
+        assert!(bad.message().contains("position 8"), "{bad:?}");
+
+        registry
+            .drain(DrainRequest {
+                service: "svc".into(),
+                id: "1".into(),
+                deadline_ms: 0,
+            })
+            .await
+            .expect("drain");
+        assert_eq!(
+            ids(&mut registry, discover("svc", "zone=a")).await,
+            vec!["3"]
+        );
+        let with_draining = DiscoverRequest {
+            include_draining: true,
+            health: HealthFilter::Any as i32,
+            ..discover("svc", "zone=a")
+        };
+        assert_eq!(ids(&mut registry, with_draining).await, vec!["1", "3"]);
+        // Lease-less instances have no lease to expire.
+        let all = registry
+            .discover(discover("svc", ""))
+            .await
+            .expect("discover")
+            .into_inner();
+        assert_eq!(all.instances.len(), 2, "the draining one is left out");
+        assert!(all.instances.iter().all(|i| i.lease == 0), "{all:?}");
+    });
+}
+
+#[test]
+fn bad_registrations_are_refused_with_the_field_named() {
+    let c = Cluster::start(1);
+    runtime().block_on(async {
+        let mut registry = client(&c, 0).await;
+        let mut no_port = instance("web", "1", Lease::TtlSeconds(10), &[]);
+        no_port.endpoints[0].port = 70000;
+        let mut slash = instance("web", "a/b", Lease::TtlSeconds(10), &[]);
+        slash.lease = Some(Lease::NoLease(true));
+        let mut no_lease = instance("web", "1", Lease::TtlSeconds(10), &[]);
+        no_lease.lease = None;
+        let cases = [
+            (no_port, "endpoints[0].port"),
+            (slash, "instance id"),
+            (no_lease, "lease"),
+            (instance("", "1", Lease::TtlSeconds(10), &[]), "service"),
+            (
+                instance("web", "1", Lease::TtlSeconds(0), &[]),
+                "ttl_seconds",
+            ),
+        ];
+        for (request, field) in cases {
+            let err = registry.register(request).await.expect_err(field);
+            assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
+            assert!(err.message().contains(field), "{field}: {err:?}");
+        }
+        let unknown_lease = registry
+            .register(instance("web", "1", Lease::LeaseId(12345), &[]))
+            .await
+            .expect_err("unknown lease");
+        assert_eq!(unknown_lease.code(), Code::NotFound);
+        assert!(
+            ids(&mut registry, discover("", "")).await.is_empty(),
+            "nothing registered"
+        );
+    });
+}
