@@ -335,6 +335,54 @@ fn discovery_filters_by_selector_draining_and_lease_less_instances_stay() {
 }
 
 #[test]
+fn a_drain_deadline_removes_the_instance() {
+    let c = Cluster::start(3);
+    runtime().block_on(async {
+        let mut registry = client(&c, c.followers()[0]).await;
+        registry
+            .register(instance("web", "d", Lease::TtlSeconds(60), &[]))
+            .await
+            .expect("register");
+        let drained_at = Instant::now();
+        registry
+            .drain(DrainRequest {
+                service: "web".into(),
+                id: "d".into(),
+                deadline_ms: 1000,
+            })
+            .await
+            .expect("drain");
+        let everything = DiscoverRequest {
+            include_draining: true,
+            health: HealthFilter::Any as i32,
+            ..discover("web", "")
+        };
+        let listed = registry
+            .discover(everything.clone())
+            .await
+            .expect("discover")
+            .into_inner();
+        assert_eq!(listed.instances[0].state, InstanceState::Draining as i32);
+        assert!(listed.instances[0].drain_deadline_ms > 0);
+        assert!(
+            ids(&mut registry, discover("web", "")).await.is_empty(),
+            "not discovered by default"
+        );
+        let mut gone = false;
+        while !gone && drained_at.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            gone = ids(&mut registry, everything.clone()).await.is_empty();
+        }
+        assert!(gone, "removed at its deadline");
+        assert!(
+            drained_at.elapsed() >= Duration::from_millis(900),
+            "{:?}",
+            drained_at.elapsed()
+        );
+    });
+}
+
+#[test]
 fn bad_registrations_are_refused_with_the_field_named() {
     let c = Cluster::start(1);
     runtime().block_on(async {

@@ -8,6 +8,7 @@
 mod batch;
 pub mod compactor;
 pub mod config;
+pub mod drainer;
 pub mod etcd;
 pub mod identity;
 pub mod lessor;

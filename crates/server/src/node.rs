@@ -33,7 +33,6 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::transport::server::Connected;
 
-use crate::compactor;
 use crate::config::{ClusterState, NodeConfig};
 use crate::etcd::{EtcdApi, WatchSettings, MAX_GRPC_MESSAGE};
 use crate::identity::{self, Identity};
@@ -44,6 +43,7 @@ use crate::registry_api::RegistryApi;
 use crate::route::Router;
 use crate::url_authority::AuthorityRewrite;
 use crate::watch::WatchHub;
+use crate::{compactor, drainer};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -217,6 +217,7 @@ impl RunningNode {
             shared.clone(),
             config.auto_compaction,
         );
+        drainer::start(raft.clone(), proposer.clone(), shared.clone());
         let router = Router::new(member_id, raft.clone(), lessor, proposer);
         let api = EtcdApi {
             raft: raft.clone(),

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::StateError;
 use crate::keyspace::{KeyValue, Put, RemovalReason};
 use crate::members::MemberAttrs;
-use crate::registry::{InstanceSpec, LeaseChoice};
+use crate::registry::{DueDrain, InstanceSpec, LeaseChoice};
 use crate::txn::{Txn, TxnOpResponse};
 
 /// One entry of the replicated log, as the state machine sees it. (Not `Eq`:
@@ -69,12 +69,10 @@ pub enum Command {
         id: String,
         deadline_ms: Option<u64>,
     },
-    /// Registry: remove the listed instances whose drain deadline is at or
-    /// before `now_ms` (proposed by the leader), reason `drained`.
-    DrainExpire {
-        instances: Vec<(String, String)>,
-        now_ms: u64,
-    },
+    /// Registry: remove the instances of the listed drain-index entries whose
+    /// deadline is at or before `now_ms` (proposed by the leader), reason
+    /// `drained`.
+    DrainExpire { due: Vec<DueDrain>, now_ms: u64 },
     /// Registry: replace an instance's status numbers.
     SetStatus {
         service: String,

@@ -21,6 +21,8 @@ pub(crate) const HISTORY: &[u8] = b"h/";
 pub(crate) const LEASE: &[u8] = b"l/";
 /// `a/<id><key>`: keys attached to a lease.
 pub(crate) const ATTACH: &[u8] = b"a/";
+/// `d/<deadline ms><service>/<id>`: drain deadlines, soonest first.
+pub(crate) const DRAIN: &[u8] = b"d/";
 /// `u/<rev>`: the audit log of forced removals.
 pub(crate) const AUDIT: &[u8] = b"u/";
 /// `m/<name>`: the caller's metadata (arbitrary names).
@@ -139,6 +141,28 @@ pub(crate) fn attach_prefix(id: i64) -> Vec<u8> {
 
 pub(crate) fn attach_key(id: i64, key: &[u8]) -> Vec<u8> {
     join(&attach_prefix(id), key)
+}
+
+pub(crate) fn drain_key(deadline_ms: u64, service: &str, id: &str) -> Vec<u8> {
+    let mut key = join(DRAIN, &deadline_ms.to_be_bytes());
+    key.extend_from_slice(service.as_bytes());
+    key.push(b'/');
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+/// Splits a `d/` key into (deadline, service, id).
+pub(crate) fn parse_drain_key(stored: &[u8]) -> Result<(u64, String, String), EngineError> {
+    let corrupt = || EngineError(format!("corrupt drain key {stored:?}"));
+    let body = stored.strip_prefix(DRAIN).ok_or_else(corrupt)?;
+    let (deadline, name) = body.split_at_checked(8).ok_or_else(corrupt)?;
+    let name = std::str::from_utf8(name).map_err(|_| corrupt())?;
+    let (service, id) = name.split_once('/').ok_or_else(corrupt)?;
+    Ok((
+        decode_u64(deadline, "drain deadline")?,
+        service.to_string(),
+        id.to_string(),
+    ))
 }
 
 pub(crate) fn audit_key(revision: i64) -> Vec<u8> {

@@ -22,6 +22,7 @@
 //! | `a/<id><key>`     | empty: the keys attached to a lease                          |
 //! | `p/<id>`          | [`MemberAttrs`] a member published                          |
 //! | `u/<rev>`         | [`registry::AuditEntry`]: a forced removal, who and why      |
+//! | `d/<ms><svc>/<id>`| empty: a drain deadline (ms since the epoch), soonest first  |
 //! | `m/<name>`        | the caller's opaque metadata (`apply`'s `meta`), any name    |
 //! | `s/revision`      | the store revision, i64; absent = 1 (an empty store)         |
 //! | `s/lease_seq`     | u64 counter behind generated lease ids (`LeaseGrant{id: 0}`) |

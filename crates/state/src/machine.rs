@@ -15,7 +15,7 @@ use crate::keyspace::{self, Event, RangeRequest, RangeResult};
 use crate::layout;
 use crate::lease::{self, Lease};
 use crate::members::{self, MemberAttrs};
-use crate::registry::{self, AuditEntry, Instance};
+use crate::registry::{self, AuditEntry, DueDrain, Instance};
 use crate::snapshot::SnapshotData;
 use crate::tx::Tx;
 use crate::txn::{self, Txn};
@@ -163,6 +163,24 @@ impl<E: Engine> StateMachine<E> {
             .collect()
     }
 
+    /// Up to `limit` drain-index entries with a deadline at or before `now_ms`,
+    /// soonest first (some may be stale: `DrainExpire` sorts them out).
+    pub fn due_drains(&self, now_ms: u64, limit: usize) -> Result<Vec<DueDrain>, EngineError> {
+        let end = layout::join(layout::DRAIN, &now_ms.saturating_add(1).to_be_bytes());
+        self.engine
+            .scan(layout::DRAIN, Some(&end))
+            .take(limit)
+            .map(|item| {
+                let (deadline_ms, service, id) = layout::parse_drain_key(&item?.0)?;
+                Ok(DueDrain {
+                    deadline_ms,
+                    service,
+                    id,
+                })
+            })
+            .collect()
+    }
+
     /// The audit log of forced removals, oldest first.
     pub fn audit_log(&self) -> Result<Vec<AuditEntry>, EngineError> {
         let end = layout::prefix_end(layout::AUDIT);
@@ -257,9 +275,7 @@ fn execute<E: Engine>(tx: &mut Tx<'_, E>, cmd: &Command) -> Result<Response, Fai
             id,
             deadline_ms,
         } => registry::drain(tx, service, id, *deadline_ms),
-        Command::DrainExpire { instances, now_ms } => {
-            registry::drain_expire(tx, instances, *now_ms)
-        }
+        Command::DrainExpire { due, now_ms } => registry::drain_expire(tx, due, *now_ms),
         Command::SetStatus {
             service,
             id,

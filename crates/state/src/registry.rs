@@ -12,8 +12,9 @@
 //!   none (an external service, removed only explicitly).
 //! - `Deregister` (reason `graceful`), `ForceDeregister` (reason `forced`, with an
 //!   entry in the audit log), `Drain` (state `draining`, optionally with a
-//!   deadline) and `DrainExpire` (reason `drained`, proposed by the leader once a
-//!   deadline has passed). A lease that `Register` granted goes with the last
+//!   deadline, indexed under `d/<deadline>` so the leader finds the due ones
+//!   without scanning every instance) and `DrainExpire` (reason `drained`,
+//!   proposed by the leader once a deadline has passed). A lease that `Register` granted goes with the last
 //!   instance on it.
 //! - `SetStatus`: the free-form numbers (load, queue depth), a write of its own so
 //!   heartbeats never are.
@@ -109,6 +110,14 @@ pub enum LeaseChoice {
     None,
 }
 
+/// An instance whose drain deadline has come, as the drain index lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DueDrain {
+    pub deadline_ms: u64,
+    pub service: String,
+    pub id: String,
+}
+
 /// One entry of the audit log of forced removals.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
@@ -195,6 +204,17 @@ pub(crate) fn load<E: Engine>(
     Ok(Some((kv, instance)))
 }
 
+/// Drops the drain-index entry of `instance`'s deadline, if it has one.
+fn unindex_drain<E: Engine>(tx: &mut Tx<'_, E>, instance: &Instance) {
+    if let Some(deadline) = instance.drain_deadline_ms {
+        tx.delete(layout::drain_key(
+            deadline,
+            &instance.spec.service,
+            &instance.spec.id,
+        ));
+    }
+}
+
 /// Writes the record (a put event), keeping its lease attachment.
 fn store<E: Engine>(tx: &mut Tx<'_, E>, instance: &Instance) -> Result<(), Fail> {
     let put = Put {
@@ -254,6 +274,9 @@ pub(crate) fn register<E: Engine>(
         lease_owned,
     };
     store(tx, &instance)?;
+    if let Some(old) = &existing {
+        unindex_drain(tx, old);
+    }
     let mut revoked = Vec::new();
     if let Some(old) = existing.filter(|o| o.lease_owned && o.lease != lease) {
         revoked.extend(release_owned_lease(tx, old.lease)?);
@@ -288,6 +311,7 @@ fn remove<E: Engine>(
         return Err(StateError::InstanceNotFound.into());
     };
     keyspace::remove(tx, kv, reason)?;
+    unindex_drain(tx, &instance);
     let mut revoked = Vec::new();
     if instance.lease_owned {
         revoked.extend(release_owned_lease(tx, instance.lease)?);
@@ -362,6 +386,12 @@ pub(crate) fn drain<E: Engine>(
     id: &str,
     deadline_ms: Option<u64>,
 ) -> Result<Response, Fail> {
+    if let Some((_, old)) = load(tx, service, id)? {
+        unindex_drain(tx, &old);
+    }
+    if let Some(deadline) = deadline_ms {
+        tx.put(layout::drain_key(deadline, service, id), Vec::new());
+    }
     update(tx, service, id, |instance| {
         instance.state = InstanceState::Draining;
         instance.drain_deadline_ms = deadline_ms;
@@ -369,22 +399,28 @@ pub(crate) fn drain<E: Engine>(
     })
 }
 
-/// `DrainExpire`: removes (reason `drained`) each listed instance that is still
-/// draining with a deadline at or before `now_ms`; others are skipped (a
-/// re-registration may have raced the deadline).
+/// `DrainExpire`: for each listed index entry whose deadline is at or before
+/// `now_ms`, drops the entry and removes the instance (reason `drained`) if it is
+/// still draining with that deadline; a re-registration or another way out may
+/// have come first, which leaves nothing to do.
 pub(crate) fn drain_expire<E: Engine>(
     tx: &mut Tx<'_, E>,
-    instances: &[(String, String)],
+    due: &[DueDrain],
     now_ms: u64,
 ) -> Result<Response, Fail> {
     let mut revoked = Vec::new();
-    for (service, id) in instances {
-        let due = load(tx, service, id)?.is_some_and(|(_, i)| {
-            i.state == InstanceState::Draining && i.drain_deadline_ms.is_some_and(|d| d <= now_ms)
+    for entry in due.iter().filter(|d| d.deadline_ms <= now_ms) {
+        tx.delete(layout::drain_key(
+            entry.deadline_ms,
+            &entry.service,
+            &entry.id,
+        ));
+        let still = load(tx, &entry.service, &entry.id)?.is_some_and(|(_, i)| {
+            i.state == InstanceState::Draining && i.drain_deadline_ms == Some(entry.deadline_ms)
         });
-        if due {
+        if still {
             if let Response::Registry { revoked: r, .. } =
-                remove(tx, service, id, RemovalReason::Drained)?
+                remove(tx, &entry.service, &entry.id, RemovalReason::Drained)?
             {
                 revoked.extend(r);
             }

@@ -257,14 +257,19 @@ fn draining_then_the_deadline_removes_with_reason_drained() {
         &mut sm,
         register(spec("web", "2"), LeaseChoice::Own { ttl: 60 }, 2),
     );
-    let both = vec![
-        ("web".to_string(), "1".to_string()),
-        ("web".to_string(), "2".to_string()),
-    ];
+    // The index lists both deadlines once due; instance 2 is up again, so only
+    // instance 1 goes.
+    assert!(sm.due_drains(4_999, 10).expect("due").is_empty());
+    let listed = sm.due_drains(5_000, 10).expect("due");
+    assert_eq!(
+        listed.len(),
+        1,
+        "re-registering dropped instance 2's entry: {listed:?}"
+    );
     let early = apply(
         &mut sm,
         &Command::DrainExpire {
-            instances: both.clone(),
+            due: listed.clone(),
             now_ms: 4_999,
         },
     );
@@ -272,7 +277,7 @@ fn draining_then_the_deadline_removes_with_reason_drained() {
     let due = apply(
         &mut sm,
         &Command::DrainExpire {
-            instances: both,
+            due: listed,
             now_ms: 5_000,
         },
     );
@@ -380,4 +385,32 @@ fn bad_registrations_change_nothing() {
         deregister("web", "1"),
         StateError::InstanceNotFound,
     );
+}
+
+#[test]
+fn the_drain_index_forgets_instances_that_left_another_way() {
+    let mut sm = machine();
+    let (lease, ..) = registry_ok(
+        &mut sm,
+        register(spec("web", "1"), LeaseChoice::Own { ttl: 60 }, 1),
+    );
+    let drain = Command::Drain {
+        service: "web".into(),
+        id: "1".into(),
+        deadline_ms: Some(100),
+    };
+    registry_ok(&mut sm, drain);
+    // Removed by expiry first: the index entry is stale, and harmless.
+    apply(&mut sm, &expire(&[lease]));
+    let stale = sm.due_drains(u64::MAX, 10).expect("due");
+    assert_eq!(stale.len(), 1);
+    let cleaned = apply(
+        &mut sm,
+        &Command::DrainExpire {
+            due: stale,
+            now_ms: 200,
+        },
+    );
+    assert!(cleaned.events.is_empty());
+    assert!(sm.due_drains(u64::MAX, 10).expect("due").is_empty());
 }
