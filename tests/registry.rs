@@ -12,11 +12,13 @@ use harness::{parse_lease_grant, Cluster};
 use roster_proto::registry::register_request::Lease;
 use roster_proto::registry::registry_client::RegistryClient;
 use roster_proto::registry::{
-    AuditListRequest, DiscoverRequest, DrainRequest, Endpoint, ForceDeregisterRequest,
-    HealthFilter, HeartbeatRequest, InstanceRequest, InstanceState, RegisterRequest,
+    AuditListRequest, DiscoverRequest, DrainRequest, Endpoint, EventKind, ForceDeregisterRequest,
+    HealthFilter, HeartbeatRequest, InstanceRequest, InstanceState, RegisterRequest, RemovalReason,
+    SetStatusRequest, WatchServicesRequest, WatchServicesResponse,
 };
 use tonic::transport::Channel;
 use tonic::Code;
+use tonic::Streaming;
 
 async fn client(c: &Cluster, i: usize) -> RegistryClient<Channel> {
     let channel = Channel::from_shared(c.endpoint(i))
@@ -417,5 +419,217 @@ fn bad_registrations_are_refused_with_the_field_named() {
             ids(&mut registry, discover("", "")).await.is_empty(),
             "nothing registered"
         );
+    });
+}
+
+/// (kind, instance id, reason) of the next `n` events of a WatchServices stream.
+async fn next_events(
+    stream: &mut Streaming<WatchServicesResponse>,
+    n: usize,
+) -> Vec<(EventKind, String, RemovalReason)> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let response = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("an event in time")
+            .expect("stream open")
+            .expect("not ended");
+        for e in response.events {
+            let id = e.instance.map(|i| i.id).unwrap_or_default();
+            let kind = EventKind::try_from(e.kind).expect("kind");
+            let reason = RemovalReason::try_from(e.reason).expect("reason");
+            out.push((kind, id, reason));
+        }
+    }
+    out
+}
+
+#[test]
+fn watchers_see_every_way_in_and_out_with_its_reason() {
+    let c = Cluster::start(3);
+    runtime().block_on(async {
+        let mut registry = client(&c, c.followers()[0]).await;
+        registry
+            .register(instance("web", "0", Lease::NoLease(true), &[]))
+            .await
+            .expect("register");
+        let watch = WatchServicesRequest {
+            service: "web".into(),
+            snapshot: true,
+            ..Default::default()
+        };
+        let mut stream = client(&c, c.followers()[1])
+            .await
+            .watch_services(watch)
+            .await
+            .expect("watch")
+            .into_inner();
+        let snapshot = stream.message().await.expect("snapshot").expect("open");
+        assert!(snapshot.snapshot);
+        assert_eq!(
+            snapshot
+                .events
+                .iter()
+                .map(|e| e.instance.as_ref().map(|i| i.id.clone()))
+                .collect::<Vec<_>>(),
+            vec![Some("0".to_string())]
+        );
+
+        use EventKind::{Deregistered, Draining, Registered, Updated};
+        use RemovalReason::{Drained, Expired, Forced, Graceful, Unspecified};
+        let s = |v: &str| v.to_string();
+        // Graceful, after draining.
+        registry
+            .register(instance("web", "1", Lease::TtlSeconds(30), &[]))
+            .await
+            .expect("register");
+        registry
+            .drain(DrainRequest {
+                service: s("web"),
+                id: s("1"),
+                deadline_ms: 0,
+            })
+            .await
+            .expect("drain");
+        registry
+            .deregister(which("web", "1"))
+            .await
+            .expect("deregister");
+        assert_eq!(
+            next_events(&mut stream, 3).await,
+            vec![
+                (Registered, s("1"), Unspecified),
+                (Draining, s("1"), Unspecified),
+                (Deregistered, s("1"), Graceful)
+            ]
+        );
+        // Forced.
+        registry
+            .register(instance("web", "2", Lease::NoLease(true), &[]))
+            .await
+            .expect("register");
+        let force = ForceDeregisterRequest {
+            service: s("web"),
+            id: s("2"),
+            actor: s("ops"),
+            reason: s("broken"),
+        };
+        registry.force_deregister(force).await.expect("force");
+        assert_eq!(
+            next_events(&mut stream, 2).await,
+            vec![
+                (Registered, s("2"), Unspecified),
+                (Deregistered, s("2"), Forced)
+            ]
+        );
+        // Drained at the deadline.
+        registry
+            .register(instance("web", "3", Lease::NoLease(true), &[]))
+            .await
+            .expect("register");
+        registry
+            .drain(DrainRequest {
+                service: s("web"),
+                id: s("3"),
+                deadline_ms: 300,
+            })
+            .await
+            .expect("drain");
+        assert_eq!(
+            next_events(&mut stream, 3).await,
+            vec![
+                (Registered, s("3"), Unspecified),
+                (Draining, s("3"), Unspecified),
+                (Deregistered, s("3"), Drained)
+            ]
+        );
+        // Expired: no heartbeat for a 2 s lease.
+        registry
+            .register(instance("web", "4", Lease::TtlSeconds(2), &[]))
+            .await
+            .expect("register");
+        assert_eq!(
+            next_events(&mut stream, 2).await,
+            vec![
+                (Registered, s("4"), Unspecified),
+                (Deregistered, s("4"), Expired)
+            ]
+        );
+        // Status numbers: an update.
+        let status = SetStatusRequest {
+            service: s("web"),
+            id: s("0"),
+            status: [(s("load"), 0.5)].into_iter().collect(),
+        };
+        registry.set_status(status).await.expect("status");
+        assert_eq!(
+            next_events(&mut stream, 1).await,
+            vec![(Updated, s("0"), Unspecified)]
+        );
+        // Another service's changes are not this stream's.
+        registry
+            .register(instance("other", "x", Lease::NoLease(true), &[]))
+            .await
+            .expect("register");
+        let quiet = tokio::time::timeout(Duration::from_millis(300), stream.message()).await;
+        assert!(quiet.is_err(), "{quiet:?}");
+    });
+}
+
+#[test]
+fn list_then_watch_has_no_gap_while_registrations_happen() {
+    let c = Cluster::start(3);
+    let rt = runtime();
+    rt.block_on(async {
+        let mut writer = client(&c, c.leader()).await;
+        let total = 150;
+        let writes = tokio::spawn(async move {
+            for n in 0..total {
+                writer
+                    .register(instance("load", &n.to_string(), Lease::NoLease(true), &[]))
+                    .await
+                    .expect("register");
+            }
+        });
+        // Start the list-then-watch while the registrations are under way.
+        let mut registry = client(&c, c.followers()[0]).await;
+        let started = Instant::now();
+        while ids(&mut registry, discover("load", "")).await.len() < 20 {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "registrations under way"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let watch = WatchServicesRequest {
+            service: "load".into(),
+            snapshot: true,
+            ..Default::default()
+        };
+        let mut stream = registry
+            .watch_services(watch)
+            .await
+            .expect("watch")
+            .into_inner();
+        let mut seen: Vec<String> = Vec::new();
+        while seen.len() < total {
+            let response = tokio::time::timeout(Duration::from_secs(10), stream.message())
+                .await
+                .expect("in time")
+                .expect("open")
+                .expect("not ended");
+            seen.extend(
+                response
+                    .events
+                    .into_iter()
+                    .filter_map(|e| e.instance.map(|i| i.id)),
+            );
+        }
+        writes.await.expect("writer");
+        let mut sorted = seen.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), seen.len(), "no instance twice");
+        assert_eq!(sorted.len(), total, "no instance missing");
     });
 }

@@ -16,6 +16,7 @@ pub mod node;
 pub mod observer;
 pub mod proposer;
 pub mod registry_api;
+pub mod registry_watch;
 pub mod route;
 pub mod url_authority;
 pub mod watch;

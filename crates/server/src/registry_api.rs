@@ -12,7 +12,7 @@ use roster_proto::registry::{
     DiscoverRequest, DiscoverResponse, DrainRequest, Endpoint as PbEndpoint,
     ForceDeregisterRequest, Health as PbHealth, HealthFilter, HeartbeatRequest, HeartbeatResponse,
     Instance as PbInstance, InstanceRequest, InstanceState as PbState, RegisterRequest,
-    RegisterResponse, SetStatusRequest,
+    RegisterResponse, SetStatusRequest, WatchServicesRequest,
 };
 use roster_state::registry::{
     Endpoint, Health, Instance, InstanceSpec, InstanceState, LeaseChoice,
@@ -73,7 +73,7 @@ fn to_spec(req: &RegisterRequest) -> Result<InstanceSpec, Status> {
     })
 }
 
-fn to_proto(instance: Instance, mod_revision: i64) -> PbInstance {
+pub(crate) fn to_proto(instance: Instance, mod_revision: i64) -> PbInstance {
     let state = match instance.state {
         InstanceState::Up => PbState::Up,
         InstanceState::Draining => PbState::Draining,
@@ -112,6 +112,17 @@ fn to_proto(instance: Instance, mod_revision: i64) -> PbInstance {
 
 #[tonic::async_trait]
 impl Registry for RegistryApi {
+    type WatchServicesStream = crate::registry_watch::WatchServicesStream;
+
+    async fn watch_services(
+        &self,
+        req: Request<WatchServicesRequest>,
+    ) -> Result<GrpcResponse<Self::WatchServicesStream>, Status> {
+        crate::registry_watch::watch_services(&self.api, req.into_inner())
+            .await
+            .map(GrpcResponse::new)
+    }
+
     async fn register(
         &self,
         req: Request<RegisterRequest>,

@@ -19,7 +19,6 @@
 
 use std::collections::HashSet;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::{stream, Stream, StreamExt};
 use roster_proto::etcdserverpb::watch_create_request::FilterType;
@@ -35,12 +34,10 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::kv::to_proto_kv;
 use super::{EtcdApi, MAX_REQUEST_BYTES};
-use crate::watch::{Outbound, Selector, StreamId, WatchOptions};
+use crate::watch::{Outbound, Selector, StreamGuard, WatchOptions};
 
 /// Messages queued per stream before a watcher is moved to catching up.
 const STREAM_QUEUE: usize = 128;
-
-static NEXT_STREAM: AtomicU64 = AtomicU64::new(1);
 
 type WatchResponses = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
 
@@ -66,7 +63,7 @@ impl Watch for EtcdApi {
         let (out, queue) = mpsc::channel(STREAM_QUEUE);
         let session = Session {
             api: self.clone(),
-            stream: NEXT_STREAM.fetch_add(1, Ordering::Relaxed),
+            stream: self.watch.hub.open_stream(),
             out,
             ids: HashSet::new(),
             next_id: 0,
@@ -196,7 +193,8 @@ fn to_proto_event(event: Event, with_prev: bool) -> mvccpb::Event {
 /// The server side of one watch stream.
 struct Session {
     api: EtcdApi,
-    stream: StreamId,
+    /// Removes the stream's watchers when the session ends.
+    stream: StreamGuard,
     out: mpsc::Sender<Outbound>,
     /// Watch ids in use on this stream.
     ids: HashSet<i64>,
@@ -227,7 +225,7 @@ impl Session {
                     Ok(None) => reading = false,
                     Err(_) => break,
                 },
-                _ = progress.tick() => settings.hub.notify_progress(self.stream),
+                _ = progress.tick() => settings.hub.notify_progress(self.stream.id),
                 _ = leader_check.tick(), if require_leader => {
                     leaderless_checks = if self.api.has_leader() { 0 } else { leaderless_checks + 1 };
                     if leaderless_checks >= 3 {
@@ -238,14 +236,13 @@ impl Session {
                 _ = self.out.closed() => break,
             }
         }
-        settings.hub.remove_stream(self.stream);
     }
 
     async fn handle(&mut self, request: WatchRequest) {
         match request.request_union {
             Some(RequestUnion::CreateRequest(create)) => self.create(create).await,
             Some(RequestUnion::CancelRequest(cancel)) if self.ids.remove(&cancel.watch_id) => {
-                self.api.watch.hub.remove((self.stream, cancel.watch_id));
+                self.api.watch.hub.remove((self.stream.id, cancel.watch_id));
                 let canceled = Outbound::Canceled {
                     watch_id: cancel.watch_id,
                     revision: self.api.watch.hub.published(),
@@ -255,7 +252,7 @@ impl Session {
             // An unknown id: ignored, as etcd does.
             Some(RequestUnion::CancelRequest(_)) => {}
             Some(RequestUnion::ProgressRequest(_)) => {
-                self.api.watch.hub.progress(self.stream, &self.out).await;
+                self.api.watch.hub.progress(self.stream.id, &self.out).await;
             }
             None => {}
         }
@@ -302,7 +299,7 @@ impl Session {
         self.ids.insert(watch_id);
         let hub = &self.api.watch.hub;
         hub.add(
-            (self.stream, watch_id),
+            (self.stream.id, watch_id),
             selector,
             options,
             create.start_revision,

@@ -150,6 +150,19 @@ pub struct WatchHub {
     registry: Mutex<Registry>,
     state: OnceLock<SharedState>,
     tokens: AtomicU64,
+    streams: AtomicU64,
+}
+
+/// A stream id whose watchers are all removed when the guard is dropped.
+pub struct StreamGuard {
+    hub: Arc<WatchHub>,
+    pub id: StreamId,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.hub.remove_stream(self.id);
+    }
 }
 
 impl WatchHub {
@@ -161,6 +174,14 @@ impl WatchHub {
         // A panic while holding the lock leaves a consistent registry (every
         // change is one map operation), so a poisoned lock is still usable.
         self.registry.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A new stream id, its watchers removed when the guard goes.
+    pub fn open_stream(self: &Arc<Self>) -> StreamGuard {
+        StreamGuard {
+            hub: self.clone(),
+            id: self.streams.fetch_add(1, Ordering::Relaxed),
+        }
     }
 
     /// Connects the hub to the node's state machine, once it is open.

@@ -3,7 +3,7 @@
 
 mod hub;
 
-pub use hub::{Outbound, Selector, StreamId, WatchHub, WatchOptions};
+pub use hub::{Outbound, Selector, StreamGuard, StreamId, WatchHub, WatchOptions};
 
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,191 @@
+//! `Registry.WatchServices`: typed registry events over the node's watch hub.
+//!
+//! The stream is an ordinary hub watcher on the registry's key prefix (with
+//! previous values), whose key events are turned into registry events: a put of
+//! a new record is `registered`; a put over an existing one is `draining`,
+//! `health_changed` or `updated` as the record changed; a delete is
+//! `deregistered` with the removal reason the state machine kept beside it.
+//!
+//! With `snapshot`, the matching instances are read at one revision R and sent
+//! first, and the watcher starts at R + 1: the hub replays from the history
+//! whatever was applied meanwhile, so there is no gap and no overlap.
+
+use std::pin::Pin;
+
+use futures::{stream, Stream, StreamExt};
+use roster_proto::registry::{
+    EventKind as PbKind, RegistryEvent, RemovalReason as PbReason, WatchServicesRequest,
+    WatchServicesResponse,
+};
+use roster_state::registry::{decode_instance, Instance, REGISTRY_PREFIX};
+use roster_state::selector::Selector;
+use roster_state::{Event, EventKind, RemovalReason};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+use crate::etcd::{fail_engine, EtcdApi};
+use crate::registry_api::to_proto;
+use crate::watch::{Outbound, Selector as KeySelector, WatchOptions};
+
+/// Instances per snapshot response.
+const SNAPSHOT_CHUNK: usize = 500;
+const QUEUE: usize = 128;
+
+pub type WatchServicesStream =
+    Pin<Box<dyn Stream<Item = Result<WatchServicesResponse, Status>> + Send>>;
+
+/// The keys of one service's instances (all services: empty name).
+fn key_range(service: &str) -> KeySelector {
+    let mut key = REGISTRY_PREFIX.to_vec();
+    if !service.is_empty() {
+        key.extend_from_slice(service.as_bytes());
+        key.push(b'/');
+    }
+    let mut range_end = key.clone();
+    if let Some(last) = range_end.last_mut() {
+        *last += 1;
+    }
+    KeySelector {
+        key,
+        range_end,
+        no_put: false,
+        no_delete: false,
+    }
+}
+
+pub async fn watch_services(
+    api: &EtcdApi,
+    req: WatchServicesRequest,
+) -> Result<WatchServicesStream, Status> {
+    let selector =
+        Selector::parse(&req.selector).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let service = Some(req.service.as_str()).filter(|s| !s.is_empty());
+    let mut first = Vec::new();
+    let start = if req.snapshot {
+        api.before_read(false).await?;
+        let (instances, revision) =
+            api.read(|sm| Ok((sm.instances(service).map_err(fail_engine)?, sm.revision())))?;
+        let events: Vec<RegistryEvent> = instances
+            .into_iter()
+            .filter(|(i, _)| selector.matches(&i.spec.metadata, &i.spec.tags))
+            .map(|(i, rev)| RegistryEvent {
+                kind: PbKind::Registered as i32,
+                instance: Some(to_proto(i, rev)),
+                reason: PbReason::Unspecified as i32,
+                revision: rev,
+            })
+            .collect();
+        let mut chunks: Vec<Vec<RegistryEvent>> =
+            events.chunks(SNAPSHOT_CHUNK).map(<[_]>::to_vec).collect();
+        if chunks.is_empty() {
+            chunks.push(Vec::new());
+        }
+        first.extend(chunks.into_iter().map(|events| {
+            Ok(WatchServicesResponse {
+                revision,
+                events,
+                snapshot: true,
+            })
+        }));
+        revision + 1
+    } else {
+        req.from_revision.max(0)
+    };
+    let hub = api.watch.hub.clone();
+    let guard = hub.open_stream();
+    let (out, queue) = mpsc::channel(QUEUE);
+    let options = WatchOptions {
+        prev_kv: true,
+        ..WatchOptions::default()
+    };
+    hub.add((guard.id, 0), key_range(&req.service), options, start, &out)
+        .await;
+    drop(out);
+    let live = ReceiverStream::new(queue).filter_map(move |message| {
+        // The guard lives as long as the stream: dropping it removes the watcher.
+        let _alive = &guard;
+        let answer = typed(message, &selector);
+        async move { answer }
+    });
+    Ok(Box::pin(stream::iter(first).chain(live)))
+}
+
+/// The typed answer to one hub message, if it has one for the client.
+fn typed(message: Outbound, selector: &Selector) -> Option<Result<WatchServicesResponse, Status>> {
+    match message {
+        Outbound::Events {
+            revision, events, ..
+        } => {
+            let events: Vec<RegistryEvent> = events
+                .iter()
+                .filter_map(|e| registry_event(e, selector))
+                .collect();
+            (!events.is_empty()).then_some(Ok(WatchServicesResponse {
+                revision,
+                events,
+                snapshot: false,
+            }))
+        }
+        Outbound::Compacted { compacted, .. } => Some(Err(Status::out_of_range(format!(
+            "roster: required revision has been compacted (compacted at {compacted})"
+        )))),
+        Outbound::Failed { reason, .. } => Some(Err(Status::internal(reason))),
+        Outbound::NoLeader => Some(Err(Status::unavailable("etcdserver: no leader"))),
+        Outbound::Created { .. }
+        | Outbound::Rejected { .. }
+        | Outbound::Progress { .. }
+        | Outbound::Canceled { .. } => None,
+    }
+}
+
+fn parse(value: &[u8]) -> Option<Instance> {
+    decode_instance(value).ok()
+}
+
+/// A key event of the registry prefix as a registry event, if it concerns an
+/// instance the selector matches (before or after the change).
+fn registry_event(event: &Event, selector: &Selector) -> Option<RegistryEvent> {
+    let revision = event.kv.mod_revision;
+    let before = event.prev_kv.as_ref().and_then(|kv| parse(&kv.value));
+    let matches = |i: &Instance| selector.matches(&i.spec.metadata, &i.spec.tags);
+    let (kind, instance, reason) = match event.kind {
+        EventKind::Delete => {
+            let reason = match event.reason.unwrap_or(RemovalReason::Graceful) {
+                RemovalReason::Graceful => PbReason::Graceful,
+                RemovalReason::Expired => PbReason::Expired,
+                RemovalReason::Forced => PbReason::Forced,
+                RemovalReason::Drained => PbReason::Drained,
+                RemovalReason::Health => PbReason::Health,
+            };
+            (PbKind::Deregistered, before?, reason)
+        }
+        EventKind::Put => {
+            let after = parse(&event.kv.value)?;
+            if !matches(&after) && !before.as_ref().is_some_and(matches) {
+                return None;
+            }
+            let kind = match &before {
+                None => PbKind::Registered,
+                Some(b)
+                    if b.state != after.state
+                        && after.state == roster_state::registry::InstanceState::Draining =>
+                {
+                    PbKind::Draining
+                }
+                Some(b) if b.health != after.health => PbKind::HealthChanged,
+                Some(_) => PbKind::Updated,
+            };
+            (kind, after, PbReason::Unspecified)
+        }
+    };
+    if event.kind == EventKind::Delete && !matches(&instance) {
+        return None;
+    }
+    Some(RegistryEvent {
+        kind: kind as i32,
+        instance: Some(to_proto(instance, revision)),
+        reason: reason as i32,
+        revision,
+    })
+}
