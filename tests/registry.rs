@@ -1,7 +1,8 @@
 //! Black-box tests of the native registry API (`roster.v1.Registry`) on a
-//! three-node cluster, through gRPC on followers and the leader: registration on
-//! an own, shared or no lease, heartbeats, expiry, graceful and forced removal
-//! with the audit log, draining, and discovery by selector.
+//! three-node cluster, through gRPC on followers and the leader and through the
+//! `roster service` CLI: registration on an own, shared or no lease, heartbeats,
+//! expiry, graceful and forced removal with the audit log, draining, discovery
+//! by selector, and typed watch events. (Roster's own API: not for etcd.)
 
 mod harness;
 
@@ -632,4 +633,195 @@ fn list_then_watch_has_no_gap_while_registrations_happen() {
         assert_eq!(sorted.len(), seen.len(), "no instance twice");
         assert_eq!(sorted.len(), total, "no instance missing");
     });
+}
+
+/// Runs `roster <args> --endpoints <node i>`; (success, stdout, stderr).
+fn roster_cli(c: &Cluster, i: usize, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_roster"))
+        .args(args)
+        .arg(format!("--endpoints={}", c.endpoint(i)))
+        .output()
+        .expect("run roster");
+    let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
+    (out.status.success(), text(out.stdout), text(out.stderr))
+}
+
+#[test]
+fn the_service_cli_registers_lists_watches_and_removes() {
+    let c = Cluster::start(3);
+    let mut watch = std::process::Command::new(env!("CARGO_BIN_EXE_roster"))
+        .args(["service", "watch", "--service", "cli", "-o", "json"])
+        .arg(format!("--endpoints={}", c.endpoint(2)))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("roster service watch");
+    let stdout = watch.stdout.take().expect("stdout");
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            if lines_tx.send(line.unwrap_or_default()).is_err() {
+                break;
+            }
+        }
+    });
+    // The watch is registered once a first event arrives; register until then.
+    let register = [
+        "service",
+        "register",
+        "--service",
+        "cli",
+        "--id",
+        "a",
+        "--endpoint",
+        "http://10.0.0.1:8080",
+    ];
+    let started = Instant::now();
+    let first = loop {
+        let (ok, out, err) = roster_cli(
+            &c,
+            0,
+            &[
+                &register[..],
+                &["--ttl", "30s", "--meta", "zone=a", "--tag", "web"],
+            ]
+            .concat(),
+        );
+        assert!(ok, "{out}{err}");
+        assert!(out.starts_with("registered cli/a on lease "), "{out}");
+        if let Ok(line) = lines.recv_timeout(Duration::from_millis(500)) {
+            break line;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the watch saw nothing"
+        );
+    };
+    let event: serde_json::Value = serde_json::from_str(&first).expect("json line");
+    assert_eq!(event["instance"]["id"], "a", "{event}");
+
+    let (ok, out, err) = roster_cli(
+        &c,
+        1,
+        &[
+            "service",
+            "list",
+            "--service",
+            "cli",
+            "--selector",
+            "zone=a,tag:web",
+            "-o",
+            "json",
+        ],
+    );
+    assert!(ok, "{err}");
+    let listed: serde_json::Value = serde_json::from_str(out.trim()).expect("one json line");
+    assert_eq!(listed["endpoints"][0], "http://10.0.0.1:8080", "{listed}");
+    assert_eq!(listed["metadata"]["zone"], "a");
+
+    let (ok, _, err) = roster_cli(
+        &c,
+        1,
+        &[
+            "service",
+            "drain",
+            "--service",
+            "cli",
+            "--id",
+            "a",
+            "--deadline",
+            "300ms",
+        ],
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = roster_cli(
+        &c,
+        0,
+        &[
+            "service",
+            "register",
+            "--service",
+            "cli",
+            "--id",
+            "b",
+            "--no-lease",
+        ],
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = roster_cli(
+        &c,
+        0,
+        &[
+            "service",
+            "force-deregister",
+            "--service",
+            "cli",
+            "--id",
+            "b",
+            "--reason",
+            "retired",
+            "--actor",
+            "bob",
+        ],
+    );
+    assert!(ok, "{err}");
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        let line = lines
+            .recv_timeout(Duration::from_secs(10))
+            .expect("an event line");
+        let event: serde_json::Value = serde_json::from_str(&line).expect("json line");
+        seen.push(format!(
+            "{} {} {}",
+            event["kind"].as_str().unwrap_or(""),
+            event["instance"]["id"].as_str().unwrap_or(""),
+            event["reason"].as_str().unwrap_or("")
+        ));
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![
+            "deregistered a drained",
+            "deregistered b forced",
+            "draining a ",
+            "registered b "
+        ]
+    );
+    let _ = watch.kill();
+    let _ = watch.wait();
+
+    let (ok, out, _) = roster_cli(&c, 2, &["audit", "list", "-o", "json"]);
+    assert!(ok);
+    let entry: serde_json::Value = serde_json::from_str(out.trim()).expect("one entry");
+    assert_eq!(
+        (entry["actor"].as_str(), entry["reason"].as_str()),
+        (Some("bob"), Some("retired"))
+    );
+
+    // Bad input: a precise error and a failing exit status.
+    let (ok, _, err) = roster_cli(&c, 0, &["service", "list", "--selector", "zone in a"]);
+    assert!(!ok && err.contains("position 8"), "{err}");
+    let (ok, _, err) = roster_cli(
+        &c,
+        0,
+        &[
+            "service",
+            "register",
+            "--service",
+            "cli",
+            "--id",
+            "c",
+            "--endpoint",
+            "nohost",
+            "--no-lease",
+        ],
+    );
+    assert!(!ok && err.contains("--endpoint \"nohost\""), "{err}");
+    let (ok, _, err) = roster_cli(
+        &c,
+        0,
+        &["service", "deregister", "--service", "cli", "--id", "zz"],
+    );
+    assert!(!ok && err.contains("instance not found"), "{err}");
 }

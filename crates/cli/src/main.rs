@@ -6,6 +6,7 @@ mod bench;
 mod dev;
 mod duration;
 mod serve;
+mod service;
 
 use clap::{Parser, Subcommand};
 
@@ -29,6 +30,10 @@ enum Command {
     Dev(dev::DevArgs),
     /// Measure a cluster through the etcd API (works against etcd too).
     Bench(bench::BenchArgs),
+    /// The service registry: register, deregister, drain, force-deregister, list, watch.
+    Service(service::ServiceArgs),
+    /// The audit log of forced removals.
+    Audit(service::AuditArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -48,6 +53,8 @@ fn main() -> std::process::ExitCode {
             Command::Serve(args) => serve::run(*args).await,
             Command::Dev(args) => dev::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Service(args) => service::run_service(args).await,
+            Command::Audit(args) => service::run_audit(args).await,
         }
     });
     match result {
