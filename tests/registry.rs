@@ -430,11 +430,7 @@ async fn next_events(
 ) -> Vec<(EventKind, String, RemovalReason)> {
     let mut out = Vec::new();
     while out.len() < n {
-        let response = tokio::time::timeout(Duration::from_secs(10), stream.message())
-            .await
-            .expect("an event in time")
-            .expect("stream open")
-            .expect("not ended");
+        let response = next_response(stream).await;
         for e in response.events {
             let id = e.instance.map(|i| i.id).unwrap_or_default();
             let kind = EventKind::try_from(e.kind).expect("kind");
@@ -614,11 +610,7 @@ fn list_then_watch_has_no_gap_while_registrations_happen() {
             .into_inner();
         let mut seen: Vec<String> = Vec::new();
         while seen.len() < total {
-            let response = tokio::time::timeout(Duration::from_secs(10), stream.message())
-                .await
-                .expect("in time")
-                .expect("open")
-                .expect("not ended");
+            let response = next_response(&mut stream).await;
             seen.extend(
                 response
                     .events
@@ -824,4 +816,78 @@ fn the_service_cli_registers_lists_watches_and_removes() {
         &["service", "deregister", "--service", "cli", "--id", "zz"],
     );
     assert!(!ok && err.contains("instance not found"), "{err}");
+}
+
+async fn next_response(stream: &mut Streaming<WatchServicesResponse>) -> WatchServicesResponse {
+    tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("in time")
+        .expect("open")
+        .expect("not ended")
+}
+
+#[test]
+fn a_registry_watch_resumes_on_another_node_after_a_kill() {
+    let mut c = Cluster::start(3);
+    let victim = c.followers()[0];
+    let survivor = (0..3)
+        .find(|&i| i != victim && i != c.leader())
+        .expect("third node");
+    let rt = runtime();
+    let leader = c.leader();
+    let mut writer = rt.block_on(client(&c, leader));
+    let register_range = |writer: &mut RegistryClient<Channel>, range: std::ops::Range<usize>| {
+        rt.block_on(async {
+            for n in range {
+                writer
+                    .register(instance("r", &n.to_string(), Lease::NoLease(true), &[]))
+                    .await
+                    .expect("register");
+            }
+        })
+    };
+    let watch = |from_revision: i64| WatchServicesRequest {
+        service: "r".into(),
+        from_revision,
+        ..Default::default()
+    };
+    let mut first = rt.block_on(async {
+        client(&c, victim)
+            .await
+            .watch_services(watch(0))
+            .await
+            .expect("watch")
+            .into_inner()
+    });
+    register_range(&mut writer, 0..5);
+    let mut events = Vec::new();
+    while events.len() < 5 {
+        let response = rt.block_on(next_response(&mut first));
+        events.extend(response.events);
+    }
+    c.kill(victim);
+    let last = events.last().expect("events").revision;
+    register_range(&mut writer, 5..10);
+    let mut resumed = rt.block_on(async {
+        client(&c, survivor)
+            .await
+            .watch_services(watch(last + 1))
+            .await
+            .expect("watch")
+            .into_inner()
+    });
+    while events.len() < 10 {
+        let response = rt.block_on(next_response(&mut resumed));
+        events.extend(response.events);
+    }
+    let ids: Vec<String> = events
+        .iter()
+        .filter_map(|e| e.instance.as_ref().map(|i| i.id.clone()))
+        .collect();
+    assert_eq!(
+        ids,
+        (0..10).map(|n| n.to_string()).collect::<Vec<_>>(),
+        "no gap, no duplicate"
+    );
+    assert!(events.windows(2).all(|p| p[0].revision < p[1].revision));
 }

@@ -120,6 +120,10 @@ enum ServiceCommand {
         include_draining: bool,
         #[arg(long, value_enum, default_value_t = HealthArg::Passing)]
         health: HealthArg,
+        /// Below this fraction of passing instances, a service's instances are
+        /// all listed (0: off).
+        #[arg(long, default_value_t = 0.0)]
+        protection_threshold: f64,
     },
     /// Follow registry events (Ctrl-C stops).
     Watch {
@@ -320,6 +324,7 @@ pub async fn run_service(args: ServiceArgs) -> anyhow::Result<()> {
             selector,
             include_draining,
             health,
+            protection_threshold,
         } => {
             let request = DiscoverRequest {
                 service,
@@ -330,6 +335,7 @@ pub async fn run_service(args: ServiceArgs) -> anyhow::Result<()> {
                     HealthArg::Passing => HealthFilter::PassingOnly,
                 } as i32,
                 serializable: false,
+                protection_threshold,
             };
             let answer = client
                 .discover(request)

@@ -3,6 +3,7 @@
 //! the caller asks otherwise). Times are stamped here, on the node that takes
 //! the request, and travel inside the command.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use roster_proto::registry::register_request::Lease as LeaseField;
@@ -108,6 +109,24 @@ pub(crate) fn to_proto(instance: Instance, mod_revision: i64) -> PbInstance {
         lease_owned: instance.lease_owned,
         mod_revision,
     }
+}
+
+/// The services among `selected` with fewer than `threshold` of their
+/// instances passing (none when the threshold is 0).
+fn protected_services(selected: &[(Instance, i64)], threshold: f64) -> BTreeSet<String> {
+    let mut counts: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    for (instance, _) in selected {
+        let entry = counts.entry(&instance.spec.service).or_default();
+        entry.0 += 1;
+        entry.1 += usize::from(instance.health == Health::Passing);
+    }
+    counts
+        .into_iter()
+        .filter(|(_, (total, passing))| {
+            threshold > 0.0 && (*passing as f64) < threshold * *total as f64
+        })
+        .map(|(service, _)| service.to_string())
+        .collect()
 }
 
 #[tonic::async_trait]
@@ -238,16 +257,23 @@ impl Registry for RegistryApi {
             let all = sm.instances(service).map_err(fail_engine)?;
             Ok((all, sm.revision()))
         })?;
-        let instances = instances
+        let selected: Vec<(Instance, i64)> = instances
             .into_iter()
             .filter(|(i, _)| selector.matches(&i.spec.metadata, &i.spec.tags))
             .filter(|(i, _)| req.include_draining || i.state == InstanceState::Up)
-            .filter(|(i, _)| !passing_only || i.health == Health::Passing)
+            .collect();
+        let protected = protected_services(&selected, req.protection_threshold);
+        let instances = selected
+            .into_iter()
+            .filter(|(i, _)| {
+                !passing_only || i.health == Health::Passing || protected.contains(&i.spec.service)
+            })
             .map(|(i, rev)| to_proto(i, rev))
             .collect();
         Ok(GrpcResponse::new(DiscoverResponse {
             revision,
             instances,
+            protected_services: protected.into_iter().collect(),
         }))
     }
 
@@ -271,5 +297,60 @@ impl Registry for RegistryApi {
             })
             .collect();
         Ok(GrpcResponse::new(AuditListResponse { revision, entries }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instance(service: &str, id: &str, health: Health) -> (Instance, i64) {
+        let spec = InstanceSpec {
+            service: service.into(),
+            id: id.into(),
+            endpoints: Vec::new(),
+            metadata: Default::default(),
+            tags: Vec::new(),
+            weight: 1,
+        };
+        let instance = Instance {
+            spec,
+            status: Default::default(),
+            state: InstanceState::Up,
+            drain_deadline_ms: None,
+            health,
+            registered_at_ms: 0,
+            lease: 0,
+            lease_owned: false,
+        };
+        (instance, 1)
+    }
+
+    #[test]
+    fn protection_covers_services_with_too_few_passing() {
+        let selected = vec![
+            instance("a", "1", Health::Passing),
+            instance("a", "2", Health::Critical),
+            instance("a", "3", Health::Critical),
+            instance("b", "1", Health::Passing),
+            instance("b", "2", Health::Warning),
+        ];
+        let names = |t: f64| {
+            protected_services(&selected, t)
+                .into_iter()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(0.0), Vec::<String>::new(), "off");
+        assert_eq!(names(0.4), vec!["a".to_string()], "a: 1 of 3 passing");
+        assert_eq!(
+            names(0.6),
+            vec!["a".to_string(), "b".to_string()],
+            "b: 1 of 2"
+        );
+        assert_eq!(
+            names(0.5),
+            vec!["a".to_string()],
+            "exactly half is not fewer"
+        );
     }
 }
