@@ -763,12 +763,16 @@ fn the_service_cli_registers_lists_watches_and_removes() {
             .recv_timeout(Duration::from_secs(10))
             .expect("an event line");
         let event: serde_json::Value = serde_json::from_str(&line).expect("json line");
-        seen.push(format!(
+        let seen_line = format!(
             "{} {} {}",
             event["kind"].as_str().unwrap_or(""),
             event["instance"]["id"].as_str().unwrap_or(""),
             event["reason"].as_str().unwrap_or("")
-        ));
+        );
+        // Re-registrations of "a" from the loop above may still be on their way.
+        if seen_line != "updated a " && seen_line != "registered a " {
+            seen.push(seen_line);
+        }
     }
     seen.sort();
     assert_eq!(

@@ -13,11 +13,11 @@ use std::sync::mpsc as std_mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use harness::{etcdctl_path, json_i64, parse_lease_grant, Cluster, ClusterOptions};
+use harness::{etcdctl_path, json_i64, kvs, parse_lease_grant, Cluster, ClusterOptions};
 use roster_proto::etcdserverpb::watch_create_request::FilterType;
 use roster_proto::etcdserverpb::watch_request::RequestUnion;
 use roster_proto::etcdserverpb::{
-    kv_client::KvClient, watch_client::WatchClient, CompactionRequest, PutRequest,
+    kv_client::KvClient, watch_client::WatchClient, CompactionRequest, PutRequest, RangeRequest,
     WatchCancelRequest, WatchCreateRequest, WatchProgressRequest, WatchRequest, WatchResponse,
 };
 use roster_proto::mvccpb::event::EventType;
@@ -219,6 +219,10 @@ fn an_expiring_lease_deletes_each_key_in_one_revision() {
         c.ctl(1, &["put", key, "v", &format!("--lease={hex}")])
             .expect_ok();
     }
+    // A linearizable read on node 2 first: its watch "from now" then starts
+    // after the puts (a node serves watches from what it has applied).
+    let listed = c.ctl_json(2, &["get", "x/", "--prefix"]);
+    assert_eq!(kvs(&listed).len(), 3);
     runtime().block_on(async {
         let mut w = WatchConn::open(&c, 2, watch_prefix("x/", 0)).await;
         assert!(w.next().await.created);
@@ -254,6 +258,19 @@ fn a_compacted_start_revision_cancels_the_watch_with_the_compact_revision() {
         })
         .await
         .expect("compact");
+        // Node 1 serves the watch from its own state: a linearizable read there
+        // first makes sure it has applied the compaction.
+        let mut follower = KvClient::new(channel(&c, 1).await);
+        let below = RangeRequest {
+            key: b"c/k".to_vec(),
+            revision: r1,
+            ..Default::default()
+        };
+        let err = follower
+            .range(below)
+            .await
+            .expect_err("compacted on node 1");
+        assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
         let mut w = WatchConn::open(&c, 1, watch_prefix("c/", r1)).await;
         let created = w.next().await;
         assert!(created.created, "{created:?}");

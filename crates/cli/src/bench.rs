@@ -34,16 +34,16 @@ pub struct BenchArgs {
     endpoints: Vec<String>,
     /// Concurrent workers.
     #[arg(long, default_value_t = 64)]
-    clients: usize,
+    pub(crate) clients: usize,
     /// gRPC connections shared by the workers.
     #[arg(long, default_value_t = 8)]
     conns: usize,
     /// Operations in all (the run also ends at --duration).
     #[arg(long, default_value_t = 50_000)]
-    total: u64,
+    pub(crate) total: u64,
     /// Longest run time, e.g. 30s.
     #[arg(long, default_value = "30s", value_parser = crate::duration::parse)]
-    duration: Duration,
+    pub(crate) duration: Duration,
     #[command(subcommand)]
     workload: Workload,
 }
@@ -67,6 +67,25 @@ enum Workload {
         #[arg(long, default_value_t = 256)]
         value_size: usize,
     },
+    /// Registry (Roster only): --total instances over --services services.
+    Register {
+        #[arg(long, default_value_t = 100)]
+        services: u64,
+        #[arg(long, default_value = "bench")]
+        prefix: String,
+    },
+    /// Registry (Roster only): Discover of random services registered by `register`.
+    Discover {
+        #[arg(long, default_value_t = 100)]
+        services: u64,
+        #[arg(long, default_value = "bench")]
+        prefix: String,
+    },
+    /// Registry (Roster only): register-to-event latency at --watchers streams.
+    RegisterWatch {
+        #[arg(long, default_value_t = 100)]
+        watchers: usize,
+    },
     /// Keepalive round trips over --leases live leases, one stream per worker.
     Keepalive {
         #[arg(long, default_value_t = 10_000)]
@@ -79,9 +98,9 @@ enum Workload {
 
 /// Latencies of succeeded operations and the count of failed ones.
 #[derive(Default)]
-struct Tally {
-    latencies: Vec<Duration>,
-    errors: u64,
+pub(crate) struct Tally {
+    pub(crate) latencies: Vec<Duration>,
+    pub(crate) errors: u64,
 }
 
 async fn connect(args: &BenchArgs) -> anyhow::Result<Vec<Channel>> {
@@ -122,6 +141,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             value_size,
         } => {
             return run_watch(&args, &channels, *watchers, *value_size).await;
+        }
+        Workload::Register { services, prefix } => {
+            return crate::bench_registry::register(&args, &channels, *services, prefix).await;
+        }
+        Workload::Discover { services, prefix } => {
+            return crate::bench_registry::discover(&args, &channels, *services, prefix).await;
+        }
+        Workload::RegisterWatch { watchers } => {
+            return crate::bench_registry::register_watch(&args, &channels, *watchers).await;
         }
         Workload::Keepalive { leases, ttl } => {
             let ids = grant_leases(&channels, *leases, *ttl).await?;
@@ -258,7 +286,7 @@ async fn drain_events(
 }
 
 /// Claims the next operation number, or `None` when the run is over.
-fn claim(issued: &AtomicU64, total: u64, deadline: Instant) -> Option<u64> {
+pub(crate) fn claim(issued: &AtomicU64, total: u64, deadline: Instant) -> Option<u64> {
     if Instant::now() >= deadline {
         return None;
     }
@@ -399,7 +427,9 @@ async fn run_keepalives(
     join(workers).await
 }
 
-async fn join(workers: Vec<tokio::task::JoinHandle<Tally>>) -> anyhow::Result<Vec<Tally>> {
+pub(crate) async fn join(
+    workers: Vec<tokio::task::JoinHandle<Tally>>,
+) -> anyhow::Result<Vec<Tally>> {
     let mut tallies = Vec::with_capacity(workers.len());
     for w in workers {
         tallies.push(w.await.context("benchmark worker panicked")?);
@@ -407,7 +437,7 @@ async fn join(workers: Vec<tokio::task::JoinHandle<Tally>>) -> anyhow::Result<Ve
     Ok(tallies)
 }
 
-fn report(name: &str, tallies: Vec<Tally>, elapsed: Duration) {
+pub(crate) fn report(name: &str, tallies: Vec<Tally>, elapsed: Duration) {
     let errors: u64 = tallies.iter().map(|t| t.errors).sum();
     let mut all: Vec<Duration> = tallies.into_iter().flat_map(|t| t.latencies).collect();
     all.sort_unstable();

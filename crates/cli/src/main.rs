@@ -3,6 +3,7 @@
 //! the library), and runs the chosen command.
 
 mod bench;
+mod bench_registry;
 mod dev;
 mod duration;
 mod serve;

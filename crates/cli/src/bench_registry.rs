@@ -1,0 +1,219 @@
+//! `roster bench register|discover|register-watch`: the native registry
+//! workloads (Roster only; etcd has no equivalent).
+//!
+//! - `register`: `--total` instances (no lease) spread over `--services`
+//!   services named `<prefix>-<n>`, registered by `--clients` workers.
+//! - `discover`: `Discover` of a random one of those services, linearizable.
+//! - `register-watch`: `--watchers` `WatchServices` streams on one fresh service
+//!   while the workers register into it; each registration carries its send time,
+//!   so every delivered event is timed (register-to-event latency).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use roster_proto::registry::register_request::Lease;
+use roster_proto::registry::registry_client::RegistryClient;
+use roster_proto::registry::{DiscoverRequest, RegisterRequest, WatchServicesRequest};
+use tonic::transport::Channel;
+
+use crate::bench::{claim, join, report, BenchArgs, Tally};
+
+fn instance(service: String, id: String, sent_ns: Option<u128>) -> RegisterRequest {
+    let metadata = sent_ns
+        .map(|t| ("sent_ns".to_string(), t.to_string()))
+        .into_iter()
+        .collect();
+    RegisterRequest {
+        service,
+        id,
+        endpoints: Vec::new(),
+        metadata,
+        tags: Vec::new(),
+        weight: 1,
+        lease: Some(Lease::NoLease(true)),
+    }
+}
+
+/// Runs `op(client, n)` for every claimed operation number on `--clients` workers.
+async fn run_ops<F, Fut>(
+    args: &BenchArgs,
+    channels: &[Channel],
+    op: F,
+) -> anyhow::Result<(Vec<Tally>, Duration)>
+where
+    F: Fn(RegistryClient<Channel>, u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let op = Arc::new(op);
+    let issued = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + args.duration;
+    let mut workers = Vec::new();
+    for w in 0..args.clients {
+        let client = RegistryClient::new(channels[w % channels.len()].clone());
+        let (op, issued, total) = (op.clone(), issued.clone(), args.total);
+        workers.push(tokio::spawn(async move {
+            let mut tally = Tally::default();
+            while let Some(n) = claim(&issued, total, deadline) {
+                let t = Instant::now();
+                if op(client.clone(), n).await {
+                    tally.latencies.push(t.elapsed());
+                } else {
+                    tally.errors += 1;
+                }
+            }
+            tally
+        }));
+    }
+    let tallies = join(workers).await?;
+    Ok((tallies, started.elapsed()))
+}
+
+pub async fn register(
+    args: &BenchArgs,
+    channels: &[Channel],
+    services: u64,
+    prefix: &str,
+) -> anyhow::Result<()> {
+    let prefix = prefix.to_string();
+    let services = services.max(1);
+    let (tallies, elapsed) = run_ops(args, channels, move |mut client, n| {
+        let request = instance(format!("{prefix}-{}", n % services), format!("i{n}"), None);
+        async move { client.register(request).await.is_ok() }
+    })
+    .await?;
+    report("register", tallies, elapsed);
+    Ok(())
+}
+
+pub async fn discover(
+    args: &BenchArgs,
+    channels: &[Channel],
+    services: u64,
+    prefix: &str,
+) -> anyhow::Result<()> {
+    let prefix = prefix.to_string();
+    let services = services.max(1);
+    let returned = Arc::new(AtomicU64::new(0));
+    let counted = returned.clone();
+    let (tallies, elapsed) = run_ops(args, channels, move |mut client, n| {
+        let request = DiscoverRequest {
+            service: format!("{prefix}-{}", roster_state::splitmix64(n) % services),
+            ..Default::default()
+        };
+        let counted = counted.clone();
+        async move {
+            match client.discover(request).await {
+                Ok(answer) => {
+                    counted.fetch_add(
+                        answer.into_inner().instances.len() as u64,
+                        Ordering::Relaxed,
+                    );
+                    true
+                }
+                Err(_) => false,
+            }
+        }
+    })
+    .await?;
+    let queries: usize = tallies.iter().map(|t| t.latencies.len()).sum();
+    report("discover", tallies, elapsed);
+    println!(
+        "instances per answer: {:.0}",
+        returned.load(Ordering::Relaxed) as f64 / queries.max(1) as f64
+    );
+    Ok(())
+}
+
+pub async fn register_watch(
+    args: &BenchArgs,
+    channels: &[Channel],
+    watchers: usize,
+) -> anyhow::Result<()> {
+    if watchers == 0 {
+        bail!("--watchers must be at least 1");
+    }
+    // Roster answers the call once the watch is in place, so registrations made
+    // after every call returned are all seen.
+    let epoch = Instant::now();
+    let service = format!(
+        "watchbench-{:x}",
+        roster_state::splitmix64(u64::from(std::process::id()))
+    );
+    let expected = Arc::new(AtomicU64::new(u64::MAX));
+    let mut tasks = Vec::new();
+    for i in 0..watchers {
+        let mut client = RegistryClient::new(channels[i % channels.len()].clone());
+        let request = WatchServicesRequest {
+            service: service.clone(),
+            ..Default::default()
+        };
+        let mut stream = client
+            .watch_services(request)
+            .await
+            .context("opening a watch")?
+            .into_inner();
+        let expected = expected.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tally = Tally::default();
+            loop {
+                let want = expected.load(Ordering::SeqCst);
+                if tally.latencies.len() as u64 >= want {
+                    return tally;
+                }
+                let wait = if want == u64::MAX {
+                    Duration::from_millis(100)
+                } else {
+                    Duration::from_secs(30)
+                };
+                match tokio::time::timeout(wait, stream.message()).await {
+                    Err(_) if want == u64::MAX => continue,
+                    Ok(Ok(Some(response))) => {
+                        let now = epoch.elapsed();
+                        for event in response.events {
+                            let sent = event.instance.and_then(|i| {
+                                i.metadata
+                                    .get("sent_ns")
+                                    .and_then(|t| t.parse::<u64>().ok())
+                            });
+                            match sent {
+                                Some(ns) => tally
+                                    .latencies
+                                    .push(now.saturating_sub(Duration::from_nanos(ns))),
+                                None => tally.errors += 1,
+                            }
+                        }
+                    }
+                    _ => return tally,
+                }
+            }
+        }));
+    }
+    let name = service.clone();
+    let (puts, elapsed) = run_ops(args, channels, move |mut client, n| {
+        let request = instance(
+            name.clone(),
+            format!("i{n}"),
+            Some(epoch.elapsed().as_nanos()),
+        );
+        async move { client.register(request).await.is_ok() }
+    })
+    .await?;
+    let acknowledged: u64 = puts.iter().map(|t| t.latencies.len() as u64).sum();
+    expected.store(acknowledged, Ordering::SeqCst);
+    let events = join(tasks).await?;
+    let missing: u64 = events
+        .iter()
+        .map(|t| acknowledged.saturating_sub(t.latencies.len() as u64))
+        .sum();
+    report("register (watched)", puts, elapsed);
+    report(
+        &format!("register-to-event x{watchers}"),
+        events,
+        epoch.elapsed(),
+    );
+    println!("events missing at the end: {missing}");
+    Ok(())
+}
