@@ -1136,3 +1136,50 @@ fn registry_keys_are_read_only_through_the_etcd_api() {
     c.ctl(0, &["put", "/roster/other", "x"]).expect_ok();
     c.ctl(0, &["del", "/roster/other"]).expect_ok();
 }
+
+/// `roster kv|lease|member|status`: the etcd API from roster's own CLI.
+#[test]
+fn roster_cli_speaks_kv_lease_member_and_status() {
+    if is_etcd() {
+        return; // roster's own CLI
+    }
+    let c = Cluster::start(1);
+    let roster = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_roster"))
+            .args(args)
+            .arg(format!("--endpoints={}", c.endpoint(0)))
+            .output()
+            .expect("run roster");
+        let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
+        (out.status.success(), text(out.stdout), text(out.stderr))
+    };
+    assert_eq!(roster(&["kv", "put", "a", "1"]).1, "OK\n");
+    assert_eq!(roster(&["kv", "get", "a"]).1, "a\n1\n");
+    let (ok, granted, err) = roster(&["lease", "grant", "30s", "-o", "json"]);
+    assert!(ok, "{err}");
+    let granted: serde_json::Value = serde_json::from_str(granted.trim()).expect("json");
+    let id = granted["id"].as_str().expect("hex id").to_string();
+    assert_eq!(granted["ttl"], 30);
+    assert!(roster(&["kv", "put", "k", "v", "--lease", &id]).0);
+    let (_, ttl, _) = roster(&["lease", "ttl", &id, "--keys"]);
+    assert!(ttl.contains("keys: k"), "{ttl}");
+    assert!(roster(&["lease", "list"]).1.contains(&id));
+    let (ok, kept, _) = roster(&["lease", "keepalive", &id, "--once"]);
+    assert!(ok && kept.contains("keepalived with TTL(30)"), "{kept}");
+    assert!(roster(&["lease", "revoke", &id]).0);
+    assert_eq!(roster(&["kv", "get", "k"]).1, "", "the lease took its key");
+    let (ok, _, err) = roster(&["lease", "ttl", &id]);
+    assert!(!ok && err.contains("not found"), "{err}");
+    let (_, members, _) = roster(&["member", "list"]);
+    assert_eq!(members.lines().count(), 1, "{members}");
+    assert!(
+        members.starts_with(&format!("{:x}, ", c.member_id(0))),
+        "{members}"
+    );
+    let (ok, status, _) = roster(&["status"]);
+    assert!(
+        ok && status.contains(&format!("member {:x}", c.member_id(0))),
+        "{status}"
+    );
+    assert_eq!(roster(&["kv", "del", "a"]).1, "1\n");
+}

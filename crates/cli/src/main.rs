@@ -6,6 +6,7 @@ mod bench;
 mod bench_registry;
 mod dev;
 mod duration;
+mod ops;
 mod serve;
 mod service;
 
@@ -35,6 +36,14 @@ enum Command {
     Service(service::ServiceArgs),
     /// The audit log of forced removals.
     Audit(service::AuditArgs),
+    /// Keys and values through the etcd API: get, put, del, watch.
+    Kv(ops::KvArgs),
+    /// Leases: grant, keepalive, revoke, ttl, list.
+    Lease(ops::LeaseArgs),
+    /// Cluster members: list.
+    Member(ops::MemberArgs),
+    /// Status of each of --endpoints.
+    Status(ops::StatusArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -56,6 +65,10 @@ fn main() -> std::process::ExitCode {
             Command::Bench(args) => bench::run(args).await,
             Command::Service(args) => service::run_service(args).await,
             Command::Audit(args) => service::run_audit(args).await,
+            Command::Kv(args) => ops::run_kv(args).await,
+            Command::Lease(args) => ops::run_lease(args).await,
+            Command::Member(args) => ops::run_member(args).await,
+            Command::Status(args) => ops::run_status(args).await,
         }
     });
     match result {

@@ -28,10 +28,20 @@ pub struct Connection {
         default_value = "127.0.0.1:2379",
         value_delimiter = ','
     )]
-    endpoints: Vec<String>,
+    pub(crate) endpoints: Vec<String>,
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
-    output: Output,
+    pub(crate) output: Output,
+}
+
+impl Connection {
+    /// Just this endpoint.
+    pub(crate) fn single(endpoint: &str, output: Output) -> Connection {
+        Connection {
+            endpoints: vec![endpoint.to_string()],
+            output,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -162,6 +172,11 @@ enum AuditCommand {
 
 /// Connects to the first endpoint that answers.
 async fn connect(connection: &Connection) -> anyhow::Result<RegistryClient<Channel>> {
+    Ok(RegistryClient::new(connect_channel(connection).await?))
+}
+
+/// A channel to the first endpoint that answers.
+pub(crate) async fn connect_channel(connection: &Connection) -> anyhow::Result<Channel> {
     let mut last = None;
     for ep in &connection.endpoints {
         let url = if ep.contains("://") {
@@ -175,14 +190,14 @@ async fn connect(connection: &Connection) -> anyhow::Result<RegistryClient<Chann
             .connect()
             .await;
         match attempt {
-            Ok(channel) => return Ok(RegistryClient::new(channel)),
+            Ok(channel) => return Ok(channel),
             Err(e) => last = Some(format!("{ep}: {e}")),
         }
     }
     bail!("no endpoint answered ({})", last.unwrap_or_default())
 }
 
-fn status_error(status: tonic::Status) -> anyhow::Error {
+pub(crate) fn status_error(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{} ({:?})", status.message(), status.code())
 }
 
@@ -404,7 +419,7 @@ pub async fn run_audit(args: AuditArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print(output: Output, value: Value, table: impl FnOnce() -> String) {
+pub(crate) fn print(output: Output, value: Value, table: impl FnOnce() -> String) {
     match output {
         Output::Json => println!("{value}"),
         Output::Table => println!("{}", table()),

@@ -1,0 +1,442 @@
+//! `roster kv|lease|member|status`: the etcd API from the shell, for operators
+//! without etcdctl. Same `--endpoints` and `-o table|json` as `roster service`;
+//! lease ids are hex, as etcdctl prints them.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use roster_proto::etcdserverpb::cluster_client::ClusterClient;
+use roster_proto::etcdserverpb::kv_client::KvClient;
+use roster_proto::etcdserverpb::lease_client::LeaseClient;
+use roster_proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use roster_proto::etcdserverpb::watch_client::WatchClient;
+use roster_proto::etcdserverpb::watch_request::RequestUnion;
+use roster_proto::etcdserverpb::{
+    DeleteRangeRequest, LeaseGrantRequest, LeaseKeepAliveRequest, LeaseLeasesRequest,
+    LeaseRevokeRequest, LeaseTimeToLiveRequest, MemberListRequest, PutRequest, RangeRequest,
+    StatusRequest, WatchCreateRequest, WatchRequest,
+};
+use roster_proto::mvccpb::event::EventType;
+use roster_proto::mvccpb::KeyValue;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::service::{connect_channel, print, status_error, Connection};
+
+#[derive(Args, Debug)]
+pub struct KvArgs {
+    #[command(flatten)]
+    connection: Connection,
+    #[command(subcommand)]
+    command: KvCommand,
+}
+
+#[derive(Args, Debug)]
+pub struct LeaseArgs {
+    #[command(flatten)]
+    connection: Connection,
+    #[command(subcommand)]
+    command: LeaseCommand,
+}
+
+#[derive(Args, Debug)]
+pub struct MemberArgs {
+    #[command(flatten)]
+    connection: Connection,
+    #[command(subcommand)]
+    command: MemberCommand,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    connection: Connection,
+}
+
+#[derive(Subcommand, Debug)]
+enum KvCommand {
+    Get {
+        key: String,
+        #[arg(long)]
+        prefix: bool,
+        /// Read as of this revision.
+        #[arg(long, default_value_t = 0)]
+        rev: i64,
+    },
+    Put {
+        key: String,
+        value: String,
+        /// Attach to this lease (hex).
+        #[arg(long)]
+        lease: Option<String>,
+    },
+    Del {
+        key: String,
+        #[arg(long)]
+        prefix: bool,
+    },
+    /// Follow changes (Ctrl-C stops).
+    Watch {
+        key: String,
+        #[arg(long)]
+        prefix: bool,
+        #[arg(long, default_value_t = 0)]
+        rev: i64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum LeaseCommand {
+    /// Grant a lease of TTL (10s, 5m; a bare number is seconds).
+    Grant {
+        #[arg(value_parser = crate::duration::parse)]
+        ttl: Duration,
+    },
+    /// Keep a lease alive (once, or until Ctrl-C).
+    Keepalive {
+        id: String,
+        #[arg(long)]
+        once: bool,
+    },
+    Revoke {
+        id: String,
+    },
+    /// Remaining TTL (and attached keys with --keys).
+    Ttl {
+        id: String,
+        #[arg(long)]
+        keys: bool,
+    },
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+enum MemberCommand {
+    List,
+}
+
+fn hex_id(text: &str) -> anyhow::Result<i64> {
+    i64::from_str_radix(text.trim_start_matches("0x"), 16)
+        .with_context(|| format!("{text:?} is not a hex lease id"))
+}
+
+/// etcd's range end for every key with this prefix.
+fn prefix_end(key: &str) -> Vec<u8> {
+    let mut end = key.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+fn range_end(key: &str, prefix: bool) -> Vec<u8> {
+    if prefix {
+        prefix_end(key)
+    } else {
+        Vec::new()
+    }
+}
+
+fn kv_line(output: crate::service::Output, kv: &KeyValue) {
+    let key = String::from_utf8_lossy(&kv.key);
+    let value = String::from_utf8_lossy(&kv.value);
+    print(
+        output,
+        json!({"key": key, "value": value, "create_revision": kv.create_revision, "mod_revision": kv.mod_revision, "version": kv.version, "lease": format!("{:x}", kv.lease)}),
+        || format!("{key}\n{value}"),
+    );
+}
+
+pub async fn run_kv(args: KvArgs) -> anyhow::Result<()> {
+    let channel = connect_channel(&args.connection).await?;
+    kv(args.connection.output, channel, args.command).await
+}
+
+pub async fn run_lease(args: LeaseArgs) -> anyhow::Result<()> {
+    let channel = connect_channel(&args.connection).await?;
+    lease(args.connection.output, channel, args.command).await
+}
+
+pub async fn run_member(args: MemberArgs) -> anyhow::Result<()> {
+    let output = args.connection.output;
+    let channel = connect_channel(&args.connection).await?;
+    let MemberCommand::List = args.command;
+    let answer = ClusterClient::new(channel)
+        .member_list(MemberListRequest { linearizable: true })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    for m in answer.members {
+        print(
+            output,
+            json!({"id": format!("{:x}", m.id), "name": m.name, "peer_urls": m.peer_ur_ls, "client_urls": m.client_ur_ls}),
+            || {
+                format!(
+                    "{:x}, {}, {}, {}",
+                    m.id,
+                    m.name,
+                    m.peer_ur_ls.join(","),
+                    m.client_ur_ls.join(",")
+                )
+            },
+        );
+    }
+    Ok(())
+}
+
+/// The status of every endpoint given (each asked on its own).
+pub async fn run_status(args: StatusArgs) -> anyhow::Result<()> {
+    let output = args.connection.output;
+    let mut failed = 0;
+    for endpoint in &args.connection.endpoints {
+        let one = Connection::single(endpoint, output);
+        let answer = match connect_channel(&one).await {
+            Ok(ch) => MaintenanceClient::new(ch)
+                .status(StatusRequest {})
+                .await
+                .map_err(status_error),
+            Err(e) => Err(e),
+        };
+        match answer {
+            Ok(s) => {
+                let s = s.into_inner();
+                let member = s.header.as_ref().map_or(0, |h| h.member_id);
+                let revision = s.header.as_ref().map_or(0, |h| h.revision);
+                print(
+                    output,
+                    json!({"endpoint": endpoint, "member": format!("{member:x}"), "leader": format!("{:x}", s.leader), "revision": revision, "raft_term": s.raft_term, "raft_index": s.raft_index}),
+                    || {
+                        format!("{endpoint}, member {member:x}, leader {:x}, revision {revision}, term {}, index {}", s.leader, s.raft_term, s.raft_index)
+                    },
+                );
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("{endpoint}: {e:#}");
+            }
+        }
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} endpoint(s) did not answer");
+    }
+    Ok(())
+}
+
+async fn kv(
+    output: crate::service::Output,
+    channel: tonic::transport::Channel,
+    command: KvCommand,
+) -> anyhow::Result<()> {
+    let mut client = KvClient::new(channel.clone());
+    match command {
+        KvCommand::Get { key, prefix, rev } => {
+            let request = RangeRequest {
+                range_end: range_end(&key, prefix),
+                key: key.into_bytes(),
+                revision: rev,
+                ..Default::default()
+            };
+            let answer = client
+                .range(request)
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            answer.kvs.iter().for_each(|kv| kv_line(output, kv));
+        }
+        KvCommand::Put { key, value, lease } => {
+            let lease = lease.as_deref().map(hex_id).transpose()?.unwrap_or(0);
+            let request = PutRequest {
+                key: key.into_bytes(),
+                value: value.into_bytes(),
+                lease,
+                ..Default::default()
+            };
+            let answer = client
+                .put(request)
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let revision = answer.header.map_or(0, |h| h.revision);
+            print(output, json!({"revision": revision}), || "OK".to_string());
+        }
+        KvCommand::Del { key, prefix } => {
+            let request = DeleteRangeRequest {
+                range_end: range_end(&key, prefix),
+                key: key.into_bytes(),
+                ..Default::default()
+            };
+            let answer = client
+                .delete_range(request)
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            print(output, json!({"deleted": answer.deleted}), || {
+                answer.deleted.to_string()
+            });
+        }
+        KvCommand::Watch { key, prefix, rev } => {
+            let create = WatchCreateRequest {
+                range_end: range_end(&key, prefix),
+                key: key.into_bytes(),
+                start_revision: rev,
+                ..Default::default()
+            };
+            let (tx, rx) = mpsc::channel(1);
+            tx.send(WatchRequest {
+                request_union: Some(RequestUnion::CreateRequest(create)),
+            })
+            .await
+            .context("queueing the watch")?;
+            let mut stream = WatchClient::new(channel)
+                .watch(ReceiverStream::new(rx))
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            while let Some(response) = stream.message().await.map_err(status_error)? {
+                if response.canceled {
+                    anyhow::bail!(
+                        "watch canceled: {} (compacted at {})",
+                        response.cancel_reason,
+                        response.compact_revision
+                    );
+                }
+                for event in response.events {
+                    let kind = if event.r#type == EventType::Delete as i32 {
+                        "DELETE"
+                    } else {
+                        "PUT"
+                    };
+                    let kv = event.kv.unwrap_or_default();
+                    print(
+                        output,
+                        json!({"type": kind, "key": String::from_utf8_lossy(&kv.key), "value": String::from_utf8_lossy(&kv.value), "revision": kv.mod_revision}),
+                        || {
+                            format!(
+                                "{kind}\n{}\n{}",
+                                String::from_utf8_lossy(&kv.key),
+                                String::from_utf8_lossy(&kv.value)
+                            )
+                        },
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn lease(
+    output: crate::service::Output,
+    channel: tonic::transport::Channel,
+    command: LeaseCommand,
+) -> anyhow::Result<()> {
+    let mut client = LeaseClient::new(channel);
+    match command {
+        LeaseCommand::Grant { ttl } => {
+            let request = LeaseGrantRequest {
+                ttl: ttl.as_secs_f64().ceil() as i64,
+                id: 0,
+            };
+            let answer = client
+                .lease_grant(request)
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            print(
+                output,
+                json!({"id": format!("{:x}", answer.id), "ttl": answer.ttl}),
+                || format!("lease {:x} granted with TTL({}s)", answer.id, answer.ttl),
+            );
+        }
+        LeaseCommand::Keepalive { id, once } => {
+            let id = hex_id(&id)?;
+            let (tx, rx) = mpsc::channel(1);
+            tx.send(LeaseKeepAliveRequest { id })
+                .await
+                .context("queueing the keepalive")?;
+            let mut answers = client
+                .lease_keep_alive(ReceiverStream::new(rx))
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            loop {
+                let Some(answer) = answers.message().await.map_err(status_error)? else {
+                    return Ok(());
+                };
+                if answer.ttl <= 0 {
+                    anyhow::bail!("lease {id:x} expired or revoked");
+                }
+                print(
+                    output,
+                    json!({"id": format!("{id:x}"), "ttl": answer.ttl}),
+                    || format!("lease {id:x} keepalived with TTL({})", answer.ttl),
+                );
+                if once {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_secs((answer.ttl as u64 / 3).max(1))).await;
+                tx.send(LeaseKeepAliveRequest { id })
+                    .await
+                    .context("the keepalive stream closed")?;
+            }
+        }
+        LeaseCommand::Revoke { id } => {
+            let id = hex_id(&id)?;
+            client
+                .lease_revoke(LeaseRevokeRequest { id })
+                .await
+                .map_err(status_error)?;
+            print(
+                output,
+                json!({"id": format!("{id:x}"), "revoked": true}),
+                || format!("lease {id:x} revoked"),
+            );
+        }
+        LeaseCommand::Ttl { id, keys } => {
+            let id = hex_id(&id)?;
+            let answer = client
+                .lease_time_to_live(LeaseTimeToLiveRequest { id, keys })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            if answer.ttl < 0 {
+                anyhow::bail!("lease {id:x} not found");
+            }
+            let names: Vec<String> = answer
+                .keys
+                .iter()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .collect();
+            print(
+                output,
+                json!({"id": format!("{id:x}"), "ttl": answer.ttl, "granted_ttl": answer.granted_ttl, "keys": names}),
+                || {
+                    format!(
+                        "lease {id:x} granted with TTL({}s), remaining({}s), keys: {}",
+                        answer.granted_ttl,
+                        answer.ttl,
+                        names.join(",")
+                    )
+                },
+            );
+        }
+        LeaseCommand::List => {
+            let answer = client
+                .lease_leases(LeaseLeasesRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            for lease in answer.leases {
+                print(output, json!({"id": format!("{:x}", lease.id)}), || {
+                    format!("{:x}", lease.id)
+                });
+            }
+        }
+    }
+    Ok(())
+}
