@@ -14,10 +14,10 @@ use std::pin::Pin;
 
 use futures::{stream, Stream, StreamExt};
 use roster_proto::registry::{
-    EventKind as PbKind, RegistryEvent, RemovalReason as PbReason, WatchServicesRequest,
-    WatchServicesResponse,
+    EventKind as PbKind, Instance as PbInstance, RegistryEvent, RemovalReason as PbReason,
+    WatchServicesRequest, WatchServicesResponse,
 };
-use roster_state::registry::{decode_instance, Instance, REGISTRY_PREFIX};
+use roster_state::registry::{decode_instance, Instance, InstanceState, REGISTRY_PREFIX};
 use roster_state::selector::Selector;
 use roster_state::{Event, EventKind, RemovalReason};
 use tokio::sync::mpsc;
@@ -151,14 +151,15 @@ fn registry_event(event: &Event, selector: &Selector) -> Option<RegistryEvent> {
     let matches = |i: &Instance| selector.matches(&i.spec.metadata, &i.spec.tags);
     let (kind, instance, reason) = match event.kind {
         EventKind::Delete => {
-            let reason = match event.reason.unwrap_or(RemovalReason::Graceful) {
-                RemovalReason::Graceful => PbReason::Graceful,
-                RemovalReason::Expired => PbReason::Expired,
-                RemovalReason::Forced => PbReason::Forced,
-                RemovalReason::Drained => PbReason::Drained,
-                RemovalReason::Health => PbReason::Health,
+            let instance = match before {
+                Some(before) if !matches(&before) => return None,
+                Some(before) => to_proto(before, revision),
+                // The record's last version was compacted away (a delete exactly
+                // at the compaction revision): say who left even without it,
+                // rather than hide a removal.
+                None => named_only(&event.kv.key)?,
             };
-            (PbKind::Deregistered, before?, reason)
+            (PbKind::Deregistered, instance, removal_reason(event.reason))
         }
         EventKind::Put => {
             let after = parse(&event.kv.value)?;
@@ -167,25 +168,154 @@ fn registry_event(event: &Event, selector: &Selector) -> Option<RegistryEvent> {
             }
             let kind = match &before {
                 None => PbKind::Registered,
-                Some(b)
-                    if b.state != after.state
-                        && after.state == roster_state::registry::InstanceState::Draining =>
-                {
+                Some(b) if b.state != after.state && after.state == InstanceState::Draining => {
                     PbKind::Draining
                 }
                 Some(b) if b.health != after.health => PbKind::HealthChanged,
                 Some(_) => PbKind::Updated,
             };
-            (kind, after, PbReason::Unspecified)
+            (kind, to_proto(after, revision), PbReason::Unspecified)
         }
     };
-    if event.kind == EventKind::Delete && !matches(&instance) {
-        return None;
-    }
     Some(RegistryEvent {
         kind: kind as i32,
-        instance: Some(to_proto(instance, revision)),
+        instance: Some(instance),
         reason: reason as i32,
         revision,
     })
+}
+
+fn removal_reason(reason: Option<RemovalReason>) -> PbReason {
+    match reason.unwrap_or(RemovalReason::Graceful) {
+        RemovalReason::Graceful => PbReason::Graceful,
+        RemovalReason::Expired => PbReason::Expired,
+        RemovalReason::Forced => PbReason::Forced,
+        RemovalReason::Drained => PbReason::Drained,
+        RemovalReason::Health => PbReason::Health,
+    }
+}
+
+/// An instance known only by its key, `/roster/registry/<service>/<id>`.
+fn named_only(key: &[u8]) -> Option<PbInstance> {
+    let name = std::str::from_utf8(key.strip_prefix(REGISTRY_PREFIX)?).ok()?;
+    let (service, id) = name.split_once('/')?;
+    Some(PbInstance {
+        service: service.to_string(),
+        id: id.to_string(),
+        ..Default::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use roster_state::registry::{instance_key, Health, InstanceSpec};
+    use roster_state::KeyValue;
+
+    use super::*;
+
+    fn record(id: &str, zone: &str, state: InstanceState, health: Health) -> Instance {
+        Instance {
+            spec: InstanceSpec {
+                service: "web".into(),
+                id: id.into(),
+                endpoints: Vec::new(),
+                metadata: [("zone".to_string(), zone.to_string())].into(),
+                tags: Vec::new(),
+                weight: 1,
+            },
+            status: Default::default(),
+            state,
+            drain_deadline_ms: None,
+            health,
+            registered_at_ms: 0,
+            lease: 0,
+            lease_owned: false,
+        }
+    }
+
+    fn kv(instance: &Instance, revision: i64) -> KeyValue {
+        KeyValue {
+            key: instance_key(&instance.spec.service, &instance.spec.id),
+            create_revision: 1,
+            mod_revision: revision,
+            version: 1,
+            value: serde_json::to_vec(instance).expect("json"),
+            lease: 0,
+        }
+    }
+
+    fn put(before: Option<&Instance>, after: &Instance) -> Event {
+        Event {
+            kind: EventKind::Put,
+            kv: kv(after, 5),
+            prev_kv: before.map(|b| kv(b, 4)),
+            reason: None,
+        }
+    }
+
+    fn kind_of(event: &Event, selector: &str) -> Option<(PbKind, PbReason)> {
+        let selector = Selector::parse(selector).expect("selector");
+        registry_event(event, &selector).map(|e| {
+            (
+                PbKind::try_from(e.kind).expect("kind"),
+                PbReason::try_from(e.reason).expect("reason"),
+            )
+        })
+    }
+
+    #[test]
+    fn puts_become_the_kind_of_change_they_are() {
+        let up = record("1", "a", InstanceState::Up, Health::Passing);
+        let draining = record("1", "a", InstanceState::Draining, Health::Passing);
+        let warning = record("1", "a", InstanceState::Up, Health::Warning);
+        let moved = record("1", "b", InstanceState::Up, Health::Passing);
+        let none = Some((PbKind::Registered, PbReason::Unspecified));
+        assert_eq!(kind_of(&put(None, &up), ""), none);
+        assert_eq!(
+            kind_of(&put(Some(&up), &draining), "").map(|k| k.0),
+            Some(PbKind::Draining)
+        );
+        assert_eq!(
+            kind_of(&put(Some(&up), &warning), "").map(|k| k.0),
+            Some(PbKind::HealthChanged)
+        );
+        assert_eq!(
+            kind_of(&put(Some(&draining), &up), "").map(|k| k.0),
+            Some(PbKind::Updated)
+        );
+        // Matching before or after is enough; neither is not.
+        assert_eq!(
+            kind_of(&put(Some(&up), &moved), "zone=a").map(|k| k.0),
+            Some(PbKind::Updated)
+        );
+        assert_eq!(kind_of(&put(None, &moved), "zone=a"), None);
+    }
+
+    #[test]
+    fn deletes_carry_their_reason_even_without_the_record() {
+        let up = record("1", "a", InstanceState::Up, Health::Passing);
+        let mut delete = Event {
+            kind: EventKind::Delete,
+            kv: KeyValue {
+                value: Vec::new(),
+                ..kv(&up, 6)
+            },
+            prev_kv: Some(kv(&up, 5)),
+            reason: Some(RemovalReason::Expired),
+        };
+        assert_eq!(
+            kind_of(&delete, "zone=a"),
+            Some((PbKind::Deregistered, PbReason::Expired))
+        );
+        assert_eq!(kind_of(&delete, "zone=b"), None);
+        // Compacted away: still reported, by name.
+        delete.prev_kv = None;
+        let selector = Selector::parse("zone=b").expect("selector");
+        let event = registry_event(&delete, &selector).expect("reported");
+        let instance = event.instance.expect("named");
+        assert_eq!(
+            (instance.service.as_str(), instance.id.as_str()),
+            ("web", "1")
+        );
+    }
 }
