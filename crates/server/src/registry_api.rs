@@ -108,6 +108,8 @@ pub(crate) fn to_proto(instance: Instance, mod_revision: i64) -> PbInstance {
         lease: instance.lease,
         lease_owned: instance.lease_owned,
         mod_revision,
+        health_output: instance.health_output,
+        critical_since_ms: instance.critical_since_ms.unwrap_or(0),
     }
 }
 
@@ -319,6 +321,8 @@ mod tests {
             state: InstanceState::Up,
             drain_deadline_ms: None,
             health,
+            health_output: String::new(),
+            critical_since_ms: None,
             registered_at_ms: 0,
             lease: 0,
             lease_owned: false,

@@ -227,6 +227,8 @@ mod tests {
             state,
             drain_deadline_ms: None,
             health,
+            health_output: String::new(),
+            critical_since_ms: None,
             registered_at_ms: 0,
             lease: 0,
             lease_owned: false,

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::StateError;
 use crate::keyspace::{KeyValue, Put, RemovalReason};
 use crate::members::MemberAttrs;
-use crate::registry::{DueDrain, InstanceSpec, LeaseChoice};
+use crate::registry::{DueDrain, Health, InstanceSpec, LeaseChoice};
 use crate::txn::{Txn, TxnOpResponse};
 
 /// One entry of the replicated log, as the state machine sees it. (Not `Eq`:
@@ -73,6 +73,20 @@ pub enum Command {
     /// deadline is at or before `now_ms` (proposed by the leader), reason
     /// `drained`.
     DrainExpire { due: Vec<DueDrain>, now_ms: u64 },
+    /// Registry: a health change of an instance (proposed only on a change),
+    /// with the check output that caused it.
+    SetHealth {
+        service: String,
+        id: String,
+        health: Health,
+        output: String,
+        now_ms: u64,
+    },
+    /// Registry: remove (reason `health`) the listed instances that are still
+    /// critical since the listed time (ms since the epoch).
+    RemoveUnhealthy {
+        instances: Vec<(String, String, u64)>,
+    },
     /// Registry: replace an instance's status numbers.
     SetStatus {
         service: String,

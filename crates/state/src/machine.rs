@@ -281,6 +281,14 @@ fn execute<E: Engine>(tx: &mut Tx<'_, E>, cmd: &Command) -> Result<Response, Fai
             id,
             status,
         } => registry::set_status(tx, service, id, status),
+        Command::SetHealth {
+            service,
+            id,
+            health,
+            output,
+            now_ms,
+        } => registry::set_health(tx, service, id, *health, output, *now_ms),
+        Command::RemoveUnhealthy { instances } => registry::remove_unhealthy(tx, instances),
         Command::PublishMember(attrs) => members::publish(tx, attrs),
         Command::Noop => Ok(Response::Done {
             revision: tx.revision(),

@@ -40,6 +40,8 @@ pub const REGISTRY_PREFIX: &[u8] = b"/roster/registry/";
 pub const MAX_NAME_LEN: usize = 253;
 /// Most bytes of metadata (keys and values) and of tags, each.
 pub const MAX_METADATA_BYTES: usize = 16 * 1024;
+/// Check output kept with a health change, at most (longer output is cut).
+pub const MAX_HEALTH_OUTPUT: usize = 1024;
 
 /// One network endpoint of an instance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,6 +92,12 @@ pub struct Instance {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain_deadline_ms: Option<u64>,
     pub health: Health,
+    /// The check output (truncated) that caused the last health change.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub health_output: String,
+    /// Since when (ms since the epoch) the instance has been critical.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub critical_since_ms: Option<u64>,
     /// First registration (ms since the epoch); kept by re-registrations.
     pub registered_at_ms: u64,
     /// 0: no lease (removed only explicitly).
@@ -269,6 +277,11 @@ pub(crate) fn register<E: Engine>(
         state: InstanceState::Up,
         drain_deadline_ms: None,
         health: existing.as_ref().map_or(Health::Passing, |o| o.health),
+        health_output: existing
+            .as_ref()
+            .map(|o| o.health_output.clone())
+            .unwrap_or_default(),
+        critical_since_ms: existing.as_ref().and_then(|o| o.critical_since_ms),
         registered_at_ms: existing.as_ref().map_or(now_ms, |o| o.registered_at_ms),
         lease,
         lease_owned,
@@ -452,4 +465,72 @@ pub(crate) fn set_status<E: Engine>(
         instance.status = status.clone();
         Ok(())
     })
+}
+
+/// `SetHealth`: records a health change (only changes are proposed: a command
+/// that repeats the current health changes nothing and writes no event). The
+/// output is kept, cut to [`MAX_HEALTH_OUTPUT`] bytes; entering `critical`
+/// starts the clock that `RemoveUnhealthy` reads.
+pub(crate) fn set_health<E: Engine>(
+    tx: &mut Tx<'_, E>,
+    service: &str,
+    id: &str,
+    health: Health,
+    output: &str,
+    now_ms: u64,
+) -> Result<Response, Fail> {
+    let Some((_, current)) = load(tx, service, id)? else {
+        return Err(StateError::InstanceNotFound.into());
+    };
+    if current.health == health {
+        return Ok(Response::Registry {
+            revision: tx.revision(),
+            lease: current.lease,
+            granted: None,
+            revoked: Vec::new(),
+        });
+    }
+    update(tx, service, id, |instance| {
+        instance.health = health;
+        instance.health_output = truncate(output, MAX_HEALTH_OUTPUT);
+        instance.critical_since_ms = (health == Health::Critical).then_some(now_ms);
+        Ok(())
+    })
+}
+
+/// `RemoveUnhealthy`: removes (reason `health`) each listed instance that is
+/// still critical since the listed time (the leader lists those critical for
+/// longer than their `deregister_critical_after`); others are skipped.
+pub(crate) fn remove_unhealthy<E: Engine>(
+    tx: &mut Tx<'_, E>,
+    instances: &[(String, String, u64)],
+) -> Result<Response, Fail> {
+    let mut revoked = Vec::new();
+    for (service, id, since) in instances {
+        let still = load(tx, service, id)?.is_some_and(|(_, i)| {
+            i.health == Health::Critical && i.critical_since_ms == Some(*since)
+        });
+        if still {
+            if let Response::Registry { revoked: r, .. } =
+                remove(tx, service, id, RemovalReason::Health)?
+            {
+                revoked.extend(r);
+            }
+        }
+    }
+    Ok(Response::Registry {
+        revision: tx.revision(),
+        lease: 0,
+        granted: None,
+        revoked,
+    })
+}
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+fn truncate(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
 }

@@ -414,3 +414,94 @@ fn the_drain_index_forgets_instances_that_left_another_way() {
     assert!(cleaned.events.is_empty());
     assert!(sm.due_drains(u64::MAX, 10).expect("due").is_empty());
 }
+
+fn set_health(id: &str, health: Health, output: &str, now_ms: u64) -> Command {
+    Command::SetHealth {
+        service: "web".into(),
+        id: id.into(),
+        health,
+        output: output.into(),
+        now_ms,
+    }
+}
+
+#[test]
+fn health_changes_are_recorded_with_their_output_and_repeats_write_nothing() {
+    let mut sm = machine();
+    registry_ok(&mut sm, register(spec("web", "1"), LeaseChoice::None, 1));
+    let changed = apply(
+        &mut sm,
+        &set_health("1", Health::Critical, "HTTP 503", 1_000),
+    );
+    assert_eq!(changed.events.len(), 1, "a change is one put");
+    let record = instance(&sm, "web", "1").expect("registered");
+    assert_eq!(
+        (
+            record.health,
+            record.health_output.as_str(),
+            record.critical_since_ms
+        ),
+        (Health::Critical, "HTTP 503", Some(1_000))
+    );
+    let repeat = apply(
+        &mut sm,
+        &set_health("1", Health::Critical, "HTTP 503", 2_000),
+    );
+    assert!(repeat.events.is_empty(), "no change, no write");
+    assert_eq!(
+        instance(&sm, "web", "1").and_then(|i| i.critical_since_ms),
+        Some(1_000)
+    );
+    registry_ok(&mut sm, set_health("1", Health::Passing, "ok", 3_000));
+    let record = instance(&sm, "web", "1").expect("registered");
+    assert_eq!(
+        (record.health, record.critical_since_ms),
+        (Health::Passing, None)
+    );
+    // Long output is cut, on a character boundary.
+    let long = "é".repeat(1_000);
+    registry_ok(&mut sm, set_health("1", Health::Warning, &long, 4_000));
+    let kept = instance(&sm, "web", "1").expect("registered").health_output;
+    assert_eq!(kept.len(), 1_024);
+    fails(
+        &mut sm,
+        set_health("zz", Health::Warning, "", 5_000),
+        StateError::InstanceNotFound,
+    );
+}
+
+#[test]
+fn instances_critical_for_too_long_are_removed_with_reason_health() {
+    let mut sm = machine();
+    let (lease, ..) = registry_ok(
+        &mut sm,
+        register(spec("web", "1"), LeaseChoice::Own { ttl: 60 }, 1),
+    );
+    registry_ok(&mut sm, register(spec("web", "2"), LeaseChoice::None, 1));
+    registry_ok(&mut sm, set_health("1", Health::Critical, "refused", 1_000));
+    registry_ok(&mut sm, set_health("2", Health::Critical, "refused", 1_000));
+    // Instance 2 recovered and failed again after the leader listed it.
+    registry_ok(&mut sm, set_health("2", Health::Passing, "ok", 1_500));
+    registry_ok(&mut sm, set_health("2", Health::Critical, "refused", 2_000));
+    let listed = vec![
+        ("web".to_string(), "1".to_string(), 1_000),
+        ("web".to_string(), "2".to_string(), 1_000),
+    ];
+    let applied = apply(&mut sm, &Command::RemoveUnhealthy { instances: listed });
+    assert_eq!(
+        reasons(&applied.events),
+        vec![(
+            EventKind::Delete,
+            b("/roster/registry/web/1"),
+            Some(RemovalReason::Health)
+        )]
+    );
+    let Response::Registry { revoked, .. } = applied.response else {
+        panic!("{:?}", applied.response);
+    };
+    assert_eq!(revoked, vec![lease], "its own lease goes with it");
+    assert!(
+        instance(&sm, "web", "2").is_some(),
+        "critical again since a later time"
+    );
+}
