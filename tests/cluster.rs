@@ -21,7 +21,6 @@ use roster_proto::etcdserverpb::{
     LeaseGrantRequest, LeaseKeepAliveRequest, LeaseTimeToLiveRequest, PutRequest, RangeRequest,
     StatusRequest,
 };
-use tonic::transport::Channel;
 
 /// Writes must succeed again this long after the leader is killed.
 const FAILOVER_BOUND: Duration = Duration::from_secs(5);
@@ -106,13 +105,7 @@ async fn grpc_headers_name_the_answering_member() {
     let leader = c.member_id(c.leader());
     let mut cluster_ids = BTreeSet::new();
     for i in 0..3 {
-        let ch = Channel::from_shared(c.endpoint(i))
-            .expect("uri")
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(10))
-            .connect()
-            .await
-            .expect("connect");
+        let ch = c.channel(i).await;
         let r = KvClient::new(ch.clone())
             .range(RangeRequest {
                 key: b"k".to_vec(),
@@ -647,16 +640,6 @@ fn repeated_failovers_do_not_keep_a_dead_lease_alive() {
     );
 }
 
-async fn channel(endpoint: String) -> Channel {
-    Channel::from_shared(endpoint)
-        .expect("uri")
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(10))
-        .connect()
-        .await
-        .expect("connect")
-}
-
 /// Leases granted concurrently through every node reach the leader together and
 /// are committed in shared log entries: each must still get its own clock (be
 /// renewable) and expire with its keys.
@@ -666,7 +649,7 @@ async fn leases_granted_concurrently_are_kept_alive_and_expire() {
     let c = Cluster::start(3);
     let mut channels = Vec::new();
     for i in 0..3 {
-        channels.push(channel(c.endpoint(i)).await);
+        channels.push(c.channel(i).await);
     }
     let mut grants = Vec::new();
     for n in 0..LEASES {

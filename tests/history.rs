@@ -54,14 +54,7 @@ fn value_at(c: &Cluster, i: usize, key: &str, rev: i64) -> Option<String> {
 }
 
 async fn kv_client(c: &Cluster, i: usize) -> KvClient<Channel> {
-    let channel = Channel::from_shared(c.endpoint(i))
-        .expect("endpoint uri")
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(10))
-        .connect()
-        .await
-        .expect("connect");
-    KvClient::new(channel)
+    KvClient::new(c.channel(i).await)
 }
 
 fn put_op(key: &str, value: &str) -> RequestOp {

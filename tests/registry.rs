@@ -22,14 +22,7 @@ use tonic::Code;
 use tonic::Streaming;
 
 async fn client(c: &Cluster, i: usize) -> RegistryClient<Channel> {
-    let channel = Channel::from_shared(c.endpoint(i))
-        .expect("endpoint uri")
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(10))
-        .connect()
-        .await
-        .expect("connect");
-    RegistryClient::new(channel)
+    RegistryClient::new(c.channel(i).await)
 }
 
 fn instance(service: &str, id: &str, lease: Lease, metadata: &[(&str, &str)]) -> RegisterRequest {
@@ -638,6 +631,11 @@ fn roster_cli(c: &Cluster, i: usize, args: &[&str]) -> (bool, String, String) {
     (out.status.success(), text(out.stdout), text(out.stderr))
 }
 
+/// [`roster_cli`] with the arguments written as one line (none contains a space).
+fn roster_line(c: &Cluster, i: usize, line: &str) -> (bool, String, String) {
+    roster_cli(c, i, &line.split_whitespace().collect::<Vec<_>>())
+}
+
 #[test]
 fn the_service_cli_registers_lists_watches_and_removes() {
     let c = Cluster::start(3);
@@ -658,27 +656,11 @@ fn the_service_cli_registers_lists_watches_and_removes() {
         }
     });
     // The watch is registered once a first event arrives; register until then.
-    let register = [
-        "service",
-        "register",
-        "--service",
-        "cli",
-        "--id",
-        "a",
-        "--endpoint",
-        "http://10.0.0.1:8080",
-    ];
+    let register = "service register --service cli --id a --endpoint http://10.0.0.1:8080 \
+                    --ttl 30s --meta zone=a --tag web";
     let started = Instant::now();
     let first = loop {
-        let (ok, out, err) = roster_cli(
-            &c,
-            0,
-            &[
-                &register[..],
-                &["--ttl", "30s", "--meta", "zone=a", "--tag", "web"],
-            ]
-            .concat(),
-        );
+        let (ok, out, err) = roster_line(&c, 0, register);
         assert!(ok, "{out}{err}");
         assert!(out.starts_with("registered cli/a on lease "), "{out}");
         if let Ok(line) = lines.recv_timeout(Duration::from_millis(500)) {
@@ -692,71 +674,24 @@ fn the_service_cli_registers_lists_watches_and_removes() {
     let event: serde_json::Value = serde_json::from_str(&first).expect("json line");
     assert_eq!(event["instance"]["id"], "a", "{event}");
 
-    let (ok, out, err) = roster_cli(
-        &c,
-        1,
-        &[
-            "service",
-            "list",
-            "--service",
-            "cli",
-            "--selector",
-            "zone=a,tag:web",
-            "-o",
-            "json",
-        ],
-    );
+    let list = "service list --service cli --selector zone=a,tag:web -o json";
+    let (ok, out, err) = roster_line(&c, 1, list);
     assert!(ok, "{err}");
     let listed: serde_json::Value = serde_json::from_str(out.trim()).expect("one json line");
     assert_eq!(listed["endpoints"][0], "http://10.0.0.1:8080", "{listed}");
     assert_eq!(listed["metadata"]["zone"], "a");
 
-    let (ok, _, err) = roster_cli(
-        &c,
-        1,
-        &[
-            "service",
-            "drain",
-            "--service",
-            "cli",
-            "--id",
-            "a",
-            "--deadline",
-            "300ms",
-        ],
-    );
-    assert!(ok, "{err}");
-    let (ok, _, err) = roster_cli(
-        &c,
-        0,
-        &[
-            "service",
-            "register",
-            "--service",
-            "cli",
-            "--id",
-            "b",
-            "--no-lease",
-        ],
-    );
-    assert!(ok, "{err}");
-    let (ok, _, err) = roster_cli(
-        &c,
-        0,
-        &[
-            "service",
-            "force-deregister",
-            "--service",
-            "cli",
-            "--id",
-            "b",
-            "--reason",
-            "retired",
-            "--actor",
-            "bob",
-        ],
-    );
-    assert!(ok, "{err}");
+    for (i, line) in [
+        (1, "service drain --service cli --id a --deadline 300ms"),
+        (0, "service register --service cli --id b --no-lease"),
+        (
+            0,
+            "service force-deregister --service cli --id b --reason retired --actor bob",
+        ),
+    ] {
+        let (ok, _, err) = roster_line(&c, i, line);
+        assert!(ok, "{line}: {err}");
+    }
     let mut seen = Vec::new();
     while seen.len() < 4 {
         let line = lines
@@ -787,7 +722,7 @@ fn the_service_cli_registers_lists_watches_and_removes() {
     let _ = watch.kill();
     let _ = watch.wait();
 
-    let (ok, out, _) = roster_cli(&c, 2, &["audit", "list", "-o", "json"]);
+    let (ok, out, _) = roster_line(&c, 2, "audit list -o json");
     assert!(ok);
     let entry: serde_json::Value = serde_json::from_str(out.trim()).expect("one entry");
     assert_eq!(
@@ -798,27 +733,10 @@ fn the_service_cli_registers_lists_watches_and_removes() {
     // Bad input: a precise error and a failing exit status.
     let (ok, _, err) = roster_cli(&c, 0, &["service", "list", "--selector", "zone in a"]);
     assert!(!ok && err.contains("position 8"), "{err}");
-    let (ok, _, err) = roster_cli(
-        &c,
-        0,
-        &[
-            "service",
-            "register",
-            "--service",
-            "cli",
-            "--id",
-            "c",
-            "--endpoint",
-            "nohost",
-            "--no-lease",
-        ],
-    );
+    let bad_endpoint = "service register --service cli --id c --endpoint nohost --no-lease";
+    let (ok, _, err) = roster_line(&c, 0, bad_endpoint);
     assert!(!ok && err.contains("--endpoint \"nohost\""), "{err}");
-    let (ok, _, err) = roster_cli(
-        &c,
-        0,
-        &["service", "deregister", "--service", "cli", "--id", "zz"],
-    );
+    let (ok, _, err) = roster_line(&c, 0, "service deregister --service cli --id zz");
     assert!(!ok && err.contains("instance not found"), "{err}");
 }
 

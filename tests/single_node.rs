@@ -534,13 +534,7 @@ fn endpoint_commands_accept_urls_and_bare_addresses() {
 // ---------------------------------------------------------------------------
 
 async fn channel(c: &Cluster, i: usize) -> Channel {
-    Channel::from_shared(c.endpoint(i))
-        .expect("endpoint uri")
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(10))
-        .connect()
-        .await
-        .expect("connect")
+    c.channel(i).await
 }
 
 #[track_caller]

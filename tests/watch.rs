@@ -29,13 +29,9 @@ use tonic::{Code, Streaming};
 /// How long a test waits for a response that must come.
 const ANSWER: Duration = Duration::from_secs(10);
 
+/// A channel without a call timeout: watch streams last.
 async fn channel(c: &Cluster, i: usize) -> Channel {
-    Channel::from_shared(c.endpoint(i))
-        .expect("endpoint uri")
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .expect("connect")
+    harness::grpc_channel(c.endpoint(i), None).await
 }
 
 /// One watch stream: requests go in through `tx`, responses come out of `rx`.
@@ -129,13 +125,9 @@ impl WatchConn {
 }
 
 fn watch_prefix(prefix: &str, start_revision: i64) -> WatchCreateRequest {
-    let mut end = prefix.as_bytes().to_vec();
-    if let Some(last) = end.last_mut() {
-        *last += 1;
-    }
     WatchCreateRequest {
         key: prefix.into(),
-        range_end: end,
+        range_end: roster_state::prefix_range_end(prefix.as_bytes()),
         start_revision,
         ..Default::default()
     }
@@ -496,12 +488,7 @@ fn a_watch_resumed_on_another_node_after_a_kill_has_no_gap_and_no_duplicate() {
     let writer = thread::spawn(move || {
         let rt = runtime();
         rt.block_on(async {
-            let channel = Channel::from_shared(endpoint)
-                .expect("uri")
-                .connect()
-                .await
-                .expect("connect");
-            let mut kv = KvClient::new(channel);
+            let mut kv = KvClient::new(harness::grpc_channel(endpoint, None).await);
             let mut written = Vec::new();
             for n in 0.. {
                 if stop_rx.try_recv().is_ok() {

@@ -250,6 +250,21 @@ pub fn etcdctl_path() -> OsString {
         .unwrap_or_else(|| "etcdctl".into())
 }
 
+/// A gRPC channel to `endpoint`, connected within 5 s; `call_timeout` bounds
+/// each call (`None` for streams, which may last longer).
+pub async fn grpc_channel(
+    endpoint: String,
+    call_timeout: Option<Duration>,
+) -> tonic::transport::Channel {
+    let mut endpoint = tonic::transport::Channel::from_shared(endpoint)
+        .expect("endpoint uri")
+        .connect_timeout(Duration::from_secs(5));
+    if let Some(timeout) = call_timeout {
+        endpoint = endpoint.timeout(timeout);
+    }
+    endpoint.connect().await.expect("connect")
+}
+
 /// Runs `etcdctl --endpoints=... --command-timeout=5s <args>` (API v3).
 pub fn etcdctl(endpoints: &[String], args: &[&str]) -> CtlOutput {
     etcdctl_timeout(endpoints, Duration::from_secs(5), args)
@@ -787,6 +802,11 @@ impl Cluster {
     /// Client endpoint of node `i`, `http://127.0.0.1:port` (for etcdctl and gRPC).
     pub fn endpoint(&self, i: usize) -> String {
         self.nodes[i].cfg.client_url()
+    }
+
+    /// A gRPC channel to node `i` for unary calls (each bounded to 10 s).
+    pub async fn channel(&self, i: usize) -> tonic::transport::Channel {
+        grpc_channel(self.endpoint(i), Some(Duration::from_secs(10))).await
     }
 
     /// Client endpoints of every node.

@@ -183,8 +183,13 @@ async fn run_watch(
     let expected = Arc::new(AtomicU64::new(u64::MAX));
     let mut tasks = Vec::with_capacity(watchers);
     for i in 0..watchers {
-        let stream = open_watch(&channels[i % channels.len()], &prefix).await?;
-        tasks.push(tokio::spawn(drain_events(stream, epoch, expected.clone())));
+        let (requests, stream) = open_watch(&channels[i % channels.len()], &prefix).await?;
+        let expected = expected.clone();
+        tasks.push(tokio::spawn(async move {
+            // The request side stays open while the answers are read.
+            let _requests = requests;
+            time_deliveries(stream, put_send_times, epoch, expected).await
+        }));
     }
     eprintln!("{watchers} watchers on {prefix}");
     let started = Instant::now();
@@ -217,14 +222,10 @@ type WatchStream = (mpsc::Sender<WatchRequest>, tonic::Streaming<WatchResponse>)
 
 /// One watch stream on `prefix` from now on, created.
 async fn open_watch(channel: &Channel, prefix: &str) -> anyhow::Result<WatchStream> {
-    let mut end = prefix.as_bytes().to_vec();
-    if let Some(last) = end.last_mut() {
-        *last += 1;
-    }
     let create = WatchRequest {
         request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
             key: prefix.as_bytes().to_vec(),
-            range_end: end,
+            range_end: roster_state::prefix_range_end(prefix.as_bytes()),
             ..Default::default()
         })),
     };
@@ -242,9 +243,12 @@ async fn open_watch(channel: &Channel, prefix: &str) -> anyhow::Result<WatchStre
     Ok((tx, stream))
 }
 
-/// Times every event a watcher receives until it has `expected` of them.
-async fn drain_events(
-    (_requests, mut stream): WatchStream,
+/// Times every delivered event (its send time, ns since `epoch`, read by
+/// `sent_ns`; `None` counts as an error) until `expected` have come, or no more
+/// come for [`DRAIN_TIMEOUT`] once the count is known.
+pub(crate) async fn time_deliveries<T>(
+    mut stream: tonic::Streaming<T>,
+    sent_ns: impl Fn(T) -> Vec<Option<u64>>,
     epoch: Instant,
     expected: Arc<AtomicU64>,
 ) -> Tally {
@@ -254,7 +258,7 @@ async fn drain_events(
         if tally.latencies.len() as u64 >= want {
             return tally;
         }
-        // While the puts run the count is unknown: look again every 100 ms.
+        // While the writes run the count is unknown: look again every 100 ms.
         let unknown = want == u64::MAX;
         let wait = if unknown {
             Duration::from_millis(100)
@@ -265,17 +269,11 @@ async fn drain_events(
             Err(_) if unknown => continue,
             Ok(Ok(Some(response))) => {
                 let now = epoch.elapsed();
-                for event in response.events {
-                    let sent = event.kv.and_then(|kv| {
-                        std::str::from_utf8(&kv.value[..20.min(kv.value.len())])
-                            .ok()?
-                            .parse::<u64>()
-                            .ok()
-                    });
+                for sent in sent_ns(response) {
                     match sent {
-                        Some(nanos) => tally
+                        Some(ns) => tally
                             .latencies
-                            .push(now.saturating_sub(Duration::from_nanos(nanos))),
+                            .push(now.saturating_sub(Duration::from_nanos(ns))),
                         None => tally.errors += 1,
                     }
                 }
@@ -283,6 +281,21 @@ async fn drain_events(
             _ => return tally,
         }
     }
+}
+
+/// The send times a timed put wrote at the start of each event's value.
+fn put_send_times(response: WatchResponse) -> Vec<Option<u64>> {
+    response
+        .events
+        .into_iter()
+        .map(|event| {
+            let kv = event.kv?;
+            std::str::from_utf8(&kv.value[..20.min(kv.value.len())])
+                .ok()?
+                .parse()
+                .ok()
+        })
+        .collect()
 }
 
 /// Claims the next operation number, or `None` when the run is over.

@@ -15,10 +15,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use roster_proto::registry::register_request::Lease;
 use roster_proto::registry::registry_client::RegistryClient;
-use roster_proto::registry::{DiscoverRequest, RegisterRequest, WatchServicesRequest};
+use roster_proto::registry::{
+    DiscoverRequest, RegisterRequest, RegistryEvent, WatchServicesRequest, WatchServicesResponse,
+};
 use tonic::transport::Channel;
 
-use crate::bench::{claim, join, report, BenchArgs, Tally};
+use crate::bench::{claim, join, report, time_deliveries, BenchArgs, Tally};
 
 fn instance(service: String, id: String, sent_ns: Option<u128>) -> RegisterRequest {
     let metadata = sent_ns
@@ -150,46 +152,21 @@ pub async fn register_watch(
             service: service.clone(),
             ..Default::default()
         };
-        let mut stream = client
+        let stream = client
             .watch_services(request)
             .await
             .context("opening a watch")?
             .into_inner();
-        let expected = expected.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut tally = Tally::default();
-            loop {
-                let want = expected.load(Ordering::SeqCst);
-                if tally.latencies.len() as u64 >= want {
-                    return tally;
-                }
-                let wait = if want == u64::MAX {
-                    Duration::from_millis(100)
-                } else {
-                    Duration::from_secs(30)
-                };
-                match tokio::time::timeout(wait, stream.message()).await {
-                    Err(_) if want == u64::MAX => continue,
-                    Ok(Ok(Some(response))) => {
-                        let now = epoch.elapsed();
-                        for event in response.events {
-                            let sent = event.instance.and_then(|i| {
-                                i.metadata
-                                    .get("sent_ns")
-                                    .and_then(|t| t.parse::<u64>().ok())
-                            });
-                            match sent {
-                                Some(ns) => tally
-                                    .latencies
-                                    .push(now.saturating_sub(Duration::from_nanos(ns))),
-                                None => tally.errors += 1,
-                            }
-                        }
-                    }
-                    _ => return tally,
-                }
-            }
-        }));
+        let sent_ns = |response: WatchServicesResponse| {
+            let sent = |e: RegistryEvent| e.instance?.metadata.get("sent_ns")?.parse().ok();
+            response.events.into_iter().map(sent).collect()
+        };
+        tasks.push(tokio::spawn(time_deliveries(
+            stream,
+            sent_ns,
+            epoch,
+            expected.clone(),
+        )));
     }
     let name = service.clone();
     let (puts, elapsed) = run_ops(args, channels, move |mut client, n| {

@@ -122,21 +122,9 @@ fn hex_id(text: &str) -> anyhow::Result<i64> {
         .with_context(|| format!("{text:?} is not a hex lease id"))
 }
 
-/// etcd's range end for every key with this prefix.
-fn prefix_end(key: &str) -> Vec<u8> {
-    let mut end = key.as_bytes().to_vec();
-    while let Some(last) = end.pop() {
-        if last < u8::MAX {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
-
 fn range_end(key: &str, prefix: bool) -> Vec<u8> {
     if prefix {
-        prefix_end(key)
+        roster_state::prefix_range_end(key.as_bytes())
     } else {
         Vec::new()
     }

@@ -42,13 +42,9 @@ fn key_range(service: &str) -> KeySelector {
         key.extend_from_slice(service.as_bytes());
         key.push(b'/');
     }
-    let mut range_end = key.clone();
-    if let Some(last) = range_end.last_mut() {
-        *last += 1;
-    }
     KeySelector {
+        range_end: roster_state::prefix_range_end(&key),
         key,
-        range_end,
         no_put: false,
         no_delete: false,
     }

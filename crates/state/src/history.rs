@@ -15,6 +15,7 @@
 //! drops it too if it is a tombstone older than `c`), and drops every event below
 //! `c`. Reads at a revision `>= c` and watches from `>= c` stay exact.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
@@ -26,19 +27,20 @@ use crate::keyspace::{self, Event, EventKind, KeyValue, RangeRequest, RangeResul
 use crate::layout;
 use crate::tx::{Tx, View};
 
-/// One version of one key, as stored under `h/`.
+/// One version of one key, as stored under `h/`. Borrowed when written (apply
+/// stages it from the event without copying the value), owned when read.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Version {
+struct Version<'a> {
     kind: EventKind,
     /// For a delete: the key and the deleting revision, the rest zero.
-    kv: KeyValue,
+    kv: Cow<'a, KeyValue>,
     reason: Option<RemovalReason>,
 }
 
 /// One event, as stored under `e/`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct EventRef {
-    key: Vec<u8>,
+struct EventRef<'a> {
+    key: Cow<'a, [u8]>,
     /// Revision of the key's version before this event; 0 if the key did not exist.
     prev_revision: i64,
 }
@@ -52,11 +54,11 @@ pub(crate) fn stage<E: Engine>(
     let revision = event.kv.mod_revision;
     let version = Version {
         kind: event.kind,
-        kv: event.kv.clone(),
+        kv: Cow::Borrowed(&event.kv),
         reason: event.reason,
     };
     let reference = EventRef {
-        key: event.kv.key.clone(),
+        key: Cow::Borrowed(&event.kv.key),
         prev_revision: event.prev_kv.as_ref().map_or(0, |p| p.mod_revision),
     };
     tx.put(
@@ -109,7 +111,7 @@ fn load_version(
     view: &impl View,
     key: &[u8],
     revision: i64,
-) -> Result<Option<Version>, EngineError> {
+) -> Result<Option<Version<'static>>, EngineError> {
     view.read(&layout::history_key(key, revision))?
         .map(|bytes| layout::decode(&bytes))
         .transpose()
@@ -133,25 +135,29 @@ pub(crate) fn events(
         if events.len() >= limit && events.last().is_none_or(|e| e.kv.mod_revision != revision) {
             break;
         }
-        let reference: EventRef = layout::decode(&value)?;
+        let reference: EventRef<'static> = layout::decode(&value)?;
         events.push(load_event(view, reference, revision)?);
     }
     Ok(events)
 }
 
 /// Rebuilds one event from its reference and the versions it names.
-fn load_event(view: &impl View, reference: EventRef, revision: i64) -> Result<Event, EngineError> {
+fn load_event(
+    view: &impl View,
+    reference: EventRef<'_>,
+    revision: i64,
+) -> Result<Event, EngineError> {
     let version = load_version(view, &reference.key, revision)?
         .ok_or_else(|| EngineError(format!("event at {revision} has no version")))?;
     let prev_kv = match reference.prev_revision {
         0 => None,
         prev => load_version(view, &reference.key, prev)?
             .filter(|v| v.kind == EventKind::Put)
-            .map(|v| v.kv),
+            .map(|v| v.kv.into_owned()),
     };
     Ok(Event {
         kind: version.kind,
-        kv: version.kv,
+        kv: version.kv.into_owned(),
         prev_kv,
         reason: version.reason,
     })
@@ -209,9 +215,9 @@ pub(crate) fn range_at(
     live.extend(newest);
     let mut kvs = Vec::new();
     for (_, value) in live {
-        let version: Version = layout::decode(&value)?;
+        let version: Version<'static> = layout::decode(&value)?;
         if version.kind == EventKind::Put {
-            kvs.push(Ok(version.kv));
+            kvs.push(Ok(version.kv.into_owned()));
         }
     }
     keyspace::collect_range(kvs.into_iter(), Ok, req, current)
@@ -229,8 +235,8 @@ pub(crate) fn compact<E: Engine>(tx: &mut Tx<'_, E>, revision: i64) -> Result<Re
     let mut touched = BTreeSet::new();
     let start = layout::event_key(done, 0);
     for (stored, value) in tx.scan(&start, Some(&layout::event_key(revision, 0)))? {
-        let reference: EventRef = layout::decode(&value)?;
-        touched.insert(reference.key);
+        let reference: EventRef<'static> = layout::decode(&value)?;
+        touched.insert(reference.key.into_owned());
         tx.delete(stored);
     }
     for key in touched {
@@ -258,7 +264,7 @@ fn drop_old_versions<E: Engine>(
     for (stored, _) in versions {
         tx.delete(stored);
     }
-    let newest: Version = layout::decode(&newest)?;
+    let newest: Version<'static> = layout::decode(&newest)?;
     if newest.kind == EventKind::Delete && newest.kv.mod_revision < revision {
         tx.delete(newest_key);
     }

@@ -97,6 +97,23 @@ pub struct Put {
     pub ignore_lease: bool,
 }
 
+/// etcd's range end for "every key starting with `prefix`": the prefix with its
+/// last byte below 0xff incremented, or `[0]` (every key) when there is none.
+pub fn prefix_range_end(prefix: &[u8]) -> Vec<u8> {
+    layout::prefix_end(prefix).unwrap_or_else(|| vec![0])
+}
+
+/// Whether etcd's range of `key` and `range_end` selects `candidate`: empty
+/// `range_end` is `key` alone, `[0]` every key from `key` on, otherwise the
+/// half-open range.
+pub fn range_contains(key: &[u8], range_end: &[u8], candidate: &[u8]) -> bool {
+    match range_end {
+        [] => candidate == key,
+        [0] => candidate >= key,
+        end => key <= candidate && candidate < end,
+    }
+}
+
 /// The engine bounds `[start, end)` of the `k/` keys selected by `key` and
 /// `range_end` (etcd semantics), or `None` for an empty selection.
 pub(crate) fn engine_bounds(key: &[u8], range_end: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {

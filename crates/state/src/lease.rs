@@ -44,6 +44,24 @@ fn store<E: Engine>(tx: &mut Tx<'_, E>, lease: &Lease) -> Result<(), EngineError
 
 /// `LeaseGrant`: an explicit id must be free; id 0 gets a generated one.
 pub(crate) fn grant<E: Engine>(tx: &mut Tx<'_, E>, id: i64, ttl: i64) -> Result<Response, Fail> {
+    let id = create(tx, id, ttl)?;
+    Ok(Response::LeaseGranted {
+        revision: tx.revision(),
+        id,
+        ttl,
+    })
+}
+
+/// Grants a lease with a generated id (for a registration); its id.
+pub(crate) fn grant_new<E: Engine>(tx: &mut Tx<'_, E>, ttl: i64) -> Result<i64, Fail> {
+    if ttl <= 0 {
+        return Err(StateError::InvalidTtl(ttl).into());
+    }
+    create(tx, 0, ttl)
+}
+
+/// Stores a new lease (`id` 0: a generated one); its id.
+fn create<E: Engine>(tx: &mut Tx<'_, E>, id: i64, ttl: i64) -> Result<i64, Fail> {
     if ttl > MAX_LEASE_TTL {
         return Err(StateError::LeaseTtlTooLarge(ttl).into());
     }
@@ -58,23 +76,7 @@ pub(crate) fn grant<E: Engine>(tx: &mut Tx<'_, E>, id: i64, ttl: i64) -> Result<
         checkpoint_ms: None,
     };
     store(tx, &lease)?;
-    Ok(Response::LeaseGranted {
-        revision: tx.revision(),
-        id,
-        ttl,
-    })
-}
-
-/// Grants a lease with a generated id (for a registration); its id.
-pub(crate) fn grant_new<E: Engine>(tx: &mut Tx<'_, E>, ttl: i64) -> Result<i64, Fail> {
-    if ttl <= 0 {
-        return Err(StateError::InvalidTtl(ttl).into());
-    }
-    match grant(tx, 0, ttl)? {
-        Response::LeaseGranted { id, .. } => Ok(id),
-        // `grant` answers nothing else on success.
-        _ => Err(StateError::InvalidTtl(ttl).into()),
-    }
+    Ok(id)
 }
 
 /// A fresh lease id, the same on every node: the persisted counter `s/lease_seq`

@@ -57,7 +57,10 @@ mod txn;
 pub use command::{Command, Response};
 pub use engine::{Batch, DynEngine, Engine, EngineError, MemEngine, ScanItem};
 pub use error::{Fail, StateError};
-pub use keyspace::{Event, EventKind, KeyValue, Put, RangeRequest, RangeResult, RemovalReason};
+pub use keyspace::{
+    prefix_range_end, range_contains, Event, EventKind, KeyValue, Put, RangeRequest, RangeResult,
+    RemovalReason,
+};
 pub use lease::{Lease, MAX_LEASE_TTL};
 pub use machine::{Applied, StateMachine};
 pub use members::MemberAttrs;

@@ -294,12 +294,23 @@ pub(crate) fn register<E: Engine>(
     if let Some(old) = existing.filter(|o| o.lease_owned && o.lease != lease) {
         revoked.extend(release_owned_lease(tx, old.lease)?);
     }
-    Ok(Response::Registry {
+    Ok(answer(tx, lease, granted, revoked))
+}
+
+/// The answer to a registry command: the revision after it, the lease the
+/// instance lives on, and the lease changes the lessor must follow.
+fn answer<E: Engine>(
+    tx: &Tx<'_, E>,
+    lease: i64,
+    granted: Option<(i64, i64)>,
+    revoked: Vec<i64>,
+) -> Response {
+    Response::Registry {
         revision: tx.revision(),
         lease,
         granted,
         revoked,
-    })
+    }
 }
 
 /// Revokes an owned lease that no key is attached to any more; its id if so.
@@ -313,28 +324,48 @@ fn release_owned_lease<E: Engine>(tx: &mut Tx<'_, E>, id: i64) -> Result<Option<
     Ok(Some(id))
 }
 
-/// Removes one instance with `reason`, and its owned lease if it was the last on it.
+/// Removes one instance with `reason`, and its owned lease if it was the last on
+/// it; the instance's lease and the lease revoked with it, if any.
 fn remove<E: Engine>(
     tx: &mut Tx<'_, E>,
     service: &str,
     id: &str,
     reason: RemovalReason,
-) -> Result<Response, Fail> {
+) -> Result<(i64, Option<i64>), Fail> {
     let Some((kv, instance)) = load(tx, service, id)? else {
         return Err(StateError::InstanceNotFound.into());
     };
     keyspace::remove(tx, kv, reason)?;
     unindex_drain(tx, &instance);
+    let revoked = match instance.lease_owned {
+        true => release_owned_lease(tx, instance.lease)?,
+        false => None,
+    };
+    Ok((instance.lease, revoked))
+}
+
+/// Removes one instance and answers for it.
+fn remove_one<E: Engine>(
+    tx: &mut Tx<'_, E>,
+    service: &str,
+    id: &str,
+    reason: RemovalReason,
+) -> Result<Response, Fail> {
+    let (lease, revoked) = remove(tx, service, id, reason)?;
+    Ok(answer(tx, lease, None, revoked.into_iter().collect()))
+}
+
+/// Removes instances a leader listed and the state still finds due.
+fn remove_all<E: Engine>(
+    tx: &mut Tx<'_, E>,
+    due: &[(&str, &str)],
+    reason: RemovalReason,
+) -> Result<Response, Fail> {
     let mut revoked = Vec::new();
-    if instance.lease_owned {
-        revoked.extend(release_owned_lease(tx, instance.lease)?);
+    for (service, id) in due {
+        revoked.extend(remove(tx, service, id, reason)?.1);
     }
-    Ok(Response::Registry {
-        revision: tx.revision(),
-        lease: instance.lease,
-        granted: None,
-        revoked,
-    })
+    Ok(answer(tx, 0, None, revoked))
 }
 
 /// `Deregister`: graceful removal.
@@ -343,7 +374,7 @@ pub(crate) fn deregister<E: Engine>(
     service: &str,
     id: &str,
 ) -> Result<Response, Fail> {
-    remove(tx, service, id, RemovalReason::Graceful)
+    remove_one(tx, service, id, RemovalReason::Graceful)
 }
 
 /// `ForceDeregister`: an operator's removal, recorded in the audit log.
@@ -359,7 +390,7 @@ pub(crate) fn force_deregister<E: Engine>(
         return Err(StateError::MissingReason.into());
     }
     check_name("actor", actor)?;
-    let response = remove(tx, service, id, RemovalReason::Forced)?;
+    let response = remove_one(tx, service, id, RemovalReason::Forced)?;
     let entry = AuditEntry {
         revision: tx.write_revision(),
         at_ms: now_ms,
@@ -372,24 +403,22 @@ pub(crate) fn force_deregister<E: Engine>(
     Ok(response)
 }
 
-/// Changes an existing instance's record with `change` (which may refuse).
+/// Changes an existing instance's record with `change`, which may refuse, may
+/// stage more (it gets the transaction), and answers whether the record changed:
+/// an unchanged record is not written again.
 fn update<E: Engine>(
     tx: &mut Tx<'_, E>,
     service: &str,
     id: &str,
-    change: impl FnOnce(&mut Instance) -> Result<(), StateError>,
+    change: impl FnOnce(&mut Tx<'_, E>, &mut Instance) -> Result<bool, Fail>,
 ) -> Result<Response, Fail> {
     let Some((_, mut instance)) = load(tx, service, id)? else {
         return Err(StateError::InstanceNotFound.into());
     };
-    change(&mut instance)?;
-    store(tx, &instance)?;
-    Ok(Response::Registry {
-        revision: tx.revision(),
-        lease: instance.lease,
-        granted: None,
-        revoked: Vec::new(),
-    })
+    if change(tx, &mut instance)? {
+        store(tx, &instance)?;
+    }
+    Ok(answer(tx, instance.lease, None, Vec::new()))
 }
 
 /// `Drain`: marks the instance draining, with an optional removal deadline.
@@ -399,16 +428,14 @@ pub(crate) fn drain<E: Engine>(
     id: &str,
     deadline_ms: Option<u64>,
 ) -> Result<Response, Fail> {
-    if let Some((_, old)) = load(tx, service, id)? {
-        unindex_drain(tx, &old);
-    }
-    if let Some(deadline) = deadline_ms {
-        tx.put(layout::drain_key(deadline, service, id), Vec::new());
-    }
-    update(tx, service, id, |instance| {
+    update(tx, service, id, |tx, instance| {
+        unindex_drain(tx, instance);
+        if let Some(deadline) = deadline_ms {
+            tx.put(layout::drain_key(deadline, service, id), Vec::new());
+        }
         instance.state = InstanceState::Draining;
         instance.drain_deadline_ms = deadline_ms;
-        Ok(())
+        Ok(true)
     })
 }
 
@@ -421,7 +448,7 @@ pub(crate) fn drain_expire<E: Engine>(
     due: &[DueDrain],
     now_ms: u64,
 ) -> Result<Response, Fail> {
-    let mut revoked = Vec::new();
+    let mut still_due = Vec::new();
     for entry in due.iter().filter(|d| d.deadline_ms <= now_ms) {
         tx.delete(layout::drain_key(
             entry.deadline_ms,
@@ -432,19 +459,10 @@ pub(crate) fn drain_expire<E: Engine>(
             i.state == InstanceState::Draining && i.drain_deadline_ms == Some(entry.deadline_ms)
         });
         if still {
-            if let Response::Registry { revoked: r, .. } =
-                remove(tx, &entry.service, &entry.id, RemovalReason::Drained)?
-            {
-                revoked.extend(r);
-            }
+            still_due.push((entry.service.as_str(), entry.id.as_str()));
         }
     }
-    Ok(Response::Registry {
-        revision: tx.revision(),
-        lease: 0,
-        granted: None,
-        revoked,
-    })
+    remove_all(tx, &still_due, RemovalReason::Drained)
 }
 
 /// `SetStatus`: replaces the instance's status numbers.
@@ -454,16 +472,16 @@ pub(crate) fn set_status<E: Engine>(
     id: &str,
     status: &BTreeMap<String, f64>,
 ) -> Result<Response, Fail> {
-    update(tx, service, id, |instance| {
+    update(tx, service, id, |_, instance| {
         let size = status.keys().map(String::len).sum::<usize>() + status.len() * 8;
         if size > MAX_METADATA_BYTES {
-            return Err(StateError::MetadataTooLarge(size));
+            return Err(StateError::MetadataTooLarge(size).into());
         }
         if let Some((name, _)) = status.iter().find(|(_, v)| !v.is_finite()) {
-            return Err(StateError::InvalidStatus(name.clone()));
+            return Err(StateError::InvalidStatus(name.clone()).into());
         }
         instance.status = status.clone();
-        Ok(())
+        Ok(true)
     })
 }
 
@@ -479,22 +497,14 @@ pub(crate) fn set_health<E: Engine>(
     output: &str,
     now_ms: u64,
 ) -> Result<Response, Fail> {
-    let Some((_, current)) = load(tx, service, id)? else {
-        return Err(StateError::InstanceNotFound.into());
-    };
-    if current.health == health {
-        return Ok(Response::Registry {
-            revision: tx.revision(),
-            lease: current.lease,
-            granted: None,
-            revoked: Vec::new(),
-        });
-    }
-    update(tx, service, id, |instance| {
+    update(tx, service, id, |_, instance| {
+        if instance.health == health {
+            return Ok(false);
+        }
         instance.health = health;
         instance.health_output = truncate(output, MAX_HEALTH_OUTPUT);
         instance.critical_since_ms = (health == Health::Critical).then_some(now_ms);
-        Ok(())
+        Ok(true)
     })
 }
 
@@ -505,25 +515,16 @@ pub(crate) fn remove_unhealthy<E: Engine>(
     tx: &mut Tx<'_, E>,
     instances: &[(String, String, u64)],
 ) -> Result<Response, Fail> {
-    let mut revoked = Vec::new();
+    let mut still_due = Vec::new();
     for (service, id, since) in instances {
         let still = load(tx, service, id)?.is_some_and(|(_, i)| {
             i.health == Health::Critical && i.critical_since_ms == Some(*since)
         });
         if still {
-            if let Response::Registry { revoked: r, .. } =
-                remove(tx, service, id, RemovalReason::Health)?
-            {
-                revoked.extend(r);
-            }
+            still_due.push((service.as_str(), id.as_str()));
         }
     }
-    Ok(Response::Registry {
-        revision: tx.revision(),
-        lease: 0,
-        granted: None,
-        revoked,
-    })
+    remove_all(tx, &still_due, RemovalReason::Health)
 }
 
 /// `text` cut to at most `max` bytes, on a character boundary.

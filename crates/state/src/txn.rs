@@ -238,7 +238,12 @@ fn check_branch<'t>(ops: &'t [TxnOp], mut writes: Writes<'t>) -> Result<(), Stat
             TxnOp::Range(_) | TxnOp::Txn(_) => {}
         }
     }
-    let deleted = |key: &[u8]| writes.deletes.iter().any(|(s, e)| covers(s, e, key));
+    let deleted = |key: &[u8]| {
+        writes
+            .deletes
+            .iter()
+            .any(|(s, e)| keyspace::range_contains(s, e, key))
+    };
     if writes.puts.iter().any(|key| deleted(key)) {
         return Err(StateError::DuplicateKey);
     }
@@ -249,13 +254,4 @@ fn check_branch<'t>(ops: &'t [TxnOp], mut writes: Writes<'t>) -> Result<(), Stat
         }
     }
     Ok(())
-}
-
-/// Whether the etcd range `[start, end)` selects `key`.
-fn covers(start: &[u8], end: &[u8], key: &[u8]) -> bool {
-    match end {
-        [] => key == start,
-        [0] => key >= start,
-        end => start <= key && key < end,
-    }
 }

@@ -137,17 +137,12 @@ pub(crate) fn to_put(req: PutRequest) -> Put {
 /// registry API may change instance records, so its invariants hold.
 pub(crate) fn check_writable(key: &[u8], range_end: &[u8]) -> Result<(), Status> {
     let reserved = roster_state::registry::REGISTRY_PREFIX;
+    let reserved_end = roster_state::prefix_range_end(reserved);
     let touches = match range_end {
         [] => key.starts_with(reserved),
         // Every key >= `key`.
-        [0] => key < reserved || key.starts_with(reserved),
-        end => {
-            let mut reserved_end = reserved.to_vec();
-            if let Some(last) = reserved_end.last_mut() {
-                *last += 1;
-            }
-            key < reserved_end.as_slice() && end > reserved
-        }
+        [0] => key < reserved_end.as_slice(),
+        end => key < reserved_end.as_slice() && end > reserved,
     };
     if touches {
         return Err(Status::permission_denied(format!(

@@ -19,6 +19,7 @@
 
 use std::collections::HashSet;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use futures::{stream, Stream, StreamExt};
 use roster_proto::etcdserverpb::watch_create_request::FilterType;
@@ -140,11 +141,11 @@ impl EtcdApi {
 /// exceed etcd's request size limit) several, all but the last marked `fragment`.
 fn fragments(
     template: WatchResponse,
-    events: Vec<Event>,
+    events: Vec<Arc<Event>>,
     options: WatchOptions,
 ) -> Vec<WatchResponse> {
     let events: Vec<mvccpb::Event> = events
-        .into_iter()
+        .iter()
         .map(|e| to_proto_event(e, options.prev_kv))
         .collect();
     if !options.fragment {
@@ -178,15 +179,21 @@ fn fragments(
         .collect()
 }
 
-fn to_proto_event(event: Event, with_prev: bool) -> mvccpb::Event {
+/// The event as etcd sends it; copies the previous value only if asked for.
+fn to_proto_event(event: &Event, with_prev: bool) -> mvccpb::Event {
     let kind = match event.kind {
         EventKind::Put => mvccpb::event::EventType::Put,
         EventKind::Delete => mvccpb::event::EventType::Delete,
     };
     mvccpb::Event {
         r#type: kind as i32,
-        kv: Some(to_proto_kv(event.kv)),
-        prev_kv: event.prev_kv.filter(|_| with_prev).map(to_proto_kv),
+        kv: Some(to_proto_kv(event.kv.clone())),
+        prev_kv: event
+            .prev_kv
+            .as_ref()
+            .filter(|_| with_prev)
+            .cloned()
+            .map(to_proto_kv),
     }
 }
 

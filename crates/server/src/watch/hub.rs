@@ -50,13 +50,7 @@ impl Selector {
             EventKind::Put => self.no_put,
             EventKind::Delete => self.no_delete,
         };
-        let key = event.kv.key.as_slice();
-        let selected = match self.range_end.as_slice() {
-            [] => key == self.key,
-            [0] => key >= self.key.as_slice(),
-            end => key >= self.key.as_slice() && key < end,
-        };
-        selected && !dropped
+        !dropped && roster_state::range_contains(&self.key, &self.range_end, &event.kv.key)
     }
 }
 
@@ -81,11 +75,12 @@ pub enum Outbound {
         watch_id: i64,
         reason: String,
     },
-    /// Events of whole revisions, at most `revision`.
+    /// Events of whole revisions, at most `revision`. Shared between the
+    /// watchers they go to: the apply path copies nothing per watcher.
     Events {
         watch_id: i64,
         revision: i64,
-        events: Vec<Event>,
+        events: Vec<Arc<Event>>,
         options: WatchOptions,
     },
     /// Every event up to `revision` has been queued (`watch_id` -1: for the stream).
@@ -255,6 +250,12 @@ impl WatchHub {
         };
         let mut registry = self.lock();
         let registry = &mut *registry;
+        // One copy of the events, made only if someone may want them.
+        let shared: Vec<Arc<Event>> = if registry.entries.is_empty() {
+            Vec::new()
+        } else {
+            events.iter().cloned().map(Arc::new).collect()
+        };
         for (key, entry) in registry.entries.iter_mut() {
             let Slot::Synced(watcher) = &mut entry.slot else {
                 continue;
@@ -262,7 +263,7 @@ impl WatchHub {
             if revision < watcher.next_revision {
                 continue;
             }
-            let matching: Vec<Event> = events
+            let matching: Vec<Arc<Event>> = shared
                 .iter()
                 .filter(|e| {
                     e.kv.mod_revision >= watcher.next_revision && watcher.selector.matches(e)
@@ -428,9 +429,10 @@ async fn catch_up(hub: Arc<WatchHub>, key: WatchKey, token: u64, mut watcher: Wa
             }
         };
         if let Some(last) = page.last().map(|e| e.kv.mod_revision) {
-            let matching: Vec<Event> = page
+            let matching: Vec<Arc<Event>> = page
                 .into_iter()
                 .filter(|e| watcher.selector.matches(e))
+                .map(Arc::new)
                 .collect();
             if !matching.is_empty() {
                 if !hub.registered(key, token) {

@@ -53,12 +53,7 @@ impl Fixture {
         queue: usize,
     ) -> mpsc::Receiver<Outbound> {
         let (out, rx) = mpsc::channel(queue);
-        let selector = Selector {
-            key: prefix.into(),
-            range_end: prefix_end(prefix),
-            no_put: false,
-            no_delete: false,
-        };
+        let selector = prefix_selector(prefix);
         self.hub
             .add((1, id), selector, WatchOptions::default(), start, &out)
             .await;
@@ -66,12 +61,14 @@ impl Fixture {
     }
 }
 
-fn prefix_end(prefix: &str) -> Vec<u8> {
-    let mut end = prefix.as_bytes().to_vec();
-    if let Some(last) = end.last_mut() {
-        *last += 1;
+/// Every key under `prefix`, puts and deletes.
+fn prefix_selector(prefix: &str) -> Selector {
+    Selector {
+        key: prefix.into(),
+        range_end: roster_state::prefix_range_end(prefix.as_bytes()),
+        no_put: false,
+        no_delete: false,
     }
-    end
 }
 
 /// Revisions of the events in the next messages, until `n` events have come.
@@ -186,12 +183,7 @@ async fn progress_never_claims_more_than_was_queued() {
         f.put(&format!("p/{n}"), "v");
     }
     let (out, mut rx) = mpsc::channel(64);
-    let selector = Selector {
-        key: b"p/".to_vec(),
-        range_end: prefix_end("p/"),
-        no_put: false,
-        no_delete: false,
-    };
+    let selector = prefix_selector("p/");
     f.hub
         .add((1, 0), selector, WatchOptions::default(), 0, &out)
         .await;
@@ -229,12 +221,7 @@ async fn many_watches_on_one_congested_stream_all_get_everything() {
     let f = Fixture::new();
     let (out, mut rx) = mpsc::channel(4);
     for id in 0..50 {
-        let selector = Selector {
-            key: b"m/".to_vec(),
-            range_end: prefix_end("m/"),
-            no_put: false,
-            no_delete: false,
-        };
+        let selector = prefix_selector("m/");
         f.hub
             .add((7, id), selector, WatchOptions::default(), 0, &out)
             .await;
@@ -274,12 +261,7 @@ async fn many_watches_on_one_congested_stream_all_get_everything() {
 async fn progress_is_in_step_with_the_events_queued_before_it() {
     let f = Fixture::new();
     let (out, mut rx) = mpsc::channel(2);
-    let selector = Selector {
-        key: b"p/".to_vec(),
-        range_end: prefix_end("p/"),
-        no_put: false,
-        no_delete: false,
-    };
+    let selector = prefix_selector("p/");
     f.hub
         .add((3, 0), selector, WatchOptions::default(), 0, &out)
         .await;
