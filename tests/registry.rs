@@ -41,6 +41,7 @@ fn instance(service: &str, id: &str, lease: Lease, metadata: &[(&str, &str)]) ->
         tags: vec!["web".into()],
         weight: 1,
         lease: Some(lease),
+        ..Default::default()
     }
 }
 

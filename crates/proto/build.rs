@@ -11,6 +11,7 @@ const PROTOS: &[&str] = &[
     "etcd/etcdserverpb/rpc.proto",
     "raft/raft.proto",
     "roster/v1/registry.proto",
+    "grpc/health/v1/health.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -34,6 +34,9 @@ fn instance(service: String, id: String, sent_ns: Option<u128>) -> RegisterReque
         metadata,
         tags: Vec::new(),
         weight: 1,
+        check: None,
+        deregister: None,
+        deregistration_handler: String::new(),
         lease: Some(Lease::NoLease(true)),
     }
 }

@@ -4,6 +4,7 @@
 
 mod bench;
 mod bench_registry;
+mod check;
 mod dev;
 mod duration;
 mod ops;
@@ -34,6 +35,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// The service registry: register, deregister, drain, force-deregister, list, watch.
     Service(service::ServiceArgs),
+    /// Report a ttl health check: pass, warn, fail.
+    Check(check::CheckCommandArgs),
     /// The audit log of forced removals.
     Audit(service::AuditArgs),
     /// Keys and values through the etcd API: get, put, del, watch.
@@ -64,6 +67,7 @@ fn main() -> std::process::ExitCode {
             Command::Dev(args) => dev::run(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Service(args) => service::run_service(args).await,
+            Command::Check(args) => check::run_check(args).await,
             Command::Audit(args) => service::run_audit(args).await,
             Command::Kv(args) => ops::run_kv(args).await,
             Command::Lease(args) => ops::run_lease(args).await,

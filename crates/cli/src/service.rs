@@ -17,6 +17,8 @@ use roster_proto::registry::{
     RemovalReason, WatchServicesRequest,
 };
 use serde_json::{json, Value};
+
+use crate::check::CheckArgs;
 use tonic::transport::{Channel, Endpoint as TonicEndpoint};
 
 #[derive(Args, Debug)]
@@ -62,10 +64,10 @@ pub struct ServiceArgs {
 pub struct Which {
     /// Service name.
     #[arg(long)]
-    service: String,
+    pub(crate) service: String,
     /// Instance id.
     #[arg(long)]
-    id: String,
+    pub(crate) id: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -96,6 +98,16 @@ enum ServiceCommand {
         /// No lease: removed only by deregister or force-deregister.
         #[arg(long)]
         no_lease: bool,
+        /// false: when the lease expires, keep the record (critical,
+        /// "keepalive expired") instead of removing it.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        deregister: bool,
+        /// Handler told of this instance's deregistration instead of the
+        /// cluster-wide one.
+        #[arg(long, default_value = "")]
+        deregistration_handler: String,
+        #[command(flatten)]
+        check: Box<CheckArgs>,
     },
     /// Remove an instance now (reason graceful).
     Deregister {
@@ -171,7 +183,7 @@ enum AuditCommand {
 }
 
 /// Connects to the first endpoint that answers.
-async fn connect(connection: &Connection) -> anyhow::Result<RegistryClient<Channel>> {
+pub(crate) async fn connect(connection: &Connection) -> anyhow::Result<RegistryClient<Channel>> {
     Ok(RegistryClient::new(connect_channel(connection).await?))
 }
 
@@ -250,6 +262,9 @@ pub async fn run_service(args: ServiceArgs) -> anyhow::Result<()> {
             ttl,
             lease,
             no_lease,
+            deregister,
+            deregistration_handler,
+            check,
         } => {
             let lease = match (ttl, lease, no_lease) {
                 (Some(ttl), _, _) => Lease::TtlSeconds(ttl.as_secs_f64().ceil() as i64),
@@ -271,6 +286,9 @@ pub async fn run_service(args: ServiceArgs) -> anyhow::Result<()> {
                 tags,
                 weight,
                 lease: Some(lease),
+                check: check.to_proto()?,
+                deregister: Some(deregister),
+                deregistration_handler,
             };
             let answer = client
                 .register(request)
@@ -443,7 +461,7 @@ fn state_name(state: i32) -> &'static str {
     }
 }
 
-fn health_name(health: i32) -> &'static str {
+pub(crate) fn health_name(health: i32) -> &'static str {
     match Health::try_from(health) {
         Ok(Health::Passing) => "passing",
         Ok(Health::Warning) => "warning",
@@ -473,7 +491,8 @@ fn instance_json(i: &Instance) -> Value {
     json!({
         "service": i.service, "id": i.id, "endpoints": endpoints_text(i).split(',').filter(|s| !s.is_empty()).collect::<Vec<_>>(),
         "metadata": metadata, "tags": i.tags, "weight": i.weight, "state": state_name(i.state),
-        "health": health_name(i.health), "lease": format!("{:x}", i.lease), "revision": i.mod_revision,
+        "health": health_name(i.health), "health_output": i.health_output,
+        "keepalive_expired": i.keepalive_expired, "lease": format!("{:x}", i.lease), "revision": i.mod_revision,
     })
 }
 

@@ -12,6 +12,7 @@
 //! - [`raftpb`]: Roster's internal node-to-node Raft transport
 //!   (package `roster.raftpb`).
 //! - [`registry`]: the native service-registry API (package `roster.v1`).
+//! - [`grpc_health`]: the standard gRPC health protocol (`grpc.health.v1`).
 
 /// etcd storage types: `KeyValue` and `Event` (package `mvccpb`).
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
@@ -42,6 +43,13 @@ pub mod raftpb {
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod registry {
     tonic::include_proto!("roster.v1");
+}
+
+/// The standard gRPC health-checking protocol (package `grpc.health.v1`):
+/// what Roster's grpc health checks call.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod grpc_health {
+    tonic::include_proto!("grpc.health.v1");
 }
 
 /// Encoded `google.protobuf.FileDescriptorSet` of every `.proto` file in this

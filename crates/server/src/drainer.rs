@@ -4,7 +4,7 @@
 //! that took the `Drain` request, so clock skew between nodes shifts them by as
 //! much; only the leader acts, so a deadline is never acted on twice.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use openraft::ServerState;
 use roster_raft::{Raft, SharedState};
@@ -27,9 +27,7 @@ async fn run(raft: Raft, proposer: Proposer, state: SharedState) {
         if raft.metrics().borrow().state != ServerState::Leader {
             continue;
         }
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now_ms = crate::wall_clock::now_ms();
         let due = match state.read().map(|sm| sm.due_drains(now_ms, BATCH)) {
             Ok(Ok(due)) if !due.is_empty() => due,
             _ => continue,

@@ -376,7 +376,10 @@ impl Lessor {
         if due.is_empty() {
             return;
         }
-        let command = Command::LeaseExpire { ids: due.clone() };
+        let command = Command::LeaseExpire {
+            ids: due.clone(),
+            now_ms: crate::wall_clock::now_ms(),
+        };
         match self.inner.proposer.propose(command).await {
             Ok(_) => {
                 // Revoked ids left the clocks when applied; ids that were

@@ -10,6 +10,7 @@ pub mod compactor;
 pub mod config;
 pub mod drainer;
 pub mod etcd;
+pub mod health;
 pub mod identity;
 pub mod lessor;
 pub mod node;
@@ -19,6 +20,7 @@ pub mod registry_api;
 pub mod registry_watch;
 pub mod route;
 pub mod url_authority;
+pub mod wall_clock;
 pub mod watch;
 
 pub use compactor::AutoCompaction;

@@ -35,6 +35,7 @@ use tonic::transport::server::Connected;
 
 use crate::config::{ClusterState, NodeConfig};
 use crate::etcd::{EtcdApi, WatchSettings, MAX_GRPC_MESSAGE};
+use crate::health::HealthChecker;
 use crate::identity::{self, Identity};
 use crate::lessor::{Lessor, LessorConfig};
 use crate::observer::NodeObserver;
@@ -218,7 +219,9 @@ impl RunningNode {
             config.auto_compaction,
         );
         drainer::start(raft.clone(), proposer.clone(), shared.clone());
-        let router = Router::new(member_id, raft.clone(), lessor, proposer);
+        let health =
+            HealthChecker::start(raft.clone(), proposer.clone(), shared.clone(), hub.clone());
+        let router = Router::new(member_id, raft.clone(), lessor, proposer, health);
         let api = EtcdApi {
             raft: raft.clone(),
             state: shared,

@@ -132,7 +132,7 @@ fn approx_size(command: &Command) -> usize {
         Command::Put(put) => put.key.len() + put.value.len() + 32,
         Command::Txn(txn) => bincode::serialized_size(txn).map_or(64, |n| n as usize),
         Command::DeleteRange { key, range_end, .. } => key.len() + range_end.len() + 32,
-        Command::LeaseExpire { ids } | Command::LeaseRenewed { ids } => ids.len() * 8 + 16,
+        Command::LeaseExpire { ids, .. } | Command::LeaseRenewed { ids } => ids.len() * 8 + 16,
         Command::LeaseCheckpoint { remaining_ms } => remaining_ms.len() * 16 + 16,
         Command::Batch(commands) => commands.iter().map(approx_size).sum(),
         _ => 64,

@@ -4,17 +4,18 @@
 //! the request, and travel inside the command.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use roster_proto::registry::register_request::Lease as LeaseField;
 use roster_proto::registry::registry_server::Registry;
 use roster_proto::registry::{
     AuditEntry as PbAuditEntry, AuditListRequest, AuditListResponse, ChangeResponse,
-    DiscoverRequest, DiscoverResponse, DrainRequest, Endpoint as PbEndpoint,
-    ForceDeregisterRequest, Health as PbHealth, HealthFilter, HeartbeatRequest, HeartbeatResponse,
-    Instance as PbInstance, InstanceRequest, InstanceState as PbState, RegisterRequest,
-    RegisterResponse, SetStatusRequest, WatchServicesRequest,
+    Check as PbCheck, CheckKind as PbCheckKind, CheckResult, DiscoverRequest, DiscoverResponse,
+    DrainRequest, Endpoint as PbEndpoint, ForceDeregisterRequest, Health as PbHealth, HealthFilter,
+    HeartbeatRequest, HeartbeatResponse, Instance as PbInstance, InstanceRequest,
+    InstanceState as PbState, RegisterRequest, RegisterResponse, ReportCheckRequest,
+    ReportCheckResponse, SetStatusRequest, WatchServicesRequest,
 };
+use roster_state::check::{CheckKind, CheckSpec};
 use roster_state::registry::{
     Endpoint, Health, Instance, InstanceSpec, InstanceState, LeaseChoice,
 };
@@ -22,7 +23,9 @@ use roster_state::selector::Selector;
 use roster_state::{Command, Response};
 use tonic::{Request, Response as GrpcResponse, Status};
 
-use crate::etcd::{fail_engine, route_status, EtcdApi};
+use crate::etcd::{fail_engine, route_status, state_status, EtcdApi};
+use crate::health::Report;
+use crate::wall_clock::now_ms;
 
 /// The registry service of one node; shares the etcd API's plumbing.
 #[derive(Clone)]
@@ -46,12 +49,6 @@ impl RegistryApi {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 fn to_spec(req: &RegisterRequest) -> Result<InstanceSpec, Status> {
     let mut endpoints = Vec::with_capacity(req.endpoints.len());
     for (i, e) in req.endpoints.iter().enumerate() {
@@ -65,13 +62,83 @@ fn to_spec(req: &RegisterRequest) -> Result<InstanceSpec, Status> {
         });
     }
     Ok(InstanceSpec {
-        service: req.service.clone(),
-        id: req.id.clone(),
         endpoints,
         metadata: req.metadata.clone().into_iter().collect(),
         tags: req.tags.clone(),
         weight: req.weight,
+        check: req.check.as_ref().map(to_check).transpose()?,
+        deregister: req.deregister.unwrap_or(true),
+        deregistration_handler: req.deregistration_handler.clone(),
+        ..InstanceSpec::new(req.service.clone(), req.id.clone())
     })
+}
+
+/// A check from the wire, with the defaults for fields left 0 (the state
+/// machine validates the result).
+fn to_check(check: &PbCheck) -> Result<CheckSpec, Status> {
+    let kind = match PbCheckKind::try_from(check.kind) {
+        Ok(PbCheckKind::Http) => CheckKind::Http,
+        Ok(PbCheckKind::Tcp) => CheckKind::Tcp,
+        Ok(PbCheckKind::Grpc) => CheckKind::Grpc,
+        Ok(PbCheckKind::Ttl) => CheckKind::Ttl,
+        _ => {
+            return Err(Status::invalid_argument(format!(
+                "check.kind {} is not http, tcp, grpc or ttl",
+                check.kind
+            )))
+        }
+    };
+    let defaults = CheckSpec::new(kind, check.target.clone());
+    let or = |value: u64, default: u64| if value == 0 { default } else { value };
+    let or32 = |value: u32, default: u32| if value == 0 { default } else { value };
+    let interval_ms = or(check.interval_ms, defaults.interval_ms);
+    Ok(CheckSpec {
+        expect_body: check.expect_body.clone(),
+        interval_ms,
+        timeout_ms: or(check.timeout_ms, defaults.timeout_ms.min(interval_ms)),
+        failures_before_warning: or32(
+            check.failures_before_warning,
+            defaults.failures_before_warning,
+        ),
+        failures_before_critical: or32(
+            check.failures_before_critical,
+            defaults.failures_before_critical,
+        ),
+        successes_before_passing: or32(
+            check.successes_before_passing,
+            defaults.successes_before_passing,
+        ),
+        deregister_critical_after_ms: check.deregister_critical_after_ms,
+        ..defaults
+    })
+}
+
+fn check_to_proto(check: CheckSpec) -> PbCheck {
+    let kind = match check.kind {
+        CheckKind::Http => PbCheckKind::Http,
+        CheckKind::Tcp => PbCheckKind::Tcp,
+        CheckKind::Grpc => PbCheckKind::Grpc,
+        CheckKind::Ttl => PbCheckKind::Ttl,
+    };
+    PbCheck {
+        kind: kind as i32,
+        target: check.target,
+        expect_body: check.expect_body,
+        interval_ms: check.interval_ms,
+        timeout_ms: check.timeout_ms,
+        failures_before_warning: check.failures_before_warning,
+        failures_before_critical: check.failures_before_critical,
+        successes_before_passing: check.successes_before_passing,
+        deregister_critical_after_ms: check.deregister_critical_after_ms,
+    }
+}
+
+fn health_to_proto(health: Health) -> PbHealth {
+    match health {
+        Health::Passing => PbHealth::Passing,
+        Health::Warning => PbHealth::Warning,
+        Health::Critical => PbHealth::Critical,
+    }
 }
 
 pub(crate) fn to_proto(instance: Instance, mod_revision: i64) -> PbInstance {
@@ -79,11 +146,7 @@ pub(crate) fn to_proto(instance: Instance, mod_revision: i64) -> PbInstance {
         InstanceState::Up => PbState::Up,
         InstanceState::Draining => PbState::Draining,
     };
-    let health = match instance.health {
-        Health::Passing => PbHealth::Passing,
-        Health::Warning => PbHealth::Warning,
-        Health::Critical => PbHealth::Critical,
-    };
+    let health = health_to_proto(instance.health);
     let spec = instance.spec;
     PbInstance {
         service: spec.service,
@@ -110,6 +173,10 @@ pub(crate) fn to_proto(instance: Instance, mod_revision: i64) -> PbInstance {
         mod_revision,
         health_output: instance.health_output,
         critical_since_ms: instance.critical_since_ms.unwrap_or(0),
+        check: spec.check.map(check_to_proto),
+        deregister: spec.deregister,
+        deregistration_handler: spec.deregistration_handler,
+        keepalive_expired: instance.keepalive_expired,
     }
 }
 
@@ -230,6 +297,34 @@ impl Registry for RegistryApi {
         Ok(GrpcResponse::new(ChangeResponse { revision }))
     }
 
+    async fn report_check(
+        &self,
+        req: Request<ReportCheckRequest>,
+    ) -> Result<GrpcResponse<ReportCheckResponse>, Status> {
+        let req = req.into_inner();
+        let report = match CheckResult::try_from(req.result) {
+            Ok(CheckResult::Pass) => Report::Pass,
+            Ok(CheckResult::Warn) => Report::Warn,
+            Ok(CheckResult::Fail) => Report::Fail,
+            _ => {
+                return Err(Status::invalid_argument(format!(
+                    "result {} is not pass, warn or fail",
+                    req.result
+                )))
+            }
+        };
+        let health = self
+            .api
+            .router
+            .report_check(&req.service, &req.id, report, &req.output)
+            .await
+            .map_err(route_status)?
+            .map_err(|e| state_status(&e))?;
+        Ok(GrpcResponse::new(ReportCheckResponse {
+            health: health_to_proto(health) as i32,
+        }))
+    }
+
     async fn heartbeat(
         &self,
         req: Request<HeartbeatRequest>,
@@ -307,14 +402,7 @@ mod tests {
     use super::*;
 
     fn instance(service: &str, id: &str, health: Health) -> (Instance, i64) {
-        let spec = InstanceSpec {
-            service: service.into(),
-            id: id.into(),
-            endpoints: Vec::new(),
-            metadata: Default::default(),
-            tags: Vec::new(),
-            weight: 1,
-        };
+        let spec = InstanceSpec::new(service, id);
         let instance = Instance {
             spec,
             status: Default::default(),
@@ -323,6 +411,7 @@ mod tests {
             health,
             health_output: String::new(),
             critical_since_ms: None,
+            keepalive_expired: false,
             registered_at_ms: 0,
             lease: 0,
             lease_owned: false,

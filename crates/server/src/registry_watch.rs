@@ -36,7 +36,7 @@ pub type WatchServicesStream =
     Pin<Box<dyn Stream<Item = Result<WatchServicesResponse, Status>> + Send>>;
 
 /// The keys of one service's instances (all services: empty name).
-fn key_range(service: &str) -> KeySelector {
+pub(crate) fn key_range(service: &str) -> KeySelector {
     let mut key = REGISTRY_PREFIX.to_vec();
     if !service.is_empty() {
         key.extend_from_slice(service.as_bytes());
@@ -212,12 +212,8 @@ mod tests {
     fn record(id: &str, zone: &str, state: InstanceState, health: Health) -> Instance {
         Instance {
             spec: InstanceSpec {
-                service: "web".into(),
-                id: id.into(),
-                endpoints: Vec::new(),
                 metadata: [("zone".to_string(), zone.to_string())].into(),
-                tags: Vec::new(),
-                weight: 1,
+                ..InstanceSpec::new("web", id)
             },
             status: Default::default(),
             state,
@@ -225,6 +221,7 @@ mod tests {
             health,
             health_output: String::new(),
             critical_since_ms: None,
+            keepalive_expired: false,
             registered_at_ms: 0,
             lease: 0,
             lease_owned: false,

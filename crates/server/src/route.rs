@@ -17,12 +17,14 @@ use roster_proto::raftpb::raft_peer_client::RaftPeerClient;
 use roster_proto::raftpb::RaftRequest;
 use roster_raft::network::{peer_client, ForwardHandler};
 use roster_raft::{Member, NodeId, Raft};
-use roster_state::{Command, Response};
+use roster_state::registry::Health;
+use roster_state::{Command, Response, StateError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tonic::transport::Channel;
 
 use crate::batch::next_batch;
+use crate::health::{HealthChecker, Report, ReportError};
 use crate::lessor::{Lessor, LessorError};
 use crate::proposer::{ProposeError, Proposer};
 
@@ -56,6 +58,13 @@ pub enum Forwarded {
     KeepAlives(Vec<i64>),
     Remaining(i64),
     ReadIndex,
+    /// A ttl check's report (idempotent: a repeated report changes nothing).
+    CheckReport {
+        service: String,
+        id: String,
+        report: Report,
+        output: String,
+    },
 }
 
 /// The leader's answer to a [`Forwarded`] request.
@@ -66,6 +75,7 @@ enum ForwardReply {
     Ttls(Vec<i64>),
     Remaining(Option<(i64, i64)>),
     ReadIndex(u64),
+    Health(Result<Health, StateError>),
     /// The receiver is not the leader (any more): try again.
     NotLeader,
     Failed(RouteError),
@@ -78,6 +88,7 @@ pub struct Router {
     raft: Raft,
     lessor: Lessor,
     proposer: Proposer,
+    health: HealthChecker,
     keepalives: mpsc::UnboundedSender<PendingKeepalive>,
     peers: Arc<Mutex<HashMap<NodeId, RaftPeerClient<Channel>>>>,
 }
@@ -97,11 +108,18 @@ enum Leader {
 
 impl Router {
     /// Creates the router and starts its keepalive batching task.
-    pub fn new(id: NodeId, raft: Raft, lessor: Lessor, proposer: Proposer) -> Self {
+    pub fn new(
+        id: NodeId,
+        raft: Raft,
+        lessor: Lessor,
+        proposer: Proposer,
+        health: HealthChecker,
+    ) -> Self {
         let (keepalives, queue) = mpsc::unbounded_channel();
         let router = Router {
             id,
             proposer,
+            health,
             raft,
             lessor,
             keepalives,
@@ -133,6 +151,27 @@ impl Router {
             .await
             .map(|_| ())
             .map_err(|_| RouteError::Timeout)
+    }
+
+    /// Hands a ttl check's report to the leader's health checker; the
+    /// instance's health after it (a logical refusal as `Ok(Err(..))`).
+    pub async fn report_check(
+        &self,
+        service: &str,
+        id: &str,
+        report: Report,
+        output: &str,
+    ) -> Result<Result<Health, StateError>, RouteError> {
+        let request = Forwarded::CheckReport {
+            service: service.to_string(),
+            id: id.to_string(),
+            report,
+            output: output.to_string(),
+        };
+        match self.route(request).await? {
+            ForwardReply::Health(answer) => Ok(answer),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// Renews a lease on the leader; its TTL, or 0 if unknown. Keepalives from
@@ -256,6 +295,17 @@ impl Router {
             Forwarded::ReadIndex => match self.raft.get_read_log_id().await {
                 Ok((read, _)) => ForwardReply::ReadIndex(read.map_or(0, |l| l.index)),
                 Err(_) => ForwardReply::NotLeader,
+            },
+            Forwarded::CheckReport {
+                service,
+                id,
+                report,
+                output,
+            } => match self.health.report(service, id, *report, output).await {
+                Ok(health) => ForwardReply::Health(Ok(health)),
+                Err(ReportError::State(e)) => ForwardReply::Health(Err(e)),
+                Err(ReportError::NotLeader) => ForwardReply::NotLeader,
+                Err(ReportError::Failed(e)) => ForwardReply::Failed(RouteError::Unavailable(e)),
             },
         }
     }

@@ -33,7 +33,9 @@ pub enum Command {
     /// Expire a batch of leases proposed by the leader's lessor: every key of every
     /// listed lease is deleted in one revision with reason `Expired`. Ids that are
     /// already gone are skipped (a revoke may race an expiry), never an error.
-    LeaseExpire { ids: Vec<i64> },
+    /// Instances registered with `deregister: false` stay, critical since
+    /// `now_ms` (the leader's wall clock).
+    LeaseExpire { ids: Vec<i64>, now_ms: u64 },
     /// Record the remaining TTL (milliseconds) of long leases, so that a new leader
     /// does not restart them at their full TTL (DESIGN.md lease rule 5).
     LeaseCheckpoint { remaining_ms: Vec<(i64, u64)> },

@@ -42,6 +42,11 @@ pub enum StateError {
     MissingReason,
     #[error("status value {0:?} is not a finite number")]
     InvalidStatus(String),
+    #[error("invalid health check: {0}")]
+    InvalidCheck(String),
+    /// A check report for an instance without a TTL check.
+    #[error("instance has no ttl check")]
+    NotTtlCheck,
 }
 
 impl StateError {
@@ -64,6 +69,8 @@ impl StateError {
             StateError::InstanceNotFound => "instance_not_found",
             StateError::MissingReason => "missing_reason",
             StateError::InvalidStatus(_) => "invalid_status",
+            StateError::InvalidCheck(_) => "invalid_check",
+            StateError::NotTtlCheck => "not_ttl_check",
         }
     }
 }

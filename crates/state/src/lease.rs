@@ -11,6 +11,7 @@ use crate::error::{Fail, StateError};
 use crate::keyspace::{self, KeyValue, RemovalReason};
 use crate::layout;
 use crate::mix::splitmix64;
+use crate::registry::{self, REGISTRY_PREFIX};
 use crate::tx::Tx;
 
 /// Largest TTL a lease may be granted, in seconds: etcd's `MaxLeaseTTL`.
@@ -103,7 +104,7 @@ pub(crate) fn revoke<E: Engine>(
     id: i64,
     reason: RemovalReason,
 ) -> Result<Response, Fail> {
-    if !remove(tx, id, reason)? {
+    if !remove(tx, id, reason, None)? {
         return Err(StateError::LeaseNotFound.into());
     }
     Ok(Response::LeaseRevoked {
@@ -112,12 +113,18 @@ pub(crate) fn revoke<E: Engine>(
     })
 }
 
-/// `LeaseExpire`: every listed lease still present, all keys in one revision.
-pub(crate) fn expire<E: Engine>(tx: &mut Tx<'_, E>, ids: &[i64]) -> Result<Response, Fail> {
+/// `LeaseExpire`: every listed lease still present, all keys in one revision
+/// (but instances registered with `deregister: false` stay, see
+/// `registry::keep_on_expiry`; `now_ms` dates their health change).
+pub(crate) fn expire<E: Engine>(
+    tx: &mut Tx<'_, E>,
+    ids: &[i64],
+    now_ms: u64,
+) -> Result<Response, Fail> {
     let mut revoked = Vec::new();
     for &id in ids {
         // A repeated id finds its lease already staged for deletion: skipped.
-        if remove(tx, id, RemovalReason::Expired)? {
+        if remove(tx, id, RemovalReason::Expired, Some(now_ms))? {
             revoked.push(id);
         }
     }
@@ -128,12 +135,14 @@ pub(crate) fn expire<E: Engine>(tx: &mut Tx<'_, E>, ids: &[i64]) -> Result<Respo
 }
 
 /// Deletes lease `id`, its attached keys (with `reason`) and its index; `false`
-/// if there is no such lease.
+/// if there is no such lease. `expired_at_ms`: the lease expired then, and
+/// instances registered with `deregister: false` stay (`registry::keep_on_expiry`).
 pub(crate) fn remove<E: Engine>(
     tx: &mut Tx<'_, E>,
     id: i64,
     reason: RemovalReason,
-) -> Result<bool, EngineError> {
+    expired_at_ms: Option<u64>,
+) -> Result<bool, Fail> {
     if !exists(tx, id)? {
         return Ok(false);
     }
@@ -143,7 +152,7 @@ pub(crate) fn remove<E: Engine>(
         let key = &attach_key[prefix.len()..];
         if let Some(value) = tx.get(&layout::key_key(key))? {
             let kv: KeyValue = layout::decode(&value)?;
-            if kv.lease == id {
+            if kv.lease == id && !kept_on_expiry(tx, &kv, expired_at_ms)? {
                 keyspace::remove(tx, kv, reason)?;
             }
         }
@@ -152,6 +161,20 @@ pub(crate) fn remove<E: Engine>(
     }
     tx.delete(layout::lease_key(id));
     Ok(true)
+}
+
+/// Whether an expiring lease leaves the instance record `kv` in place.
+fn kept_on_expiry<E: Engine>(
+    tx: &mut Tx<'_, E>,
+    kv: &KeyValue,
+    expired_at_ms: Option<u64>,
+) -> Result<bool, Fail> {
+    match expired_at_ms {
+        Some(now_ms) if kv.key.starts_with(REGISTRY_PREFIX) => {
+            registry::keep_on_expiry(tx, kv, now_ms)
+        }
+        _ => Ok(false),
+    }
 }
 
 /// `LeaseCheckpoint`: records the remaining TTL of each known lease.

@@ -36,6 +36,7 @@
 //! `history`). The state machine's own entries live under `s/`, apart from the
 //! caller's `m/`, so no metadata name can collide with them.
 
+pub mod check;
 mod command;
 mod engine;
 mod error;

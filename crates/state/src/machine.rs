@@ -163,6 +163,23 @@ impl<E: Engine> StateMachine<E> {
             .collect()
     }
 
+    /// One instance and the revision of its record's last change, if registered.
+    pub fn instance(
+        &self,
+        service: &str,
+        id: &str,
+    ) -> Result<Option<(Instance, i64)>, EngineError> {
+        let key = layout::key_key(&registry::instance_key(service, id));
+        let Some(value) = self.engine.get(&key)? else {
+            return Ok(None);
+        };
+        let kv: crate::KeyValue = layout::decode(&value)?;
+        Ok(Some((
+            registry::decode_instance(&kv.value)?,
+            kv.mod_revision,
+        )))
+    }
+
     /// Up to `limit` drain-index entries with a deadline at or before `now_ms`,
     /// soonest first (some may be stale: `DrainExpire` sorts them out).
     pub fn due_drains(&self, now_ms: u64, limit: usize) -> Result<Vec<DueDrain>, EngineError> {
@@ -252,7 +269,7 @@ fn execute<E: Engine>(tx: &mut Tx<'_, E>, cmd: &Command) -> Result<Response, Fai
         } => keyspace::delete_range(tx, key, range_end, *prev_kv),
         Command::LeaseGrant { id, ttl } => lease::grant(tx, *id, *ttl),
         Command::LeaseRevoke { id, reason } => lease::revoke(tx, *id, *reason),
-        Command::LeaseExpire { ids } => lease::expire(tx, ids),
+        Command::LeaseExpire { ids, now_ms } => lease::expire(tx, ids, *now_ms),
         Command::LeaseCheckpoint { remaining_ms } => lease::checkpoint(tx, remaining_ms),
         Command::LeaseRenewed { ids } => lease::renewed(tx, ids),
         Command::Txn(t) => txn::apply(tx, t),

@@ -26,6 +26,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::check::{validate_check, CheckSpec};
 use crate::command::Response;
 use crate::engine::{Engine, EngineError};
 use crate::error::{Fail, StateError};
@@ -49,8 +50,10 @@ pub struct Endpoint {
     /// Host name or IP address.
     pub address: String,
     pub port: u16,
-    /// Free-form: `http`, `grpc`, `tcp`...
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    /// Free-form: `http`, `grpc`, `tcp`... (Always written, even empty: an
+    /// endpoint travels as bincode in the log, where a skipped field would
+    /// make the entry unreadable.)
+    #[serde(default)]
     pub protocol: String,
 }
 
@@ -69,7 +72,9 @@ pub enum Health {
     Critical,
 }
 
-/// What a client registers: everything but what the registry decides.
+/// What a client registers: everything but what the registry decides. (It
+/// travels as bincode in the log too, so no field may be skipped when
+/// serialized; new fields have serde defaults so older records still read.)
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InstanceSpec {
     pub service: String,
@@ -78,7 +83,44 @@ pub struct InstanceSpec {
     pub metadata: BTreeMap<String, String>,
     pub tags: Vec<String>,
     pub weight: u32,
+    /// The health check the leader runs (or awaits, for TTL checks), if any.
+    #[serde(default)]
+    pub check: Option<CheckSpec>,
+    /// `true`: an expiring lease removes the instance (reason `expired`).
+    /// `false` (Sensu's keepalive rule): the record stays, off the lease,
+    /// critical with "keepalive expired", until it registers again or is removed.
+    #[serde(default = "yes")]
+    pub deregister: bool,
+    /// Handler told of this instance's deregistration instead of the
+    /// cluster-wide one; empty: the cluster-wide one.
+    #[serde(default)]
+    pub deregistration_handler: String,
 }
+
+fn yes() -> bool {
+    true
+}
+
+impl InstanceSpec {
+    /// An instance with no endpoints, metadata, tags or check, weight 1,
+    /// removed when its lease expires.
+    pub fn new(service: impl Into<String>, id: impl Into<String>) -> Self {
+        InstanceSpec {
+            service: service.into(),
+            id: id.into(),
+            endpoints: Vec::new(),
+            metadata: BTreeMap::new(),
+            tags: Vec::new(),
+            weight: 1,
+            check: None,
+            deregister: true,
+            deregistration_handler: String::new(),
+        }
+    }
+}
+
+/// The health output of an instance whose lease expired under `deregister: false`.
+pub const KEEPALIVE_EXPIRED: &str = "keepalive expired";
 
 /// The stored record (`docs/registry.md` documents its JSON).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -98,6 +140,10 @@ pub struct Instance {
     /// Since when (ms since the epoch) the instance has been critical.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub critical_since_ms: Option<u64>,
+    /// Its lease expired and it was kept (`deregister: false`); the next
+    /// registration makes it passing again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keepalive_expired: bool,
     /// First registration (ms since the epoch); kept by re-registrations.
     pub registered_at_ms: u64,
     /// 0: no lease (removed only explicitly).
@@ -196,7 +242,10 @@ pub fn validate_spec(spec: &InstanceSpec) -> Result<(), StateError> {
             name: String::new(),
         });
     }
-    Ok(())
+    if !spec.deregistration_handler.is_empty() {
+        check_name("deregistration handler", &spec.deregistration_handler)?;
+    }
+    spec.check.as_ref().map_or(Ok(()), validate_check)
 }
 
 pub(crate) fn load<E: Engine>(
@@ -268,6 +317,9 @@ pub(crate) fn register<E: Engine>(
             }
         },
     };
+    // A record kept after its lease expired is new again: passing, as a fresh
+    // registration would be; any other keeps the health its checks gave it.
+    let kept_health = existing.as_ref().filter(|o| !o.keepalive_expired);
     let instance = Instance {
         spec: spec.clone(),
         status: existing
@@ -276,12 +328,12 @@ pub(crate) fn register<E: Engine>(
             .unwrap_or_default(),
         state: InstanceState::Up,
         drain_deadline_ms: None,
-        health: existing.as_ref().map_or(Health::Passing, |o| o.health),
-        health_output: existing
-            .as_ref()
+        health: kept_health.map_or(Health::Passing, |o| o.health),
+        health_output: kept_health
             .map(|o| o.health_output.clone())
             .unwrap_or_default(),
-        critical_since_ms: existing.as_ref().and_then(|o| o.critical_since_ms),
+        critical_since_ms: kept_health.and_then(|o| o.critical_since_ms),
+        keepalive_expired: false,
         registered_at_ms: existing.as_ref().map_or(now_ms, |o| o.registered_at_ms),
         lease,
         lease_owned,
@@ -314,13 +366,13 @@ fn answer<E: Engine>(
 }
 
 /// Revokes an owned lease that no key is attached to any more; its id if so.
-fn release_owned_lease<E: Engine>(tx: &mut Tx<'_, E>, id: i64) -> Result<Option<i64>, EngineError> {
+fn release_owned_lease<E: Engine>(tx: &mut Tx<'_, E>, id: i64) -> Result<Option<i64>, Fail> {
     let prefix = layout::attach_prefix(id);
     let end = layout::prefix_end(&prefix);
     if !tx.scan(&prefix, end.as_deref())?.is_empty() || !lease::exists(tx, id)? {
         return Ok(None);
     }
-    lease::remove(tx, id, RemovalReason::Graceful)?;
+    lease::remove(tx, id, RemovalReason::Graceful, None)?;
     Ok(Some(id))
 }
 
@@ -525,6 +577,30 @@ pub(crate) fn remove_unhealthy<E: Engine>(
         }
     }
     remove_all(tx, &still_due, RemovalReason::Health)
+}
+
+/// The lease of the instance record `kv` expired: with `deregister: false` the
+/// record stays, detached from the lease, critical with [`KEEPALIVE_EXPIRED`]
+/// since `now_ms`, and `true` is answered; otherwise `false` (remove it).
+pub(crate) fn keep_on_expiry<E: Engine>(
+    tx: &mut Tx<'_, E>,
+    kv: &KeyValue,
+    now_ms: u64,
+) -> Result<bool, Fail> {
+    let mut instance = decode_instance(&kv.value)?;
+    if instance.spec.deregister {
+        return Ok(false);
+    }
+    instance.lease = 0;
+    instance.lease_owned = false;
+    instance.keepalive_expired = true;
+    if instance.health != Health::Critical {
+        instance.critical_since_ms = Some(now_ms);
+    }
+    instance.health = Health::Critical;
+    instance.health_output = KEEPALIVE_EXPIRED.to_string();
+    store(tx, &instance)?;
+    Ok(true)
 }
 
 /// `text` cut to at most `max` bytes, on a character boundary.

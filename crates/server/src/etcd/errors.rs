@@ -26,8 +26,10 @@ pub fn state_status(error: &StateError) -> Status {
         | StateError::InvalidEndpoint(_)
         | StateError::MetadataTooLarge(_)
         | StateError::MissingReason
-        | StateError::InvalidStatus(_) => Status::invalid_argument(format!("roster: {error}")),
+        | StateError::InvalidStatus(_)
+        | StateError::InvalidCheck(_) => Status::invalid_argument(format!("roster: {error}")),
         StateError::InstanceNotFound => Status::not_found(format!("roster: {error}")),
+        StateError::NotTtlCheck => Status::failed_precondition(format!("roster: {error}")),
     }
 }
 

@@ -88,7 +88,10 @@ fn revoke(id: i64) -> Command {
 }
 
 fn expire(ids: &[i64]) -> Command {
-    Command::LeaseExpire { ids: ids.to_vec() }
+    Command::LeaseExpire {
+        ids: ids.to_vec(),
+        now_ms: 0,
+    }
 }
 
 // ---- expected values -------------------------------------------------------------

@@ -5,12 +5,13 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::registry::{Endpoint, Health, Instance, InstanceSpec, InstanceState, LeaseChoice};
+use crate::check::{CheckKind, CheckSpec};
+use crate::registry::{
+    Endpoint, Health, Instance, InstanceSpec, InstanceState, LeaseChoice, KEEPALIVE_EXPIRED,
+};
 
 fn spec(service: &str, id: &str) -> InstanceSpec {
     InstanceSpec {
-        service: service.into(),
-        id: id.into(),
         endpoints: vec![Endpoint {
             address: "10.0.0.1".into(),
             port: 8080,
@@ -18,7 +19,7 @@ fn spec(service: &str, id: &str) -> InstanceSpec {
         }],
         metadata: BTreeMap::from([("zone".to_string(), "a".to_string())]),
         tags: vec!["web".into()],
-        weight: 1,
+        ..InstanceSpec::new(service, id)
     }
 }
 
@@ -504,4 +505,180 @@ fn instances_critical_for_too_long_are_removed_with_reason_health() {
         instance(&sm, "web", "2").is_some(),
         "critical again since a later time"
     );
+}
+
+fn with_check(check: CheckSpec) -> InstanceSpec {
+    InstanceSpec {
+        check: Some(check),
+        ..spec("web", "1")
+    }
+}
+
+#[test]
+fn checks_are_stored_with_the_spec_and_bad_ones_are_refused() {
+    let mut sm = machine();
+    let check = CheckSpec::new(CheckKind::Http, "http://10.0.0.1:8080/healthz");
+    registry_ok(
+        &mut sm,
+        register(with_check(check.clone()), LeaseChoice::None, 1),
+    );
+    let record = instance(&sm, "web", "1").expect("registered");
+    assert_eq!(record.spec.check, Some(check.clone()));
+    let refused = |change: &dyn Fn(&mut CheckSpec)| {
+        let mut bad = check.clone();
+        change(&mut bad);
+        bad
+    };
+    let cases: Vec<(CheckSpec, &str)> = vec![
+        (refused(&|c| c.interval_ms = 0), "interval must be positive"),
+        (refused(&|c| c.timeout_ms = 20_000), "at most the interval"),
+        (refused(&|c| c.failures_before_critical = 0), "at least 1"),
+        (
+            refused(&|c| c.failures_before_warning = 4),
+            "failures_before_warning",
+        ),
+        (refused(&|c| c.target = "https://x/".into()), "http://"),
+        (refused(&|c| c.target = "http://:80/".into()), "http://"),
+        (CheckSpec::new(CheckKind::Tcp, "10.0.0.1"), "HOST:PORT"),
+        (CheckSpec::new(CheckKind::Tcp, "10.0.0.1:0"), "HOST:PORT"),
+        (CheckSpec::new(CheckKind::Grpc, "h:1:2/svc"), "HOST:PORT"),
+        (CheckSpec::new(CheckKind::Ttl, "h:1"), "no target"),
+    ];
+    for (bad, message) in cases {
+        let mut spec = with_check(bad.clone());
+        spec.id = "2".into();
+        let applied = apply(&mut sm, &register(spec, LeaseChoice::None, 2));
+        match applied.response {
+            Response::Error {
+                error: StateError::InvalidCheck(why),
+                ..
+            } => assert!(why.contains(message), "{bad:?}: {why}"),
+            other => panic!("{bad:?} was not refused: {other:?}"),
+        }
+        assert!(
+            instance(&sm, "web", "2").is_none(),
+            "a refusal changes nothing"
+        );
+    }
+    for good in [
+        CheckSpec::new(CheckKind::Tcp, "[::1]:9"),
+        CheckSpec::new(CheckKind::Grpc, "localhost:50051/my.Service"),
+        CheckSpec::new(CheckKind::Http, "http://localhost/"),
+        CheckSpec::new(CheckKind::Ttl, ""),
+    ] {
+        registry_ok(&mut sm, register(with_check(good), LeaseChoice::None, 3));
+    }
+}
+
+#[test]
+fn an_expired_lease_keeps_a_deregister_false_instance_critical_until_it_registers_again() {
+    let mut sm = machine();
+    let keep = InstanceSpec {
+        deregister: false,
+        ..spec("web", "1")
+    };
+    let (lease, ..) = registry_ok(
+        &mut sm,
+        register(keep.clone(), LeaseChoice::Own { ttl: 5 }, 1),
+    );
+    let (other, ..) = registry_ok(
+        &mut sm,
+        register(spec("web", "2"), LeaseChoice::Own { ttl: 5 }, 1),
+    );
+    let applied = apply(
+        &mut sm,
+        &Command::LeaseExpire {
+            ids: vec![lease, other],
+            now_ms: 7_000,
+        },
+    );
+    assert_eq!(
+        reasons(&applied.events),
+        vec![
+            (EventKind::Put, b("/roster/registry/web/1"), None),
+            (
+                EventKind::Delete,
+                b("/roster/registry/web/2"),
+                Some(RemovalReason::Expired)
+            ),
+        ],
+        "one revision: the kept record changes, the other goes"
+    );
+    let record = instance(&sm, "web", "1").expect("kept");
+    assert_eq!(
+        (
+            record.health,
+            record.health_output.as_str(),
+            record.critical_since_ms,
+            record.keepalive_expired,
+            record.lease,
+        ),
+        (Health::Critical, KEEPALIVE_EXPIRED, Some(7_000), true, 0)
+    );
+    assert_eq!(
+        sm.lease(lease).expect("lease"),
+        None,
+        "the lease never comes back"
+    );
+    assert_eq!(
+        get(&sm, "/roster/registry/web/1").map(|kv| kv.lease),
+        Some(0)
+    );
+    // Registering again: a new lease, passing.
+    let (renewed, granted, _) =
+        registry_ok(&mut sm, register(keep, LeaseChoice::Own { ttl: 5 }, 9_000));
+    assert_ne!(renewed, lease);
+    assert_eq!(granted, Some((renewed, 5)));
+    let record = instance(&sm, "web", "1").expect("registered");
+    assert_eq!(
+        (
+            record.health,
+            record.critical_since_ms,
+            record.keepalive_expired
+        ),
+        (Health::Passing, None, false)
+    );
+    // A graceful revoke is not an expiry: the instance goes.
+    let gone = apply(&mut sm, &revoke(renewed));
+    assert_eq!(
+        reasons(&gone.events),
+        vec![(
+            EventKind::Delete,
+            b("/roster/registry/web/1"),
+            Some(RemovalReason::Graceful)
+        )]
+    );
+}
+
+#[test]
+fn a_health_change_survives_a_re_registration_that_does_not_follow_an_expiry() {
+    let mut sm = machine();
+    registry_ok(&mut sm, register(spec("web", "1"), LeaseChoice::None, 1));
+    registry_ok(&mut sm, set_health("1", Health::Critical, "503", 2));
+    registry_ok(&mut sm, register(spec("web", "1"), LeaseChoice::None, 3));
+    let record = instance(&sm, "web", "1").expect("registered");
+    assert_eq!(
+        (record.health, record.critical_since_ms),
+        (Health::Critical, Some(2))
+    );
+}
+
+#[test]
+fn registry_commands_survive_the_log_encoding() {
+    let mut spec = with_check(CheckSpec::new(CheckKind::Ttl, ""));
+    spec.deregister = false;
+    spec.endpoints[0].protocol.clear();
+    let commands = vec![
+        register(spec, LeaseChoice::Own { ttl: 5 }, 1),
+        set_health("1", Health::Warning, "x", 2),
+        Command::LeaseExpire {
+            ids: vec![1],
+            now_ms: 3,
+        },
+    ];
+    for command in commands {
+        let bytes = bincode::serialize(&command).expect("encode");
+        let back: Command = bincode::deserialize(&bytes).expect("decode");
+        assert_eq!(back, command);
+    }
 }
