@@ -7,6 +7,7 @@ mod bench_registry;
 mod check;
 mod dev;
 mod duration;
+mod handler;
 mod ops;
 mod serve;
 mod service;
@@ -35,6 +36,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// The service registry: register, deregister, drain, force-deregister, list, watch.
     Service(service::ServiceArgs),
+    /// Handlers told of registrations and deregistrations: set, list, delete, use, failures.
+    Handler(handler::HandlerArgs),
     /// Report a ttl health check: pass, warn, fail.
     Check(check::CheckCommandArgs),
     /// The audit log of forced removals.
@@ -68,6 +71,7 @@ fn main() -> std::process::ExitCode {
             Command::Bench(args) => bench::run(args).await,
             Command::Service(args) => service::run_service(args).await,
             Command::Check(args) => check::run_check(args).await,
+            Command::Handler(args) => handler::run_handler(args).await,
             Command::Audit(args) => service::run_audit(args).await,
             Command::Kv(args) => ops::run_kv(args).await,
             Command::Lease(args) => ops::run_lease(args).await,

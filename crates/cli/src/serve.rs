@@ -59,6 +59,10 @@ pub struct ServeArgs {
     /// etcd), for `revision` a count; 0 turns automatic compaction off.
     #[arg(long, default_value = "0")]
     auto_compaction_retention: String,
+    /// Allow pipe handlers (commands run on this server with each registry
+    /// event on stdin); a pipe handler is accepted only if every member allows them.
+    #[arg(long)]
+    allow_pipe_handlers: bool,
     /// sled page cache per node, MiB.
     #[arg(long, default_value_t = roster_server::NodeConfig::DEFAULT_CACHE_MB)]
     cache_mb: u64,
@@ -129,6 +133,7 @@ impl ServeArgs {
         config.auto_compaction =
             auto_compaction(&self.auto_compaction_mode, &self.auto_compaction_retention)?;
         config.cache_capacity = self.cache_mb * 1024 * 1024;
+        config.allow_pipe_handlers = self.allow_pipe_handlers;
         Ok(config)
     }
 }

@@ -47,6 +47,9 @@ pub struct NodeConfig {
     pub auto_compaction: crate::compactor::AutoCompaction,
     /// sled page cache budget, bytes.
     pub cache_capacity: u64,
+    /// This node may run `pipe` handlers (commands on the server). A pipe
+    /// handler is accepted only when every member allows them.
+    pub allow_pipe_handlers: bool,
 }
 
 impl NodeConfig {
@@ -75,6 +78,7 @@ impl NodeConfig {
             watch_progress_notify_interval: Duration::from_secs(600),
             auto_compaction: crate::compactor::AutoCompaction::Off,
             cache_capacity: roster_raft::DEFAULT_CACHE_CAPACITY,
+            allow_pipe_handlers: false,
         }
     }
 

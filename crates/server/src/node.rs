@@ -18,6 +18,7 @@ use roster_proto::etcdserverpb::kv_server::KvServer;
 use roster_proto::etcdserverpb::lease_server::LeaseServer;
 use roster_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use roster_proto::etcdserverpb::watch_server::WatchServer;
+use roster_proto::registry::handlers_server::HandlersServer;
 use roster_proto::registry::registry_server::RegistryServer;
 use roster_raft::network::RaftPeerService;
 use roster_raft::{
@@ -35,6 +36,7 @@ use tonic::transport::server::Connected;
 
 use crate::config::{ClusterState, NodeConfig};
 use crate::etcd::{EtcdApi, WatchSettings, MAX_GRPC_MESSAGE};
+use crate::handler_api::HandlerApi;
 use crate::health::HealthChecker;
 use crate::identity::{self, Identity};
 use crate::lessor::{Lessor, LessorConfig};
@@ -44,7 +46,7 @@ use crate::registry_api::RegistryApi;
 use crate::route::Router;
 use crate::url_authority::AuthorityRewrite;
 use crate::watch::WatchHub;
-use crate::{compactor, drainer};
+use crate::{compactor, drainer, handlers};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -219,6 +221,12 @@ impl RunningNode {
             config.auto_compaction,
         );
         drainer::start(raft.clone(), proposer.clone(), shared.clone());
+        handlers::start(
+            raft.clone(),
+            proposer.clone(),
+            shared.clone(),
+            config.allow_pipe_handlers,
+        );
         let health =
             HealthChecker::start(raft.clone(), proposer.clone(), shared.clone(), hub.clone());
         let router = Router::new(member_id, raft.clone(), lessor, proposer, health);
@@ -242,6 +250,7 @@ impl RunningNode {
                 id: member_id,
                 name: config.name.clone(),
                 client_urls: config.advertise_client_urls.clone(),
+                allow_pipe_handlers: config.allow_pipe_handlers,
             },
         ));
         let (stop, stopped) = watch::channel(false);
@@ -380,6 +389,7 @@ fn client_router(api: &EtcdApi) -> tonic::transport::server::Router {
         .add_service(MaintenanceServer::new(api.clone()))
         .add_service(WatchServer::new(api.clone()))
         .add_service(RegistryServer::new(RegistryApi::new(api.clone())))
+        .add_service(HandlersServer::new(HandlerApi::new(api.clone())))
 }
 
 fn spawn_server<S, IO>(

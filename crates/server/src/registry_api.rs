@@ -248,7 +248,13 @@ impl Registry for RegistryApi {
         req: Request<InstanceRequest>,
     ) -> Result<GrpcResponse<ChangeResponse>, Status> {
         let InstanceRequest { service, id } = req.into_inner();
-        let (revision, _) = self.change(Command::Deregister { service, id }).await?;
+        let (revision, _) = self
+            .change(Command::Deregister {
+                service,
+                id,
+                now_ms: now_ms(),
+            })
+            .await?;
         Ok(GrpcResponse::new(ChangeResponse { revision }))
     }
 

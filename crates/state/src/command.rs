@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::StateError;
+use crate::handlers::{EventType, HandlerDef};
 use crate::keyspace::{KeyValue, Put, RemovalReason};
 use crate::members::MemberAttrs;
 use crate::registry::{DueDrain, Health, InstanceSpec, LeaseChoice};
@@ -29,7 +30,12 @@ pub enum Command {
     LeaseGrant { id: i64, ttl: i64 },
     /// Revoke one lease on request (client revoke: reason `Graceful`); its keys are
     /// deleted in one revision. Unknown id: `StateError::LeaseNotFound`.
-    LeaseRevoke { id: i64, reason: RemovalReason },
+    /// `now_ms` dates the handler events of instances removed with it.
+    LeaseRevoke {
+        id: i64,
+        reason: RemovalReason,
+        now_ms: u64,
+    },
     /// Expire a batch of leases proposed by the leader's lessor: every key of every
     /// listed lease is deleted in one revision with reason `Expired`. Ids that are
     /// already gone are skipped (a revoke may race an expiry), never an error.
@@ -55,8 +61,13 @@ pub enum Command {
         lease: LeaseChoice,
         now_ms: u64,
     },
-    /// Registry: graceful removal of one instance.
-    Deregister { service: String, id: String },
+    /// Registry: graceful removal of one instance (`now_ms` dates its
+    /// handler event).
+    Deregister {
+        service: String,
+        id: String,
+        now_ms: u64,
+    },
     /// Registry: an operator's removal, with actor and reason, audited.
     ForceDeregister {
         service: String,
@@ -88,6 +99,21 @@ pub enum Command {
     /// critical since the listed time (ms since the epoch).
     RemoveUnhealthy {
         instances: Vec<(String, String, u64)>,
+        now_ms: u64,
+    },
+    /// Handlers: define or replace one.
+    SetHandler(HandlerDef),
+    /// Handlers: delete one (refused while it is a cluster-wide handler).
+    DeleteHandler { name: String },
+    /// Handlers: the cluster-wide handler of `event` (empty: none).
+    UseHandler { event: EventType, name: String },
+    /// Handlers: these outbox events were delivered.
+    OutboxDelivered { ids: Vec<u64> },
+    /// Handlers: every attempt to deliver these events failed: (id, attempts,
+    /// last error); they are filed as failures at `now_ms`.
+    OutboxFailed {
+        failures: Vec<(u64, u32, String)>,
+        now_ms: u64,
     },
     /// Registry: replace an instance's status numbers.
     SetStatus {

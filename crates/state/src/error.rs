@@ -44,6 +44,12 @@ pub enum StateError {
     InvalidStatus(String),
     #[error("invalid health check: {0}")]
     InvalidCheck(String),
+    #[error("invalid handler: {0}")]
+    InvalidHandler(String),
+    #[error("handler {0:?} not found")]
+    UnknownHandler(String),
+    #[error("handler {name:?} is the cluster-wide {event} handler; choose another first")]
+    HandlerInUse { name: String, event: String },
     /// A check report for an instance without a TTL check.
     #[error("instance has no ttl check")]
     NotTtlCheck,
@@ -71,6 +77,9 @@ impl StateError {
             StateError::InvalidStatus(_) => "invalid_status",
             StateError::InvalidCheck(_) => "invalid_check",
             StateError::NotTtlCheck => "not_ttl_check",
+            StateError::InvalidHandler(_) => "invalid_handler",
+            StateError::UnknownHandler(_) => "unknown_handler",
+            StateError::HandlerInUse { .. } => "handler_in_use",
         }
     }
 }

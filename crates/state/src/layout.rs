@@ -29,6 +29,16 @@ pub(crate) const AUDIT: &[u8] = b"u/";
 pub(crate) const META: &[u8] = b"m/";
 /// `p/<id>`: attributes a member published (u64 id, big-endian).
 pub(crate) const MEMBER: &[u8] = b"p/";
+/// `hd/<name>`: handler definitions.
+pub(crate) const HANDLER: &[u8] = b"hd/";
+/// `hu/<event type>`: the cluster-wide handler of each event type.
+pub(crate) const HANDLER_USE: &[u8] = b"hu/";
+/// `o/<seq>`: the handler outbox, undelivered events in order.
+pub(crate) const OUTBOX: &[u8] = b"o/";
+/// `f/<seq>`: events every delivery attempt failed for.
+pub(crate) const FAILURE: &[u8] = b"f/";
+/// `s/outbox_seq`: the last handler event id (u64, big-endian).
+pub(crate) const OUTBOX_SEQ: &[u8] = b"s/outbox_seq";
 /// `s/revision`: the store revision (i64, big-endian). Absent: revision 1.
 pub(crate) const REVISION: &[u8] = b"s/revision";
 /// `s/lease_seq`: the counter behind generated lease ids (u64, big-endian).
@@ -167,6 +177,22 @@ pub(crate) fn parse_drain_key(stored: &[u8]) -> Result<(u64, String, String), En
 
 pub(crate) fn audit_key(revision: i64) -> Vec<u8> {
     join(AUDIT, &revision.to_be_bytes())
+}
+
+pub(crate) fn handler_key(name: &str) -> Vec<u8> {
+    join(HANDLER, name.as_bytes())
+}
+
+pub(crate) fn handler_use_key(event: &str) -> Vec<u8> {
+    join(HANDLER_USE, event.as_bytes())
+}
+
+pub(crate) fn outbox_key(id: u64) -> Vec<u8> {
+    join(OUTBOX, &id.to_be_bytes())
+}
+
+pub(crate) fn failure_key(id: u64) -> Vec<u8> {
+    join(FAILURE, &id.to_be_bytes())
 }
 
 pub(crate) fn member_key(id: u64) -> Vec<u8> {

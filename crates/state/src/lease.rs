@@ -103,8 +103,9 @@ pub(crate) fn revoke<E: Engine>(
     tx: &mut Tx<'_, E>,
     id: i64,
     reason: RemovalReason,
+    now_ms: u64,
 ) -> Result<Response, Fail> {
-    if !remove(tx, id, reason, None)? {
+    if !remove(tx, id, reason, now_ms)? {
         return Err(StateError::LeaseNotFound.into());
     }
     Ok(Response::LeaseRevoked {
@@ -124,7 +125,7 @@ pub(crate) fn expire<E: Engine>(
     let mut revoked = Vec::new();
     for &id in ids {
         // A repeated id finds its lease already staged for deletion: skipped.
-        if remove(tx, id, RemovalReason::Expired, Some(now_ms))? {
+        if remove(tx, id, RemovalReason::Expired, now_ms)? {
             revoked.push(id);
         }
     }
@@ -135,13 +136,14 @@ pub(crate) fn expire<E: Engine>(
 }
 
 /// Deletes lease `id`, its attached keys (with `reason`) and its index; `false`
-/// if there is no such lease. `expired_at_ms`: the lease expired then, and
-/// instances registered with `deregister: false` stay (`registry::keep_on_expiry`).
+/// if there is no such lease. Instance records go through the registry
+/// (`registry::lease_ended`), which may keep them and tells the handlers;
+/// `now_ms` dates that.
 pub(crate) fn remove<E: Engine>(
     tx: &mut Tx<'_, E>,
     id: i64,
     reason: RemovalReason,
-    expired_at_ms: Option<u64>,
+    now_ms: u64,
 ) -> Result<bool, Fail> {
     if !exists(tx, id)? {
         return Ok(false);
@@ -152,7 +154,9 @@ pub(crate) fn remove<E: Engine>(
         let key = &attach_key[prefix.len()..];
         if let Some(value) = tx.get(&layout::key_key(key))? {
             let kv: KeyValue = layout::decode(&value)?;
-            if kv.lease == id && !kept_on_expiry(tx, &kv, expired_at_ms)? {
+            if kv.lease == id && kv.key.starts_with(REGISTRY_PREFIX) {
+                registry::lease_ended(tx, kv, reason, now_ms)?;
+            } else if kv.lease == id {
                 keyspace::remove(tx, kv, reason)?;
             }
         }
@@ -161,20 +165,6 @@ pub(crate) fn remove<E: Engine>(
     }
     tx.delete(layout::lease_key(id));
     Ok(true)
-}
-
-/// Whether an expiring lease leaves the instance record `kv` in place.
-fn kept_on_expiry<E: Engine>(
-    tx: &mut Tx<'_, E>,
-    kv: &KeyValue,
-    expired_at_ms: Option<u64>,
-) -> Result<bool, Fail> {
-    match expired_at_ms {
-        Some(now_ms) if kv.key.starts_with(REGISTRY_PREFIX) => {
-            registry::keep_on_expiry(tx, kv, now_ms)
-        }
-        _ => Ok(false),
-    }
 }
 
 /// `LeaseCheckpoint`: records the remaining TTL of each known lease.

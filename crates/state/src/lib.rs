@@ -23,10 +23,15 @@
 //! | `p/<id>`          | [`MemberAttrs`] a member published                          |
 //! | `u/<rev>`         | [`registry::AuditEntry`]: a forced removal, who and why      |
 //! | `d/<ms><svc>/<id>`| empty: a drain deadline (ms since the epoch), soonest first  |
+//! | `hd/<name>`       | [`handlers::HandlerDef`]                                     |
+//! | `hu/<event type>` | the name of the cluster-wide handler of that event type      |
+//! | `o/<seq>`         | [`handlers::HandlerEvent`]: the outbox, undelivered events   |
+//! | `f/<seq>`         | [`handlers::DeliveryFailure`]: events no attempt delivered   |
 //! | `m/<name>`        | the caller's opaque metadata (`apply`'s `meta`), any name    |
 //! | `s/revision`      | the store revision, i64; absent = 1 (an empty store)         |
 //! | `s/lease_seq`     | u64 counter behind generated lease ids (`LeaseGrant{id: 0}`) |
 //! | `s/compacted`     | the revision of the last `Compact`, i64; absent = 0          |
+//! | `s/outbox_seq`    | u64: the last handler event id                               |
 //!
 //! Values of `k/`, `e/`, `h/`, `l/` are bincode 1.3 (default options). `<rev>` and
 //! `<sub>` are 8-byte big-endian (`<sub>` numbers the events of one revision from
@@ -40,6 +45,7 @@ pub mod check;
 mod command;
 mod engine;
 mod error;
+pub mod handlers;
 mod history;
 mod keyspace;
 mod layout;

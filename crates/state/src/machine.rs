@@ -10,6 +10,7 @@
 use crate::command::{Command, Response};
 use crate::engine::{Batch, Engine, EngineError};
 use crate::error::Fail;
+use crate::handlers::{self, DeliveryFailure, EventType, HandlerDef, HandlerEvent};
 use crate::history;
 use crate::keyspace::{self, Event, RangeRequest, RangeResult};
 use crate::layout;
@@ -180,6 +181,45 @@ impl<E: Engine> StateMachine<E> {
         )))
     }
 
+    /// Every handler definition, by name.
+    pub fn handlers(&self) -> Result<Vec<HandlerDef>, EngineError> {
+        self.decode_all(layout::HANDLER, usize::MAX)
+    }
+
+    /// The cluster-wide handler of each event type that has one.
+    pub fn handler_uses(&self) -> Result<Vec<(EventType, String)>, EngineError> {
+        let mut uses = Vec::new();
+        for event in EventType::ALL {
+            if let Some(value) = self.engine.get(&layout::handler_use_key(event.name()))? {
+                uses.push((event, layout::decode(&value)?));
+            }
+        }
+        Ok(uses)
+    }
+
+    /// Up to `limit` undelivered handler events, oldest first.
+    pub fn outbox(&self, limit: usize) -> Result<Vec<HandlerEvent>, EngineError> {
+        self.decode_all(layout::OUTBOX, limit)
+    }
+
+    /// Events every delivery attempt failed for, oldest first.
+    pub fn delivery_failures(&self) -> Result<Vec<DeliveryFailure>, EngineError> {
+        self.decode_all(layout::FAILURE, usize::MAX)
+    }
+
+    fn decode_all<T: serde::de::DeserializeOwned>(
+        &self,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<T>, EngineError> {
+        let end = layout::prefix_end(prefix);
+        self.engine
+            .scan(prefix, end.as_deref())
+            .take(limit)
+            .map(|item| layout::decode(&item?.1))
+            .collect()
+    }
+
     /// Up to `limit` drain-index entries with a deadline at or before `now_ms`,
     /// soonest first (some may be stale: `DrainExpire` sorts them out).
     pub fn due_drains(&self, now_ms: u64, limit: usize) -> Result<Vec<DueDrain>, EngineError> {
@@ -200,20 +240,12 @@ impl<E: Engine> StateMachine<E> {
 
     /// The audit log of forced removals, oldest first.
     pub fn audit_log(&self) -> Result<Vec<AuditEntry>, EngineError> {
-        let end = layout::prefix_end(layout::AUDIT);
-        self.engine
-            .scan(layout::AUDIT, end.as_deref())
-            .map(|item| layout::decode(&item?.1))
-            .collect()
+        self.decode_all(layout::AUDIT, usize::MAX)
     }
 
     /// The attributes every member published, by id.
     pub fn members(&self) -> Result<Vec<MemberAttrs>, EngineError> {
-        let end = layout::prefix_end(layout::MEMBER);
-        self.engine
-            .scan(layout::MEMBER, end.as_deref())
-            .map(|item| layout::decode(&item?.1))
-            .collect()
+        self.decode_all(layout::MEMBER, usize::MAX)
     }
 
     /// Every pair of the engine, in key order.
@@ -268,7 +300,7 @@ fn execute<E: Engine>(tx: &mut Tx<'_, E>, cmd: &Command) -> Result<Response, Fai
             prev_kv,
         } => keyspace::delete_range(tx, key, range_end, *prev_kv),
         Command::LeaseGrant { id, ttl } => lease::grant(tx, *id, *ttl),
-        Command::LeaseRevoke { id, reason } => lease::revoke(tx, *id, *reason),
+        Command::LeaseRevoke { id, reason, now_ms } => lease::revoke(tx, *id, *reason, *now_ms),
         Command::LeaseExpire { ids, now_ms } => lease::expire(tx, ids, *now_ms),
         Command::LeaseCheckpoint { remaining_ms } => lease::checkpoint(tx, remaining_ms),
         Command::LeaseRenewed { ids } => lease::renewed(tx, ids),
@@ -279,7 +311,11 @@ fn execute<E: Engine>(tx: &mut Tx<'_, E>, cmd: &Command) -> Result<Response, Fai
             lease,
             now_ms,
         } => registry::register(tx, spec, *lease, *now_ms),
-        Command::Deregister { service, id } => registry::deregister(tx, service, id),
+        Command::Deregister {
+            service,
+            id,
+            now_ms,
+        } => registry::deregister(tx, service, id, *now_ms),
         Command::ForceDeregister {
             service,
             id,
@@ -305,7 +341,14 @@ fn execute<E: Engine>(tx: &mut Tx<'_, E>, cmd: &Command) -> Result<Response, Fai
             output,
             now_ms,
         } => registry::set_health(tx, service, id, *health, output, *now_ms),
-        Command::RemoveUnhealthy { instances } => registry::remove_unhealthy(tx, instances),
+        Command::RemoveUnhealthy { instances, now_ms } => {
+            registry::remove_unhealthy(tx, instances, *now_ms)
+        }
+        Command::SetHandler(def) => handlers::set(tx, def),
+        Command::DeleteHandler { name } => handlers::delete(tx, name),
+        Command::UseHandler { event, name } => handlers::use_for(tx, *event, name),
+        Command::OutboxDelivered { ids } => handlers::delivered(tx, ids),
+        Command::OutboxFailed { failures, now_ms } => handlers::failed(tx, failures, *now_ms),
         Command::PublishMember(attrs) => members::publish(tx, attrs),
         Command::Noop => Ok(Response::Done {
             revision: tx.revision(),

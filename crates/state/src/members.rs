@@ -16,6 +16,9 @@ pub struct MemberAttrs {
     pub id: u64,
     pub name: String,
     pub client_urls: Vec<String>,
+    /// The member was started with `--allow-pipe-handlers`.
+    #[serde(default)]
+    pub allow_pipe_handlers: bool,
 }
 
 pub(crate) fn publish<E: Engine>(

@@ -30,6 +30,7 @@ use crate::check::{validate_check, CheckSpec};
 use crate::command::Response;
 use crate::engine::{Engine, EngineError};
 use crate::error::{Fail, StateError};
+use crate::handlers::{self, Cause, EventType};
 use crate::keyspace::{self, KeyValue, Put, RemovalReason};
 use crate::layout;
 use crate::lease;
@@ -294,6 +295,9 @@ pub(crate) fn register<E: Engine>(
     now_ms: u64,
 ) -> Result<Response, Fail> {
     validate_spec(spec)?;
+    if !spec.deregistration_handler.is_empty() {
+        handlers::require(tx, &spec.deregistration_handler)?;
+    }
     let existing = load(tx, &spec.service, &spec.id)?.map(|(_, i)| i);
     let mut granted = None;
     let (lease, lease_owned) = match choice {
@@ -339,6 +343,10 @@ pub(crate) fn register<E: Engine>(
         lease_owned,
     };
     store(tx, &instance)?;
+    // New, or back after its lease expired under `deregister: false`.
+    if existing.as_ref().is_none_or(|o| o.keepalive_expired) {
+        handlers::enqueue(tx, EventType::Registration, &instance, None, "", now_ms)?;
+    }
     if let Some(old) = &existing {
         unindex_drain(tx, old);
     }
@@ -372,23 +380,23 @@ fn release_owned_lease<E: Engine>(tx: &mut Tx<'_, E>, id: i64) -> Result<Option<
     if !tx.scan(&prefix, end.as_deref())?.is_empty() || !lease::exists(tx, id)? {
         return Ok(None);
     }
-    lease::remove(tx, id, RemovalReason::Graceful, None)?;
+    // No key is attached, so no instance: the time dates nothing.
+    lease::remove(tx, id, RemovalReason::Graceful, 0)?;
     Ok(Some(id))
 }
 
-/// Removes one instance with `reason`, and its owned lease if it was the last on
+/// Removes one instance for `cause`, and its owned lease if it was the last on
 /// it; the instance's lease and the lease revoked with it, if any.
 fn remove<E: Engine>(
     tx: &mut Tx<'_, E>,
     service: &str,
     id: &str,
-    reason: RemovalReason,
+    cause: Cause<'_>,
 ) -> Result<(i64, Option<i64>), Fail> {
     let Some((kv, instance)) = load(tx, service, id)? else {
         return Err(StateError::InstanceNotFound.into());
     };
-    keyspace::remove(tx, kv, reason)?;
-    unindex_drain(tx, &instance);
+    removed(tx, kv, &instance, cause)?;
     let revoked = match instance.lease_owned {
         true => release_owned_lease(tx, instance.lease)?,
         false => None,
@@ -396,14 +404,39 @@ fn remove<E: Engine>(
     Ok((instance.lease, revoked))
 }
 
+/// Deletes the record `kv` of `instance` for `cause`, with its drain-index
+/// entry, and tells the deregistration handler.
+fn removed<E: Engine>(
+    tx: &mut Tx<'_, E>,
+    kv: KeyValue,
+    instance: &Instance,
+    cause: Cause<'_>,
+) -> Result<(), Fail> {
+    keyspace::remove(tx, kv, cause.reason)?;
+    unindex_drain(tx, instance);
+    let output = match cause.reason {
+        RemovalReason::Health => instance.health_output.as_str(),
+        _ => "",
+    };
+    handlers::enqueue(
+        tx,
+        EventType::Deregistration,
+        instance,
+        Some(cause),
+        output,
+        cause.now_ms,
+    )?;
+    Ok(())
+}
+
 /// Removes one instance and answers for it.
 fn remove_one<E: Engine>(
     tx: &mut Tx<'_, E>,
     service: &str,
     id: &str,
-    reason: RemovalReason,
+    cause: Cause<'_>,
 ) -> Result<Response, Fail> {
-    let (lease, revoked) = remove(tx, service, id, reason)?;
+    let (lease, revoked) = remove(tx, service, id, cause)?;
     Ok(answer(tx, lease, None, revoked.into_iter().collect()))
 }
 
@@ -411,11 +444,11 @@ fn remove_one<E: Engine>(
 fn remove_all<E: Engine>(
     tx: &mut Tx<'_, E>,
     due: &[(&str, &str)],
-    reason: RemovalReason,
+    cause: Cause<'_>,
 ) -> Result<Response, Fail> {
     let mut revoked = Vec::new();
     for (service, id) in due {
-        revoked.extend(remove(tx, service, id, reason)?.1);
+        revoked.extend(remove(tx, service, id, cause)?.1);
     }
     Ok(answer(tx, 0, None, revoked))
 }
@@ -425,8 +458,14 @@ pub(crate) fn deregister<E: Engine>(
     tx: &mut Tx<'_, E>,
     service: &str,
     id: &str,
+    now_ms: u64,
 ) -> Result<Response, Fail> {
-    remove_one(tx, service, id, RemovalReason::Graceful)
+    remove_one(
+        tx,
+        service,
+        id,
+        Cause::plain(RemovalReason::Graceful, now_ms),
+    )
 }
 
 /// `ForceDeregister`: an operator's removal, recorded in the audit log.
@@ -442,7 +481,13 @@ pub(crate) fn force_deregister<E: Engine>(
         return Err(StateError::MissingReason.into());
     }
     check_name("actor", actor)?;
-    let response = remove_one(tx, service, id, RemovalReason::Forced)?;
+    let cause = Cause {
+        reason: RemovalReason::Forced,
+        actor,
+        note: reason,
+        now_ms,
+    };
+    let response = remove_one(tx, service, id, cause)?;
     let entry = AuditEntry {
         revision: tx.write_revision(),
         at_ms: now_ms,
@@ -514,7 +559,7 @@ pub(crate) fn drain_expire<E: Engine>(
             still_due.push((entry.service.as_str(), entry.id.as_str()));
         }
     }
-    remove_all(tx, &still_due, RemovalReason::Drained)
+    remove_all(tx, &still_due, Cause::plain(RemovalReason::Drained, now_ms))
 }
 
 /// `SetStatus`: replaces the instance's status numbers.
@@ -566,6 +611,7 @@ pub(crate) fn set_health<E: Engine>(
 pub(crate) fn remove_unhealthy<E: Engine>(
     tx: &mut Tx<'_, E>,
     instances: &[(String, String, u64)],
+    now_ms: u64,
 ) -> Result<Response, Fail> {
     let mut still_due = Vec::new();
     for (service, id, since) in instances {
@@ -576,20 +622,22 @@ pub(crate) fn remove_unhealthy<E: Engine>(
             still_due.push((service.as_str(), id.as_str()));
         }
     }
-    remove_all(tx, &still_due, RemovalReason::Health)
+    remove_all(tx, &still_due, Cause::plain(RemovalReason::Health, now_ms))
 }
 
-/// The lease of the instance record `kv` expired: with `deregister: false` the
-/// record stays, detached from the lease, critical with [`KEEPALIVE_EXPIRED`]
-/// since `now_ms`, and `true` is answered; otherwise `false` (remove it).
-pub(crate) fn keep_on_expiry<E: Engine>(
+/// The lease of the instance record `kv` ended (revoked or expired, as
+/// `reason` says). An expiry under `deregister: false` keeps the record,
+/// detached from the lease, critical with [`KEEPALIVE_EXPIRED`] since `now_ms`,
+/// and raises a keepalive failure; otherwise the record goes.
+pub(crate) fn lease_ended<E: Engine>(
     tx: &mut Tx<'_, E>,
-    kv: &KeyValue,
+    kv: KeyValue,
+    reason: RemovalReason,
     now_ms: u64,
-) -> Result<bool, Fail> {
+) -> Result<(), Fail> {
     let mut instance = decode_instance(&kv.value)?;
-    if instance.spec.deregister {
-        return Ok(false);
+    if reason != RemovalReason::Expired || instance.spec.deregister {
+        return removed(tx, kv, &instance, Cause::plain(reason, now_ms));
     }
     instance.lease = 0;
     instance.lease_owned = false;
@@ -600,7 +648,9 @@ pub(crate) fn keep_on_expiry<E: Engine>(
     instance.health = Health::Critical;
     instance.health_output = KEEPALIVE_EXPIRED.to_string();
     store(tx, &instance)?;
-    Ok(true)
+    let event = EventType::KeepaliveFailure;
+    handlers::enqueue(tx, event, &instance, None, KEEPALIVE_EXPIRED, now_ms)?;
+    Ok(())
 }
 
 /// `text` cut to at most `max` bytes, on a character boundary.

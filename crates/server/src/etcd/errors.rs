@@ -27,7 +27,10 @@ pub fn state_status(error: &StateError) -> Status {
         | StateError::MetadataTooLarge(_)
         | StateError::MissingReason
         | StateError::InvalidStatus(_)
-        | StateError::InvalidCheck(_) => Status::invalid_argument(format!("roster: {error}")),
+        | StateError::InvalidCheck(_)
+        | StateError::InvalidHandler(_) => Status::invalid_argument(format!("roster: {error}")),
+        StateError::UnknownHandler(_) => Status::not_found(format!("roster: {error}")),
+        StateError::HandlerInUse { .. } => Status::failed_precondition(format!("roster: {error}")),
         StateError::InstanceNotFound => Status::not_found(format!("roster: {error}")),
         StateError::NotTtlCheck => Status::failed_precondition(format!("roster: {error}")),
     }

@@ -71,6 +71,7 @@ impl Lease for EtcdApi {
         let command = Command::LeaseRevoke {
             id,
             reason: RemovalReason::Graceful,
+            now_ms: crate::wall_clock::now_ms(),
         };
         match self.write(command).await? {
             Response::LeaseRevoked { revision, .. } => Ok(GrpcResponse::new(LeaseRevokeResponse {

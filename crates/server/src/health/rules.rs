@@ -107,7 +107,7 @@ mod tests {
     #[test]
     fn a_success_resets_the_failure_count() {
         let c = check(2, 3, 1);
-        assert_eq!(run(&c, Health::Passing, "-+-+--+"), "PPPPWWP");
+        assert_eq!(run(&c, Health::Passing, "-+-+--+"), "PPPPPWP");
     }
 
     #[test]

@@ -400,6 +400,7 @@ impl<'a> Session<'a> {
                 .into_iter()
                 .map(|((service, id), since)| (service, id, since))
                 .collect(),
+            now_ms: now,
         };
         let proposer = self.context.proposer.clone();
         let done = self.done_tx.clone();

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::*;
 
+mod handlers;
 mod history;
 mod registry;
 mod txn;
@@ -84,6 +85,7 @@ fn revoke(id: i64) -> Command {
     Command::LeaseRevoke {
         id,
         reason: RemovalReason::Graceful,
+        now_ms: 0,
     }
 }
 
@@ -652,6 +654,7 @@ fn revoke_keeps_the_proposed_reason() {
     let cmd = Command::LeaseRevoke {
         id: 9,
         reason: RemovalReason::Forced,
+        now_ms: 0,
     };
     let applied = apply(&mut sm, &cmd);
     assert_eq!(applied.events[0].reason, Some(RemovalReason::Forced));
@@ -747,6 +750,7 @@ fn published_member_attributes_are_kept_by_id_and_replaced() {
         id,
         name: format!("n{id}"),
         client_urls: vec![url.to_string()],
+        allow_pipe_handlers: false,
     };
     steps(
         &mut sm,

@@ -10,7 +10,7 @@ use crate::registry::{
     Endpoint, Health, Instance, InstanceSpec, InstanceState, LeaseChoice, KEEPALIVE_EXPIRED,
 };
 
-fn spec(service: &str, id: &str) -> InstanceSpec {
+pub(super) fn spec(service: &str, id: &str) -> InstanceSpec {
     InstanceSpec {
         endpoints: vec![Endpoint {
             address: "10.0.0.1".into(),
@@ -23,7 +23,7 @@ fn spec(service: &str, id: &str) -> InstanceSpec {
     }
 }
 
-fn register(spec: InstanceSpec, lease: LeaseChoice, now_ms: u64) -> Command {
+pub(super) fn register(spec: InstanceSpec, lease: LeaseChoice, now_ms: u64) -> Command {
     Command::Register {
         spec,
         lease,
@@ -31,10 +31,11 @@ fn register(spec: InstanceSpec, lease: LeaseChoice, now_ms: u64) -> Command {
     }
 }
 
-fn deregister(service: &str, id: &str) -> Command {
+pub(super) fn deregister(service: &str, id: &str) -> Command {
     Command::Deregister {
         service: service.into(),
         id: id.into(),
+        now_ms: 0,
     }
 }
 
@@ -401,10 +402,12 @@ fn the_drain_index_forgets_instances_that_left_another_way() {
         deadline_ms: Some(100),
     };
     registry_ok(&mut sm, drain);
-    // Removed by expiry first: the index entry is stale, and harmless.
-    apply(&mut sm, &expire(&[lease]));
+    // Removed by expiry first: the index entry goes with it, and a leader
+    // that listed it before is answered with nothing to do.
     let stale = sm.due_drains(u64::MAX, 10).expect("due");
     assert_eq!(stale.len(), 1);
+    apply(&mut sm, &expire(&[lease]));
+    assert!(sm.due_drains(u64::MAX, 10).expect("due").is_empty());
     let cleaned = apply(
         &mut sm,
         &Command::DrainExpire {
@@ -488,7 +491,13 @@ fn instances_critical_for_too_long_are_removed_with_reason_health() {
         ("web".to_string(), "1".to_string(), 1_000),
         ("web".to_string(), "2".to_string(), 1_000),
     ];
-    let applied = apply(&mut sm, &Command::RemoveUnhealthy { instances: listed });
+    let applied = apply(
+        &mut sm,
+        &Command::RemoveUnhealthy {
+            instances: listed,
+            now_ms: 0,
+        },
+    );
     assert_eq!(
         reasons(&applied.events),
         vec![(
