@@ -458,7 +458,7 @@ fn roster_cli(c: &Cluster, i: usize, args: &[&str]) -> (bool, String, String) {
 
 #[test]
 fn deregister_false_keeps_an_expired_instance_critical_until_it_registers_again() {
-    let c = Cluster::start(3);
+    let mut c = Cluster::start(3);
     let register = [
         "service",
         "register",
@@ -488,6 +488,25 @@ fn deregister_false_keeps_an_expired_instance_critical_until_it_registers_again(
         let kept = one(&mut registry, "agent", "a1").await.expect("kept");
         assert!(
             kept.keepalive_expired && kept.lease == 0 && !kept.deregister,
+            "{kept:?}"
+        );
+    });
+    // The keepalive state is replicated: a restart of every node keeps it
+    // (sensu/sensu-go#2584 lost it).
+    c.kill_all();
+    for i in 0..3 {
+        c.restart_no_wait(i);
+    }
+    for i in 0..3 {
+        c.wait_node_ready(i, Duration::from_secs(30));
+    }
+    rt.block_on(async {
+        let mut registry = client(&c, 1).await;
+        let kept = one(&mut registry, "agent", "a1")
+            .await
+            .expect("kept across restarts");
+        assert!(
+            kept.keepalive_expired && kept.health() == Health::Critical,
             "{kept:?}"
         );
     });

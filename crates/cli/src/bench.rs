@@ -86,6 +86,22 @@ enum Workload {
         #[arg(long, default_value_t = 100)]
         watchers: usize,
     },
+    /// Health checks (Roster only): --instances with http checks served by this
+    /// program; leader CPU and log writes while all pass, then the time until
+    /// --failing of them are critical after they fail together.
+    HealthChecks {
+        #[arg(long, default_value_t = 10_000)]
+        instances: u64,
+        #[arg(long, default_value = "10s", value_parser = crate::duration::parse)]
+        interval: Duration,
+        /// How long to measure while all pass.
+        #[arg(long, default_value = "30s", value_parser = crate::duration::parse)]
+        window: Duration,
+        #[arg(long, default_value_t = 1_000)]
+        failing: u64,
+        #[arg(long, default_value_t = 1)]
+        failures_before_critical: u32,
+    },
     /// Keepalive round trips over --leases live leases, one stream per worker.
     Keepalive {
         #[arg(long, default_value_t = 10_000)]
@@ -147,6 +163,22 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         Workload::Discover { services, prefix } => {
             return crate::bench_registry::discover(&args, &channels, *services, prefix).await;
+        }
+        Workload::HealthChecks {
+            instances,
+            interval,
+            window,
+            failing,
+            failures_before_critical,
+        } => {
+            let bench = crate::bench_health::HealthBench {
+                instances: *instances,
+                interval: *interval,
+                window: *window,
+                failing: *failing,
+                failures_before_critical: *failures_before_critical,
+            };
+            return crate::bench_health::run(&args.endpoints, &channels, args.clients, bench).await;
         }
         Workload::RegisterWatch { watchers } => {
             return crate::bench_registry::register_watch(&args, &channels, *watchers).await;

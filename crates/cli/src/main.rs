@@ -3,6 +3,7 @@
 //! the library), and runs the chosen command.
 
 mod bench;
+mod bench_health;
 mod bench_registry;
 mod check;
 mod dev;

@@ -134,8 +134,13 @@ impl<'a> Session<'a> {
         );
         let mut tick = tokio::time::interval(TICK);
         loop {
+            // With every probe slot taken, a finished probe starts the next
+            // one; waking for the (past) due time would only spin.
             let next_due = session.schedule.first().map(|(at, _, _)| *at);
-            let wake = next_due.unwrap_or_else(|| Instant::now() + TICK);
+            let wake = match next_due {
+                Some(at) if session.in_flight < MAX_IN_FLIGHT => at,
+                _ => Instant::now() + TICK,
+            };
             tokio::select! {
                 _ = tokio::time::sleep_until(wake) => session.fire_due(),
                 _ = tick.tick() => {
