@@ -3,8 +3,8 @@
 //! after the leader is killed mid-stream (duplicates allowed, each with its
 //! id); reasons are right for each way out; an HTTP handler answering 500 is
 //! retried and then recorded as failed; a hung one times out; an instance's
-//! own deregistration handler wins; events survive compaction until
-//! delivered; bad definitions are refused. (Roster's own API: not for etcd.)
+//! own deregistration handler wins; events survive compaction and a restart
+//! of every node until delivered; bad definitions are refused. (Roster's own API: not for etcd.)
 
 mod harness;
 
@@ -248,8 +248,8 @@ fn failures(c: &Cluster) -> Vec<Value> {
 }
 
 #[test]
-fn http_handlers_retry_record_failures_and_survive_compaction() {
-    let c = Cluster::start(3);
+fn http_handlers_retry_record_failures_and_survive_compaction_and_restarts() {
+    let mut c = Cluster::start(3);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let failing = rt.block_on(receiver(500));
     let hung = rt.block_on(receiver(0));
@@ -364,6 +364,14 @@ fn http_handlers_retry_record_failures_and_survive_compaction() {
     });
     let revision = c.status(0).expect("status").revision;
     c.ctl(0, &["compact", &revision.to_string()]).expect_ok();
+    // ... and a restart of every node: the outbox is on disk.
+    c.kill_all();
+    for i in 0..3 {
+        c.restart_no_wait(i);
+    }
+    for i in 0..3 {
+        c.wait_node_ready(i, Duration::from_secs(30));
+    }
     later.status.store(200, Ordering::SeqCst);
     wait_until(
         Duration::from_secs(20),

@@ -70,6 +70,7 @@ pub async fn watch_services(
                 instance: Some(to_proto(i, rev)),
                 reason: PbReason::Unspecified as i32,
                 revision: rev,
+                selected: true,
             })
             .collect();
         let mut chunks: Vec<Vec<RegistryEvent>> =
@@ -77,11 +78,13 @@ pub async fn watch_services(
         if chunks.is_empty() {
             chunks.push(Vec::new());
         }
-        first.extend(chunks.into_iter().map(|events| {
+        let last = chunks.len() - 1;
+        first.extend(chunks.into_iter().enumerate().map(|(n, events)| {
             Ok(WatchServicesResponse {
                 revision,
                 events,
                 snapshot: true,
+                snapshot_end: n == last,
             })
         }));
         revision + 1
@@ -121,6 +124,7 @@ fn typed(message: Outbound, selector: &Selector) -> Option<Result<WatchServicesR
                 revision,
                 events,
                 snapshot: false,
+                snapshot_end: false,
             }))
         }
         Outbound::Compacted { compacted, .. } => Some(Err(Status::out_of_range(format!(
@@ -145,7 +149,7 @@ fn registry_event(event: &Event, selector: &Selector) -> Option<RegistryEvent> {
     let revision = event.kv.mod_revision;
     let before = event.prev_kv.as_ref().and_then(|kv| parse(&kv.value));
     let matches = |i: &Instance| selector.matches(&i.spec.metadata, &i.spec.tags);
-    let (kind, instance, reason) = match event.kind {
+    let (kind, instance, reason, selected) = match event.kind {
         EventKind::Delete => {
             let instance = match before {
                 Some(before) if !matches(&before) => return None,
@@ -155,7 +159,12 @@ fn registry_event(event: &Event, selector: &Selector) -> Option<RegistryEvent> {
                 // rather than hide a removal.
                 None => named_only(&event.kv.key)?,
             };
-            (PbKind::Deregistered, instance, removal_reason(event.reason))
+            (
+                PbKind::Deregistered,
+                instance,
+                removal_reason(event.reason),
+                false,
+            )
         }
         EventKind::Put => {
             let after = parse(&event.kv.value)?;
@@ -170,7 +179,13 @@ fn registry_event(event: &Event, selector: &Selector) -> Option<RegistryEvent> {
                 Some(b) if b.health != after.health => PbKind::HealthChanged,
                 Some(_) => PbKind::Updated,
             };
-            (kind, to_proto(after, revision), PbReason::Unspecified)
+            let selected = matches(&after);
+            (
+                kind,
+                to_proto(after, revision),
+                PbReason::Unspecified,
+                selected,
+            )
         }
     };
     Some(RegistryEvent {
@@ -178,6 +193,7 @@ fn registry_event(event: &Event, selector: &Selector) -> Option<RegistryEvent> {
         instance: Some(instance),
         reason: reason as i32,
         revision,
+        selected,
     })
 }
 
