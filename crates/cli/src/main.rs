@@ -2,6 +2,7 @@
 //! names for `serve`), sets up tracing (process-global state belongs here, not in
 //! the library), and runs the chosen command.
 
+mod agent;
 mod bench;
 mod bench_health;
 mod bench_registry;
@@ -39,6 +40,9 @@ enum Command {
     Service(service::ServiceArgs),
     /// Handlers told of registrations and deregistrations: set, list, delete, use, failures.
     Handler(handler::HandlerArgs),
+    /// Keep instances registered for a process that knows nothing of Roster
+    /// (drain and deregister on SIGTERM); optionally supervise it (-- COMMAND).
+    Agent(Box<agent::AgentArgs>),
     /// Report a ttl health check: pass, warn, fail.
     Check(check::CheckCommandArgs),
     /// The audit log of forced removals.
@@ -66,7 +70,9 @@ fn main() -> std::process::ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli.command {
+        let done = match cli.command {
+            // The agent exits with its supervised process's code.
+            Command::Agent(args) => return agent::run(*args).await,
             Command::Serve(args) => serve::run(*args).await,
             Command::Dev(args) => dev::run(args).await,
             Command::Bench(args) => bench::run(args).await,
@@ -78,10 +84,11 @@ fn main() -> std::process::ExitCode {
             Command::Lease(args) => ops::run_lease(args).await,
             Command::Member(args) => ops::run_member(args).await,
             Command::Status(args) => ops::run_status(args).await,
-        }
+        };
+        done.map(|()| std::process::ExitCode::SUCCESS)
     });
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("roster: {e:#}");
             std::process::ExitCode::FAILURE

@@ -105,9 +105,15 @@ impl Registration {
     }
 
     /// Drains the instance for the configured time, then deregisters it.
-    pub async fn shutdown(mut self) -> Result<(), ClientError> {
+    pub async fn shutdown(self) -> Result<(), ClientError> {
+        let drain = self.options.drain;
+        self.shutdown_with(drain).await
+    }
+
+    /// Drains the instance for `drain` (zero: not at all), then deregisters it.
+    pub async fn shutdown_with(mut self, drain: Duration) -> Result<(), ClientError> {
         let watcher = self.watcher.take();
-        shut_down(self.shared.clone(), self.options.drain, watcher).await
+        shut_down(self.shared.clone(), drain, watcher).await
     }
 }
 

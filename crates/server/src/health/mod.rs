@@ -18,7 +18,7 @@
 //! health ([`rules`]), so a takeover produces no burst of false changes; a
 //! ttl check's deadline restarts at the takeover for the same reason.
 
-mod probe;
+pub mod probe;
 mod rules;
 mod session;
 
