@@ -163,11 +163,14 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<std::process::ExitCode> {
     for instance in config.instances {
         tasks.spawn(keep(endpoints.clone(), instance, stop.clone()));
     }
-    let child_status = tokio::select! {
-        _ = terminate.recv() => { eprintln!("roster agent: SIGTERM; draining"); None }
-        _ = interrupt.recv() => { eprintln!("roster agent: SIGINT; draining"); None }
-        status = wait(&mut child) => Some(status?),
+    let (child_status, received) = tokio::select! {
+        _ = terminate.recv() => (None, "TERM"),
+        _ = interrupt.recv() => (None, "INT"),
+        status = wait(&mut child) => (Some(status?), ""),
     };
+    if child_status.is_none() {
+        eprintln!("roster agent: SIG{received}; draining");
+    }
     let _ = stop_tx.send(if child_status.is_some() {
         Stop::Now
     } else {
@@ -187,7 +190,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<std::process::ExitCode> {
         }
         None => {
             if let Some(child) = &mut child {
-                stop_child(child).await;
+                stop_child(child, received).await;
             }
             eprintln!("roster agent: deregistered; exiting");
             Ok(std::process::ExitCode::SUCCESS)
@@ -203,11 +206,12 @@ async fn wait(child: &mut Option<tokio::process::Child>) -> anyhow::Result<ExitS
     }
 }
 
-/// Asks the supervised process to stop (SIGTERM), then kills it after 10 s.
-async fn stop_child(child: &mut tokio::process::Child) {
+/// Passes the stop signal the agent got (`TERM` or `INT`) on to the
+/// supervised process, then kills it if it is still there after 10 s.
+async fn stop_child(child: &mut tokio::process::Child, signal: &str) {
     if let Some(pid) = child.id() {
         let _ = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
+            .args([format!("-{signal}"), pid.to_string()])
             .status();
     }
     if tokio::time::timeout(Duration::from_secs(10), child.wait())
