@@ -208,12 +208,16 @@ async fn events_until(
     seen
 }
 
-/// The health changes of `id`, in order.
-fn health_trail(seen: &[Seen], id: &str) -> Vec<Health> {
+/// The health-change events of `id`, in order.
+fn changes<'a>(seen: &'a [Seen], id: &str) -> Vec<&'a Seen> {
     seen.iter()
         .filter(|s| s.id == id && s.kind == EventKind::HealthChanged)
-        .map(|s| s.health)
         .collect()
+}
+
+/// The health changes of `id`, in order.
+fn health_trail(seen: &[Seen], id: &str) -> Vec<Health> {
+    changes(seen, id).iter().map(|s| s.health).collect()
 }
 
 async fn one(registry: &mut RegistryClient<Channel>, service: &str, id: &str) -> Option<Instance> {
@@ -406,15 +410,15 @@ fn ttl_checks_follow_reports_and_turn_critical_without_them() {
             .expect("report")
             .into_inner();
         assert_eq!(answer.health(), Health::Passing);
-        // No report within the TTL: critical.
+        // No report within the TTL: critical. (A linearizable read first, so
+        // the follower's watch starts after the change to passing.)
+        let job = one(&mut registry, "batch", "job").await.expect("job");
+        assert_eq!(job.health(), Health::Passing);
         let mut stream = watch(&c, follower, "batch").await;
         let seen = events_until(&mut stream, |s| !health_trail(s, "job").is_empty()).await;
         assert_eq!(health_trail(&seen, "job"), vec![Health::Critical]);
-        assert!(
-            seen[0].output.contains("no report within 1500 ms"),
-            "{}",
-            seen[0].output
-        );
+        let output = &changes(&seen, "job")[0].output;
+        assert!(output.contains("no report within 1500 ms"), "{output}");
         registry
             .report_check(report("job", CheckResult::Pass, "back"))
             .await
@@ -483,7 +487,7 @@ fn deregister_false_keeps_an_expired_instance_critical_until_it_registers_again(
         let mut stream = watch(&c, 2, "agent").await;
         let seen = events_until(&mut stream, |s| !health_trail(s, "a1").is_empty()).await;
         assert_eq!(health_trail(&seen, "a1"), vec![Health::Critical]);
-        assert_eq!(seen[0].output, "keepalive expired");
+        assert_eq!(changes(&seen, "a1")[0].output, "keepalive expired");
         assert!(seen.iter().all(|s| s.kind != EventKind::Deregistered));
         let kept = one(&mut registry, "agent", "a1").await.expect("kept");
         assert!(

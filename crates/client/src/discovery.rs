@@ -141,22 +141,32 @@ impl Discovery {
         let View {
             instances, credit, ..
         } = &mut *view;
-        let usable: Vec<&Instance> = instances.values().filter(|i| usable(i)).collect();
-        let total: i64 = usable.iter().map(|i| i64::from(i.weight.max(1))).sum();
-        let mut best: Option<(&Instance, i64)> = None;
-        for instance in usable {
-            let entry = credit.entry(instance.id.clone()).or_insert(0);
-            *entry += i64::from(instance.weight.max(1));
-            if best.is_none_or(|(_, c)| *entry > c) {
-                best = Some((instance, *entry));
-            }
-        }
-        let (chosen, _) = best?;
-        if let Some(c) = credit.get_mut(&chosen.id) {
-            *c -= total;
-        }
-        Some(chosen.clone())
+        choose(instances, credit)
     }
+}
+
+/// Smooth weighted round-robin (as nginx's): every usable instance earns its
+/// weight in credit, the richest is chosen and pays the total, so over any
+/// run of picks each gets its share, interleaved rather than in bursts.
+fn choose(
+    instances: &BTreeMap<String, Instance>,
+    credit: &mut BTreeMap<String, i64>,
+) -> Option<Instance> {
+    let usable: Vec<&Instance> = instances.values().filter(|i| usable(i)).collect();
+    let total: i64 = usable.iter().map(|i| i64::from(i.weight.max(1))).sum();
+    let mut best: Option<(&Instance, i64)> = None;
+    for instance in usable {
+        let entry = credit.entry(instance.id.clone()).or_insert(0);
+        *entry += i64::from(instance.weight.max(1));
+        if best.is_none_or(|(_, c)| *entry > c) {
+            best = Some((instance, *entry));
+        }
+    }
+    let (chosen, _) = best?;
+    if let Some(c) = credit.get_mut(&chosen.id) {
+        *c -= total;
+    }
+    Some(chosen.clone())
 }
 
 /// Keeps the view current for as long as the cache lives.
@@ -258,4 +268,41 @@ fn take(
     drop(view);
     shared.changes.send_replace(revision);
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instance(id: &str, weight: u32, state: InstanceState, health: Health) -> (String, Instance) {
+        let instance = Instance {
+            id: id.into(),
+            weight,
+            state: state as i32,
+            health: health as i32,
+            ..Default::default()
+        };
+        (id.to_string(), instance)
+    }
+
+    #[test]
+    fn picks_follow_weights_interleaved_and_skip_draining_and_unhealthy() {
+        let instances: BTreeMap<String, Instance> = [
+            instance("a", 1, InstanceState::Up, Health::Passing),
+            instance("b", 2, InstanceState::Up, Health::Passing),
+            instance("c", 3, InstanceState::Up, Health::Passing),
+            instance("d", 5, InstanceState::Draining, Health::Passing),
+            instance("e", 5, InstanceState::Up, Health::Critical),
+        ]
+        .into_iter()
+        .collect();
+        let mut credit = BTreeMap::new();
+        let picks: String = (0..12)
+            .filter_map(|_| choose(&instances, &mut credit).map(|i| i.id))
+            .collect();
+        assert_eq!(picks, "cbacbccbacbc");
+        let counts = |id: char| picks.chars().filter(|c| *c == id).count();
+        assert_eq!((counts('a'), counts('b'), counts('c')), (2, 4, 6));
+        assert!(choose(&BTreeMap::new(), &mut credit).is_none());
+    }
 }
