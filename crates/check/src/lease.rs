@@ -9,9 +9,12 @@
 //!    promises the lease until `s + T`; a deletion the client did not ask for,
 //!    seen before that, is an early expiry. (A deletion is seen after it
 //!    happened, so seeing it early proves it happened early.)
-//! 2. **Never late by more than the bound.** A lease whose holder stopped at
-//!    `t` (its last acknowledged keepalive sent then, with TTL `T`) must be
-//!    seen gone by `t + T + bound`.
+//! 2. **Never late by more than the bound.** A lease whose holder stopped
+//!    (its last acknowledged keepalive sent at `t`, with TTL `T`) must be seen
+//!    gone by `max(t, q) + T + bound`, where `q` is when the faults stopped: a
+//!    leader change restarts the clock of a lease too short to be
+//!    checkpointed, so while leaders keep changing a dead lease may live on;
+//!    once they stop it must go within one TTL and the bound.
 //! 3. **Never back.** No keepalive sent after the lease was seen gone, or
 //!    after the client's revoke completed, is acknowledged with a TTL > 0.
 
@@ -52,12 +55,20 @@ fn ms(n: Nanos) -> f64 {
     n as f64 / 1e6
 }
 
-/// Checks every lease; `late_bound` is the allowance of rule 2 beyond the TTL,
-/// `end` when the recording stopped (a lease still due then is not late).
-pub fn check(leases: &[LeaseHistory], late_bound: Nanos, end: Nanos) -> Verdict {
+/// When rule 2 expects leases gone: within `late` of their TTL after the
+/// later of their last keepalive and `quiet_since` (when faults stopped).
+#[derive(Debug, Clone, Copy)]
+pub struct Lateness {
+    pub late: Nanos,
+    pub quiet_since: Nanos,
+}
+
+/// Checks every lease; `end` is when the recording stopped (a lease not yet
+/// due then is not judged late).
+pub fn check(leases: &[LeaseHistory], lateness: Lateness, end: Nanos) -> Verdict {
     let mut anomalies = Vec::new();
     for lease in leases {
-        check_one(lease, late_bound, end, &mut anomalies);
+        check_one(lease, lateness, end, &mut anomalies);
     }
     Verdict {
         checker: "lease-safety",
@@ -73,7 +84,7 @@ fn acknowledged(lease: &LeaseHistory) -> impl Iterator<Item = (&Keepalive, i64)>
         .filter_map(|k| k.ttl.filter(|t| *t > 0).map(|t| (k, t)))
 }
 
-fn check_one(lease: &LeaseHistory, late_bound: Nanos, end: Nanos, out: &mut Vec<String>) {
+fn check_one(lease: &LeaseHistory, lateness: Lateness, end: Nanos, out: &mut Vec<String>) {
     let id = lease.id;
     // 1. Never early (deletions the client asked for do not count).
     if let (Some(gone), None) = (lease.seen_gone, lease.revoked) {
@@ -93,17 +104,18 @@ fn check_one(lease: &LeaseHistory, late_bound: Nanos, end: Nanos, out: &mut Vec<
             .filter(|(k, _)| k.sent <= stopped)
             .last();
         let (from, ttl) = last.map_or((stopped, lease.ttl), |(k, t)| (k.sent, t));
-        let due = from + secs(ttl) + late_bound;
+        let due = from.max(lateness.quiet_since) + secs(ttl) + lateness.late;
         let late = match lease.seen_gone {
             Some(gone) => gone > due,
             None => end > due,
         };
         if late {
             out.push(format!(
-                "lease {id:x}: holder stopped at {:.1} ms, lease due by {:.1} ms (TTL {ttl} s + {:.0} ms), {}",
+                "lease {id:x}: holder stopped at {:.1} ms, lease due by {:.1} ms (TTL {ttl} s + {:.0} ms after {:.1} ms), {}",
                 ms(stopped),
                 ms(due),
-                ms(late_bound),
+                ms(lateness.late),
+                ms(from.max(lateness.quiet_since)),
                 lease
                     .seen_gone
                     .map_or("never seen gone".to_string(), |g| format!("seen gone at {:.1} ms", ms(g)))
@@ -131,6 +143,10 @@ mod tests {
     use super::*;
 
     const MS: Nanos = 1_000_000;
+    const QUIET: Lateness = Lateness {
+        late: 500 * MS,
+        quiet_since: 0,
+    };
 
     fn kept(sent_ms: &[u64], ttl: i64) -> Vec<Keepalive> {
         sent_ms
@@ -156,7 +172,7 @@ mod tests {
         let mut l = lease(kept(&[0, 600, 1200], 2));
         l.stopped = Some(1300 * MS);
         l.seen_gone = Some(3400 * MS);
-        let verdict = check(&[l], 500 * MS, 10_000 * MS);
+        let verdict = check(&[l], QUIET, 10_000 * MS);
         assert!(verdict.ok(), "{verdict}");
     }
 
@@ -164,7 +180,7 @@ mod tests {
     fn an_early_expiry_is_caught() {
         let mut l = lease(kept(&[0, 600, 1200], 2));
         l.seen_gone = Some(3000 * MS); // promised until 3200 ms
-        let verdict = check(&[l], 500 * MS, 10_000 * MS);
+        let verdict = check(&[l], QUIET, 10_000 * MS);
         assert_eq!(verdict.anomalies.len(), 1, "{verdict}");
         assert!(verdict.anomalies[0].contains("expired early"), "{verdict}");
     }
@@ -177,16 +193,27 @@ mod tests {
         let mut never = late.clone();
         never.id = 8;
         never.seen_gone = None;
-        let verdict = check(&[late, never], 500 * MS, 10_000 * MS);
+        let verdict = check(&[late, never], QUIET, 10_000 * MS);
         assert_eq!(verdict.anomalies.len(), 2, "{verdict}");
         assert!(
             verdict.anomalies[1].contains("never seen gone"),
             "{verdict}"
         );
+        // Faults until 4000 ms: due only by 4000 + 2000 + 500.
+        let mut during_faults = lease(kept(&[0], 2));
+        during_faults.stopped = Some(100 * MS);
+        during_faults.seen_gone = Some(6000 * MS);
+        let faulty = Lateness {
+            late: 500 * MS,
+            quiet_since: 4000 * MS,
+        };
+        assert!(check(&[during_faults.clone()], faulty, 10_000 * MS).ok());
+        during_faults.seen_gone = Some(6600 * MS);
+        assert!(!check(&[during_faults], faulty, 10_000 * MS).ok());
         // Not yet due when the run ended: no verdict on it.
         let mut pending = lease(kept(&[0], 2));
         pending.stopped = Some(0);
-        assert!(check(&[pending], 500 * MS, 2_400 * MS).ok());
+        assert!(check(&[pending], QUIET, 2_400 * MS).ok());
     }
 
     #[test]
@@ -204,7 +231,7 @@ mod tests {
             sent: 2200 * MS,
             ttl: Some(0),
         });
-        let verdict = check(&[revoked, expired.clone()], 500 * MS, 10_000 * MS);
+        let verdict = check(&[revoked, expired.clone()], QUIET, 10_000 * MS);
         assert_eq!(verdict.anomalies.len(), 1, "{verdict}");
         assert!(
             verdict.anomalies[0].contains("lease 7: came back"),
@@ -214,6 +241,6 @@ mod tests {
             sent: 2300 * MS,
             ttl: Some(2),
         });
-        assert!(!check(&[expired], 500 * MS, 10_000 * MS).ok());
+        assert!(!check(&[expired], QUIET, 10_000 * MS).ok());
     }
 }

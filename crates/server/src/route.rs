@@ -45,8 +45,14 @@ pub enum RouteError {
     NoLeader,
     #[error("request timed out")]
     Timeout,
+    /// The request never reached a leader (no connection could be made).
     #[error("{0}")]
     Unavailable(String),
+    /// The request may or may not have been applied (the connection broke
+    /// after it was sent, or the leader failed while handling it): a write
+    /// is not sent again, since it could apply twice.
+    #[error("outcome unknown: {0}")]
+    Unknown(String),
 }
 
 /// A request carried from a follower to the leader.
@@ -246,8 +252,10 @@ impl Router {
                 ForwardReply::Failed(RouteError::Unavailable(reason)) => {
                     tracing::debug!(%reason, "route: leader unreachable, retrying");
                 }
-                ForwardReply::Failed(RouteError::Timeout) if idempotent => {
-                    tracing::debug!("route: leader did not answer in time, retrying");
+                ForwardReply::Failed(RouteError::Timeout | RouteError::Unknown(_))
+                    if idempotent =>
+                {
+                    tracing::debug!("route: no answer from the leader, retrying");
                 }
                 other => return Ok(other),
             }
@@ -314,7 +322,7 @@ impl Router {
         match self.proposer.propose(command).await {
             Ok(response) => ForwardReply::Applied(response),
             Err(ProposeError::NotLeader) => ForwardReply::NotLeader,
-            Err(ProposeError::Failed(e)) => ForwardReply::Failed(RouteError::Unavailable(e)),
+            Err(ProposeError::Failed(e)) => ForwardReply::Failed(RouteError::Unknown(e)),
         }
     }
 
@@ -338,15 +346,18 @@ impl Router {
             Err(status) if status.code() == tonic::Code::DeadlineExceeded => {
                 return ForwardReply::Failed(RouteError::Timeout)
             }
-            Err(status) => {
+            Err(status) if never_sent(&status) => {
                 return ForwardReply::Failed(RouteError::Unavailable(status.to_string()))
             }
+            // Sent, then the connection broke (the leader died?): it may
+            // have been applied.
+            Err(status) => return ForwardReply::Failed(RouteError::Unknown(status.to_string())),
         };
         if !reply.error.is_empty() {
-            return ForwardReply::Failed(RouteError::Unavailable(reply.error));
+            return ForwardReply::Failed(RouteError::Unknown(reply.error));
         }
         bincode::deserialize(&reply.payload)
-            .unwrap_or_else(|e| ForwardReply::Failed(RouteError::Unavailable(e.to_string())))
+            .unwrap_or_else(|e| ForwardReply::Failed(RouteError::Unknown(e.to_string())))
     }
 
     fn client(&self, id: NodeId, member: &Member) -> Result<RaftPeerClient<Channel>, String> {
@@ -361,6 +372,19 @@ impl Router {
         peers.insert(id, client.clone());
         Ok(client)
     }
+}
+
+/// Whether a failed call provably never reached the peer: the connection
+/// could not be made (tonic marks that with `ConnectError` in the source chain).
+fn never_sent(status: &tonic::Status) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(error) = source {
+        if error.downcast_ref::<tonic::ConnectError>().is_some() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
 }
 
 fn lessor_reply(e: LessorError) -> ForwardReply {

@@ -48,7 +48,7 @@ pub fn route_status(error: RouteError) -> Status {
     match error {
         RouteError::NoLeader => Status::unavailable("etcdserver: no leader"),
         RouteError::Timeout => Status::unavailable("etcdserver: request timed out"),
-        RouteError::Unavailable(reason) => {
+        RouteError::Unavailable(reason) | RouteError::Unknown(reason) => {
             tracing::debug!(%reason, "request failed");
             Status::unavailable("etcdserver: request timed out")
         }

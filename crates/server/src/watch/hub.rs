@@ -392,7 +392,8 @@ impl WatchHub {
         }
     }
 
-    fn read_page(&self, from: i64) -> Result<Vec<Event>, Fail> {
+    /// A page of events from `from` on, and the store revision it was read at.
+    fn read_page(&self, from: i64) -> Result<(Vec<Event>, i64), Fail> {
         let state = self.state.get().ok_or_else(|| {
             Fail::Engine(roster_state::EngineError("watch hub not attached".into()))
         })?;
@@ -401,7 +402,7 @@ impl WatchHub {
                 "state machine lock poisoned".into(),
             ))
         })?;
-        sm.events(from, CATCH_UP_PAGE)
+        Ok((sm.events(from, CATCH_UP_PAGE)?, sm.revision()))
     }
 }
 
@@ -409,8 +410,8 @@ impl WatchHub {
 async fn catch_up(hub: Arc<WatchHub>, key: WatchKey, token: u64, mut watcher: Watcher) {
     let watch_id = key.1;
     loop {
-        let page = match hub.read_page(watcher.next_revision) {
-            Ok(page) => page,
+        let (page, read_at) = match hub.read_page(watcher.next_revision) {
+            Ok(read) => read,
             Err(fail) => {
                 let message = match fail {
                     Fail::State(StateError::Compacted { compacted }) => Outbound::Compacted {
@@ -450,9 +451,19 @@ async fn catch_up(hub: Arc<WatchHub>, key: WatchKey, token: u64, mut watcher: Wa
                 }
             }
             watcher.next_revision = last + 1;
+        } else {
+            // Nothing from `next_revision` up to the revision the page was
+            // read at: the watcher is past it. (Without this, revisions that
+            // wrote no event left it "behind" forever, and its loop, which
+            // never awaited, took a runtime thread: the chaos test found two
+            // such loops starving a restarted node of both its threads.)
+            watcher.next_revision = watcher.next_revision.max(read_at + 1);
         }
         match hub.rejoin(key, token, watcher) {
-            Some(behind) => watcher = behind,
+            Some(behind) => {
+                watcher = behind;
+                tokio::task::yield_now().await;
+            }
             None => return,
         }
     }
