@@ -418,3 +418,25 @@ impl ForwardHandler for Router {
         bincode::serialize(&reply).map_err(|e| e.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_failed_connection_counts_as_never_sent() {
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let connect = tonic::Status::from_error(Box::new(tonic::ConnectError(Box::new(refused))));
+        assert_eq!(connect.code(), tonic::Code::Unavailable);
+        assert!(never_sent(&connect), "a connection that was never made");
+        let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        let broken = tonic::Status::from_error(Box::new(reset));
+        assert!(
+            !never_sent(&broken),
+            "a connection that broke after sending"
+        );
+        assert!(!never_sent(&tonic::Status::unavailable(
+            "etcdserver: no leader"
+        )));
+    }
+}
