@@ -12,11 +12,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use harness::{free_port, wait_for, wait_until, Cluster};
-use roster_proto::registry::registry_client::RegistryClient;
-use roster_proto::registry::{
-    DiscoverRequest, EventKind, HealthFilter, RemovalReason, WatchServicesRequest,
-    WatchServicesResponse,
-};
+use roster_proto::registry::{EventKind, RemovalReason, WatchServicesResponse};
 use tonic::Streaming;
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -85,36 +81,6 @@ fn endpoints(c: &Cluster) -> String {
         .join(",")
 }
 
-/// The ids listed for `service` (linearizable, any health, draining too).
-async fn ids(c: &Cluster, service: &str) -> Vec<String> {
-    let mut registry = RegistryClient::new(c.channel(0).await);
-    let request = DiscoverRequest {
-        service: service.into(),
-        health: HealthFilter::Any as i32,
-        include_draining: true,
-        ..Default::default()
-    };
-    let answer = registry
-        .discover(request)
-        .await
-        .expect("discover")
-        .into_inner();
-    answer.instances.into_iter().map(|i| i.id).collect()
-}
-
-/// A registry watch on node 0 from now (after a linearizable read there).
-async fn watch(c: &Cluster, service: &str) -> Streaming<WatchServicesResponse> {
-    ids(c, service).await;
-    RegistryClient::new(c.channel(0).await)
-        .watch_services(WatchServicesRequest {
-            service: service.into(),
-            ..Default::default()
-        })
-        .await
-        .expect("watch")
-        .into_inner()
-}
-
 /// The next `n` (kind, reason) events, within 20 s.
 async fn next(
     stream: &mut Streaming<WatchServicesResponse>,
@@ -134,7 +100,8 @@ async fn next(
 
 fn registered(rt: &tokio::runtime::Runtime, c: &Cluster, service: &str, id: &str) {
     wait_until(Duration::from_secs(20), "registered", || {
-        rt.block_on(ids(c, service)).contains(&id.to_string())
+        rt.block_on(c.instance_ids(0, service))
+            .contains(&id.to_string())
     });
 }
 
@@ -161,7 +128,7 @@ fn sigterm_drains_then_deregisters_and_exits_zero() {
         ],
     );
     registered(&rt, &c, "web", "w1");
-    let mut stream = rt.block_on(watch(&c, "web"));
+    let mut stream = rt.block_on(c.watch_services(0, "web"));
     agent.signal("TERM");
     let events = rt.block_on(next(&mut stream, 2));
     assert_eq!(
@@ -196,7 +163,7 @@ fn sigkill_leaves_the_lease_to_expire() {
         ],
     );
     registered(&rt, &c, "job", "j1");
-    let mut stream = rt.block_on(watch(&c, "job"));
+    let mut stream = rt.block_on(c.watch_services(0, "job"));
     agent.signal("KILL");
     let killed = Instant::now();
     let events = rt.block_on(next(&mut stream, 1));
@@ -258,7 +225,7 @@ fn a_supervised_process_is_registered_once_its_check_passes_and_its_exit_deregis
     let deadline = Instant::now() + Duration::from_millis(1500);
     while Instant::now() < deadline {
         assert!(
-            rt.block_on(ids(&c, "kv")).is_empty(),
+            rt.block_on(c.instance_ids(0, "kv")).is_empty(),
             "registered before its check passed"
         );
         assert!(
@@ -275,7 +242,7 @@ fn a_supervised_process_is_registered_once_its_check_passes_and_its_exit_deregis
     );
     std::fs::write(&ready, b"").expect("READY");
     registered(&rt, &c, "kv", "k1");
-    let mut stream = rt.block_on(watch(&c, "kv"));
+    let mut stream = rt.block_on(c.watch_services(0, "kv"));
     // SIGTERM: drain (none asked), deregister, stop the process, exit 0.
     agent.signal("TERM");
     let events = rt.block_on(next(&mut stream, 1));
@@ -314,48 +281,44 @@ fn a_supervised_process_is_registered_once_its_check_passes_and_its_exit_deregis
         short.log()
     );
     assert!(
-        rt.block_on(ids(&c, "once")).is_empty(),
+        rt.block_on(c.instance_ids(0, "once")).is_empty(),
         "deregistered when the process exited"
     );
+}
+
+/// Writes `text` as the agent config at `path` and runs `roster agent
+/// --config` on it; whether it succeeded, and its stderr.
+fn run_with_config(path: &Path, text: &str) -> (bool, String) {
+    std::fs::write(path, text).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_roster"))
+        .args(["agent", "--config"])
+        .arg(path)
+        .output()
+        .expect("run");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
 fn bad_configs_and_an_unreachable_cluster_are_reported() {
     let dir = tempfile::tempdir().expect("dir");
     let config = dir.path().join("agent.toml");
-    std::fs::write(
+    let (ok, err) = run_with_config(
         &config,
         "[[instance]]\nservice = \"a\"\nid = \"b\"\nttl = 5\n",
-    )
-    .expect("write");
-    let out = Command::new(env!("CARGO_BIN_EXE_roster"))
-        .args(["agent", "--config"])
-        .arg(&config)
-        .output()
-        .expect("run");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
+    );
+    assert!(!ok, "{err}");
     assert!(
         err.contains(&config.display().to_string())
             && err.contains("line 4")
             && err.contains("ttl"),
         "{err}"
     );
-    std::fs::write(
-        &config,
-        "[[instance]]\nservice = \"a\"\nid = \"b\"\n[[instance]]\nservice = \"a\"\nid = \"b\"\n",
-    )
-    .expect("write");
-    let out = Command::new(env!("CARGO_BIN_EXE_roster"))
-        .args(["agent", "--config"])
-        .arg(&config)
-        .output()
-        .expect("run");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("a/b appears twice"),
-        "{err}"
-    );
+    let twice = "[[instance]]\nservice = \"a\"\nid = \"b\"\n".repeat(2);
+    let (ok, err) = run_with_config(&config, &twice);
+    assert!(!ok && err.contains("a/b appears twice"), "{err}");
     // Nothing listens there: the agent says so, keeps trying, and still
     // stops cleanly on SIGTERM.
     let closed = format!("127.0.0.1:{}", free_port());

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use harness::Cluster;
+use harness::{try_grpc_channel, Cluster};
 use roster_check::lease::{Keepalive, LeaseHistory};
 use roster_check::linear::{Input, Op, Output};
 use roster_check::watch::{WatchEvent, WatcherHistory};
@@ -71,16 +71,7 @@ impl Rng {
 /// connect within a second (a dead or frozen node); `call_timeout` bounds
 /// each call on it.
 async fn channel(endpoint: &str, call_timeout: Option<Duration>) -> Option<Channel> {
-    let mut builder = Channel::from_shared(endpoint.to_string())
-        .ok()?
-        .connect_timeout(Duration::from_secs(1));
-    if let Some(timeout) = call_timeout {
-        builder = builder.timeout(timeout);
-    }
-    tokio::time::timeout(Duration::from_secs(2), builder.connect())
-        .await
-        .ok()?
-        .ok()
+    try_grpc_channel(endpoint.to_string(), call_timeout, Duration::from_secs(1)).await
 }
 
 /// The cluster's client URLs, for the clients' rotation.

@@ -14,33 +14,13 @@ use std::time::Duration;
 use harness::Cluster;
 use roster_client::{Client, Discovery, InstanceBuilder, RegistrationEvent, RegistrationOptions};
 use roster_proto::registry::register_request::Lease;
-use roster_proto::registry::registry_client::RegistryClient;
-use roster_proto::registry::{
-    DiscoverRequest, EventKind, HealthFilter, RegisterRequest, RemovalReason, WatchServicesRequest,
-};
+use roster_proto::registry::{EventKind, RegisterRequest, RemovalReason};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Runtime::new().expect("runtime")
-}
-
-/// The ids the cluster lists for `service` (linearizable, any health).
-async fn server_ids(c: &Cluster, i: usize, service: &str) -> Vec<String> {
-    let mut registry = RegistryClient::new(c.channel(i).await);
-    let request = DiscoverRequest {
-        service: service.into(),
-        health: HealthFilter::Any as i32,
-        include_draining: true,
-        ..Default::default()
-    };
-    let answer = registry
-        .discover(request)
-        .await
-        .expect("discover")
-        .into_inner();
-    answer.instances.into_iter().map(|i| i.id).collect()
 }
 
 fn cached_ids(cache: &Discovery) -> Vec<String> {
@@ -74,15 +54,8 @@ fn a_registration_survives_a_leader_kill_without_expiry_or_duplicate() {
         let instance = InstanceBuilder::new("api", "a1").endpoint("10.0.0.1", 80, "http");
         let registration = client.register(instance, options).await.expect("register");
         let lease = registration.lease();
-        assert_eq!(server_ids(&c, watcher, "api").await, vec!["a1".to_string()]);
-        let watch = RegistryClient::new(c.channel(watcher).await)
-            .watch_services(WatchServicesRequest {
-                service: "api".into(),
-                ..Default::default()
-            })
-            .await
-            .expect("watch")
-            .into_inner();
+        assert_eq!(c.instance_ids(watcher, "api").await, vec!["a1".to_string()]);
+        let watch = c.watch_services(watcher, "api").await;
         (registration, watch, lease)
     });
     c.kill(leader);
@@ -96,7 +69,7 @@ fn a_registration_survives_a_leader_kill_without_expiry_or_duplicate() {
             "no event while kept alive across the failover: {window:?}"
         );
         assert_eq!(
-            server_ids(&c, new_leader, "api").await,
+            c.instance_ids(new_leader, "api").await,
             vec!["a1".to_string()]
         );
         assert_eq!(
@@ -180,17 +153,8 @@ fn a_lease_lost_in_a_partition_is_registered_again_by_itself() {
         let registration = client.register(instance, options).await.expect("register");
         let mut events = registration.events();
         let lost = registration.lease();
-        // A linearizable read first: node 1 has applied the registration, so
-        // its watch from now starts after it.
-        assert_eq!(server_ids(&c, 1, "job").await, vec!["j1".to_string()]);
-        let mut watch = RegistryClient::new(c.channel(1).await)
-            .watch_services(WatchServicesRequest {
-                service: "job".into(),
-                ..Default::default()
-            })
-            .await
-            .expect("watch")
-            .into_inner();
+        assert_eq!(c.instance_ids(1, "job").await, vec!["j1".to_string()]);
+        let mut watch = c.watch_services(1, "job").await;
         proxy.cut();
         // The cluster expires the lease the client can no longer renew.
         let expired = tokio::time::timeout(Duration::from_secs(15), watch.message())
@@ -216,7 +180,7 @@ fn a_lease_lost_in_a_partition_is_registered_again_by_itself() {
         let back = watch.message().await.expect("stream").expect("event");
         assert_eq!(back.events[0].kind(), EventKind::Registered);
         eventually(Duration::from_secs(5), "listed again", async || {
-            server_ids(&c, 2, "job").await == vec!["j1".to_string()]
+            c.instance_ids(2, "job").await == vec!["j1".to_string()]
         })
         .await;
     });
@@ -261,7 +225,7 @@ fn the_discovery_cache_converges_after_a_node_restart_and_a_compaction() {
         (direct, proxied, proxy)
     });
     let change = |c: &Cluster, line: &str| {
-        let (ok, out, err) = roster_cli(c, writer_node, line);
+        let (ok, out, err) = c.roster_line(writer_node, line);
         assert!(ok, "{line}: {out}{err}");
     };
     // Changes while the direct cache's only node is down: it serves the last
@@ -281,7 +245,7 @@ fn the_discovery_cache_converges_after_a_node_restart_and_a_compaction() {
     rt.block_on(eventually(
         Duration::from_secs(15),
         "converged after restart",
-        async || cached_ids(&direct) == server_ids(&c, writer_node, "db").await,
+        async || cached_ids(&direct) == c.instance_ids(writer_node, "db").await,
     ));
     assert_eq!(direct.relists(), 0, "resumed, not listed again");
     assert!(direct.staleness().is_none());
@@ -302,31 +266,16 @@ fn the_discovery_cache_converges_after_a_node_restart_and_a_compaction() {
     rt.block_on(eventually(
         Duration::from_secs(15),
         "converged after compaction",
-        async || cached_ids(&proxied) == server_ids(&c, writer_node, "db").await,
+        async || cached_ids(&proxied) == c.instance_ids(writer_node, "db").await,
     ));
     assert_eq!(proxied.relists(), 1, "listed again once");
     // Picks go round the usable instances, by weight.
     let picks: Vec<String> = (0..40)
         .filter_map(|_| proxied.pick().map(|i| i.id))
         .collect();
-    let ids = server_ids_blocking(&rt, &c, writer_node);
+    let ids = rt.block_on(c.instance_ids(writer_node, "db"));
     assert!(
         ids.iter().all(|id| picks.contains(id)),
         "{picks:?} covers {ids:?}"
     );
-}
-
-fn server_ids_blocking(rt: &tokio::runtime::Runtime, c: &Cluster, i: usize) -> Vec<String> {
-    rt.block_on(server_ids(c, i, "db"))
-}
-
-/// Runs `roster <line> --endpoints <node i>`; (success, stdout, stderr).
-fn roster_cli(c: &Cluster, i: usize, line: &str) -> (bool, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_roster"))
-        .args(line.split_whitespace())
-        .arg(format!("--endpoints={}", c.endpoint(i)))
-        .output()
-        .expect("run roster");
-    let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
-    (out.status.success(), text(out.stdout), text(out.stderr))
 }

@@ -18,21 +18,9 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-/// Runs `roster <args> --endpoints <node i>`; (success, stdout, stderr).
-fn roster(c: &Cluster, i: usize, args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_roster"))
-        .args(args)
-        .arg(format!("--endpoints={}", c.endpoint(i)))
-        .output()
-        .expect("run roster");
-    let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
-    (out.status.success(), text(out.stdout), text(out.stderr))
-}
-
-/// [`roster`] that must succeed; its stdout.
+/// [`Cluster::roster_line`] that must succeed; its stdout.
 fn ok(c: &Cluster, i: usize, line: &str) -> String {
-    let args: Vec<&str> = line.split_whitespace().collect();
-    let (ok, out, err) = roster(c, i, &args);
+    let (ok, out, err) = c.roster_line(i, line);
     assert!(ok, "roster {line}: {out}{err}");
     out
 }
@@ -58,8 +46,7 @@ fn a_pipe_handler_gets_every_event_with_its_reason_across_a_leader_kill() {
         ..ClusterOptions::new(3)
     });
     let file = c.dir().join("events.jsonl");
-    let (refused, _, err) = roster(
-        &c,
+    let (refused, _, err) = c.roster(
         0,
         &[
             "handler",
@@ -74,8 +61,7 @@ fn a_pipe_handler_gets_every_event_with_its_reason_across_a_leader_kill() {
         "{err}"
     );
     let pipe = format!("cat >> {}", file.display());
-    let (set, out, err) = roster(
-        &c,
+    let (set, out, err) = c.roster(
         0,
         &["handler", "set", "file", "--pipe", &pipe, "--timeout", "5s"],
     );
@@ -100,7 +86,7 @@ fn a_pipe_handler_gets_every_event_with_its_reason_across_a_leader_kill() {
         // idempotent upsert: a second apply writes no second event).
         wait_until(Duration::from_secs(20), "registration", || {
             let args: Vec<&str> = line.split_whitespace().collect();
-            roster(&c, writer, &args).0
+            c.roster(writer, &args).0
         });
     }
     for n in 0..4 {
@@ -255,12 +241,12 @@ fn http_handlers_retry_record_failures_and_survive_compaction_and_restarts() {
     let hung = rt.block_on(receiver(0));
     let own = rt.block_on(receiver(200));
     let later = rt.block_on(receiver(503));
-    let (refused, _, err) = roster(&c, 0, &["handler", "set", "p", "--pipe", "cat"]);
+    let (refused, _, err) = c.roster(0, &["handler", "set", "p", "--pipe", "cat"]);
     assert!(
         !refused && err.contains("every member started with --allow-pipe-handlers"),
         "{err}"
     );
-    let (unknown, _, err) = roster(&c, 0, &["handler", "use", "registration", "nobody"]);
+    let (unknown, _, err) = c.roster(0, &["handler", "use", "registration", "nobody"]);
     assert!(
         !unknown && err.contains("handler \"nobody\" not found"),
         "{err}"
@@ -294,7 +280,7 @@ fn http_handlers_retry_record_failures_and_survive_compaction_and_restarts() {
     ok(&c, 1, "handler use registration failing");
     ok(&c, 1, "handler use keepalive-failure hung");
     ok(&c, 1, "handler use deregistration later");
-    let (in_use, _, err) = roster(&c, 2, &["handler", "delete", "failing"]);
+    let (in_use, _, err) = c.roster(2, &["handler", "delete", "failing"]);
     assert!(
         !in_use && err.contains("cluster-wide registration handler"),
         "{err}"

@@ -22,9 +22,8 @@ use roster_proto::grpc_health::{HealthCheckRequest, HealthCheckResponse};
 use roster_proto::registry::register_request::Lease;
 use roster_proto::registry::registry_client::RegistryClient;
 use roster_proto::registry::{
-    Check, CheckKind, CheckResult, DiscoverRequest, EventKind, Health, HealthFilter, Instance,
-    RegisterRequest, RemovalReason, ReportCheckRequest, WatchServicesRequest,
-    WatchServicesResponse,
+    Check, CheckKind, CheckResult, EventKind, Health, Instance, RegisterRequest, RemovalReason,
+    ReportCheckRequest, WatchServicesResponse,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -154,18 +153,6 @@ struct Seen {
     reason: RemovalReason,
 }
 
-async fn watch(c: &Cluster, i: usize, service: &str) -> Streaming<WatchServicesResponse> {
-    client(c, i)
-        .await
-        .watch_services(WatchServicesRequest {
-            service: service.into(),
-            ..Default::default()
-        })
-        .await
-        .expect("watch")
-        .into_inner()
-}
-
 /// The events of the next response, or `None` if none comes within `wait`.
 async fn next_events(
     stream: &mut Streaming<WatchServicesResponse>,
@@ -220,20 +207,10 @@ fn health_trail(seen: &[Seen], id: &str) -> Vec<Health> {
     changes(seen, id).iter().map(|s| s.health).collect()
 }
 
-async fn one(registry: &mut RegistryClient<Channel>, service: &str, id: &str) -> Option<Instance> {
-    registry
-        .discover(DiscoverRequest {
-            service: service.into(),
-            health: HealthFilter::Any as i32,
-            include_draining: true,
-            ..Default::default()
-        })
-        .await
-        .expect("discover")
-        .into_inner()
-        .instances
-        .into_iter()
-        .find(|i| i.id == id)
+/// Instance `id` of `service` as node `i` lists it (a linearizable read).
+async fn one(c: &Cluster, i: usize, service: &str, id: &str) -> Option<Instance> {
+    let instances = c.instances(i, service).await;
+    instances.into_iter().find(|instance| instance.id == id)
 }
 
 #[test]
@@ -242,8 +219,9 @@ fn a_failing_http_check_goes_warning_then_critical_then_is_removed_and_recovers(
     let rt = runtime();
     rt.block_on(async {
         let target = http_target().await;
-        let mut registry = client(&c, c.followers()[0]).await;
-        let mut stream = watch(&c, c.followers()[1], "web").await;
+        let reader = c.followers()[0];
+        let mut registry = client(&c, reader).await;
+        let mut stream = c.watch_services(c.followers()[1], "web").await;
         let damped = Check {
             failures_before_warning: 2,
             failures_before_critical: 4,
@@ -292,7 +270,7 @@ fn a_failing_http_check_goes_warning_then_critical_then_is_removed_and_recovers(
             (removal.id.as_str(), removal.reason),
             ("removed", RemovalReason::Health)
         );
-        assert!(one(&mut registry, "web", "removed").await.is_none());
+        assert!(one(&c, reader, "web", "removed").await.is_none());
 
         target.status.store(200, Ordering::SeqCst);
         let seen = events_until(&mut stream, |s| !health_trail(s, "kept").is_empty()).await;
@@ -301,9 +279,7 @@ fn a_failing_http_check_goes_warning_then_critical_then_is_removed_and_recovers(
             vec![Health::Passing],
             "{seen:#?}"
         );
-        let kept = one(&mut registry, "web", "kept")
-            .await
-            .expect("still there");
+        let kept = one(&c, reader, "web", "kept").await.expect("still there");
         assert_eq!(
             (kept.health(), kept.critical_since_ms),
             (Health::Passing, 0)
@@ -320,7 +296,7 @@ fn grpc_not_serving_and_a_closed_tcp_port_are_detected() {
         let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let tcp_address = tcp.local_addr().expect("addr").to_string();
         let mut registry = client(&c, c.leader()).await;
-        let mut stream = watch(&c, c.leader(), "svc").await;
+        let mut stream = c.watch_services(c.leader(), "svc").await;
         let requests = [
             checked(
                 "svc",
@@ -384,8 +360,7 @@ fn ttl_checks_follow_reports_and_turn_critical_without_them() {
             .expect("register");
         // Reports reach the leader's checker from any node, and answer the
         // health after them.
-        let (ok, out, err) = roster_cli(
-            &c,
+        let (ok, out, err) = c.roster(
             follower,
             &[
                 "check",
@@ -399,7 +374,7 @@ fn ttl_checks_follow_reports_and_turn_critical_without_them() {
             ],
         );
         assert!(ok && out.contains("batch/job is warning"), "{out}{err}");
-        let job = one(&mut registry, "batch", "job").await.expect("job");
+        let job = one(&c, follower, "batch", "job").await.expect("job");
         assert_eq!(
             (job.health(), job.health_output.as_str()),
             (Health::Warning, "queue deep")
@@ -412,9 +387,9 @@ fn ttl_checks_follow_reports_and_turn_critical_without_them() {
         assert_eq!(answer.health(), Health::Passing);
         // No report within the TTL: critical. (A linearizable read first, so
         // the follower's watch starts after the change to passing.)
-        let job = one(&mut registry, "batch", "job").await.expect("job");
+        let job = one(&c, follower, "batch", "job").await.expect("job");
         assert_eq!(job.health(), Health::Passing);
-        let mut stream = watch(&c, follower, "batch").await;
+        let mut stream = c.watch_services(follower, "batch").await;
         let seen = events_until(&mut stream, |s| !health_trail(s, "job").is_empty()).await;
         assert_eq!(health_trail(&seen, "job"), vec![Health::Critical]);
         let output = &changes(&seen, "job")[0].output;
@@ -424,7 +399,7 @@ fn ttl_checks_follow_reports_and_turn_critical_without_them() {
             .await
             .expect("report");
         assert_eq!(
-            one(&mut registry, "batch", "job").await.map(|i| i.health()),
+            one(&c, follower, "batch", "job").await.map(|i| i.health()),
             Some(Health::Passing)
         );
         // Refusals.
@@ -449,17 +424,6 @@ fn ttl_checks_follow_reports_and_turn_critical_without_them() {
     });
 }
 
-/// Runs `roster <args> --endpoints <node i>`; (success, stdout, stderr).
-fn roster_cli(c: &Cluster, i: usize, args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_roster"))
-        .args(args)
-        .arg(format!("--endpoints={}", c.endpoint(i)))
-        .output()
-        .expect("run roster");
-    let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
-    (out.status.success(), text(out.stdout), text(out.stderr))
-}
-
 #[test]
 fn deregister_false_keeps_an_expired_instance_critical_until_it_registers_again() {
     let mut c = Cluster::start(3);
@@ -478,18 +442,17 @@ fn deregister_false_keeps_an_expired_instance_critical_until_it_registers_again(
         "-o",
         "json",
     ];
-    let (ok, out, err) = roster_cli(&c, 0, &register);
+    let (ok, out, err) = c.roster(0, &register);
     assert!(ok, "{out}{err}");
     let first: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
     let rt = runtime();
     rt.block_on(async {
-        let mut registry = client(&c, 1).await;
-        let mut stream = watch(&c, 2, "agent").await;
+        let mut stream = c.watch_services(2, "agent").await;
         let seen = events_until(&mut stream, |s| !health_trail(s, "a1").is_empty()).await;
         assert_eq!(health_trail(&seen, "a1"), vec![Health::Critical]);
         assert_eq!(changes(&seen, "a1")[0].output, "keepalive expired");
         assert!(seen.iter().all(|s| s.kind != EventKind::Deregistered));
-        let kept = one(&mut registry, "agent", "a1").await.expect("kept");
+        let kept = one(&c, 1, "agent", "a1").await.expect("kept");
         assert!(
             kept.keepalive_expired && kept.lease == 0 && !kept.deregister,
             "{kept:?}"
@@ -505,8 +468,7 @@ fn deregister_false_keeps_an_expired_instance_critical_until_it_registers_again(
         c.wait_node_ready(i, Duration::from_secs(30));
     }
     rt.block_on(async {
-        let mut registry = client(&c, 1).await;
-        let kept = one(&mut registry, "agent", "a1")
+        let kept = one(&c, 1, "agent", "a1")
             .await
             .expect("kept across restarts");
         assert!(
@@ -517,7 +479,7 @@ fn deregister_false_keeps_an_expired_instance_critical_until_it_registers_again(
     let lease = first["lease"].as_str().expect("lease");
     let ttl = c.ctl(0, &["lease", "timetolive", lease]);
     assert!(ttl.stdout.contains("already expired"), "{}", ttl.stdout);
-    let (ok, out, err) = roster_cli(&c, 0, &register);
+    let (ok, out, err) = c.roster(0, &register);
     assert!(ok, "{out}{err}");
     let second: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
     assert_ne!(
@@ -525,9 +487,7 @@ fn deregister_false_keeps_an_expired_instance_critical_until_it_registers_again(
         "an expired lease never comes back"
     );
     rt.block_on(async {
-        let mut registry = client(&c, 1).await;
-        c.ctl(1, &["get", "x"]); // a linearizable read: node 1 has applied it
-        let again = one(&mut registry, "agent", "a1").await.expect("registered");
+        let again = one(&c, 1, "agent", "a1").await.expect("registered");
         assert_eq!(
             (
                 again.health(),
@@ -569,10 +529,10 @@ fn bad_check_definitions_are_refused_with_the_reason() {
     for (flags, message) in cases {
         let line = format!("{base} {flags}");
         let args: Vec<&str> = line.split_whitespace().collect();
-        let (ok, out, err) = roster_cli(&c, 0, &args);
+        let (ok, out, err) = c.roster(0, &args);
         assert!(!ok && err.contains(message), "{flags}: {out}{err}");
     }
-    let (ok, out, _) = roster_cli(&c, 0, &["service", "list", "--health", "any", "-o", "json"]);
+    let (ok, out, _) = c.roster(0, &["service", "list", "--health", "any", "-o", "json"]);
     assert!(ok && out.trim().is_empty(), "nothing registered: {out}");
 }
 
@@ -585,7 +545,7 @@ fn a_new_leader_takes_the_checks_over_without_false_failures() {
     let watcher = c.followers()[0];
     let mut stream = rt.block_on(async {
         let mut registry = client(&c, old).await;
-        let mut stream = watch(&c, watcher, "fleet").await;
+        let mut stream = c.watch_services(watcher, "fleet").await;
         for n in 0..20 {
             let request = checked(
                 "fleet",

@@ -621,22 +621,6 @@ fn list_then_watch_has_no_gap_while_registrations_happen() {
     });
 }
 
-/// Runs `roster <args> --endpoints <node i>`; (success, stdout, stderr).
-fn roster_cli(c: &Cluster, i: usize, args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_roster"))
-        .args(args)
-        .arg(format!("--endpoints={}", c.endpoint(i)))
-        .output()
-        .expect("run roster");
-    let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
-    (out.status.success(), text(out.stdout), text(out.stderr))
-}
-
-/// [`roster_cli`] with the arguments written as one line (none contains a space).
-fn roster_line(c: &Cluster, i: usize, line: &str) -> (bool, String, String) {
-    roster_cli(c, i, &line.split_whitespace().collect::<Vec<_>>())
-}
-
 #[test]
 fn the_service_cli_registers_lists_watches_and_removes() {
     let c = Cluster::start(3);
@@ -661,7 +645,7 @@ fn the_service_cli_registers_lists_watches_and_removes() {
                     --ttl 30s --meta zone=a --tag web";
     let started = Instant::now();
     let first = loop {
-        let (ok, out, err) = roster_line(&c, 0, register);
+        let (ok, out, err) = c.roster_line(0, register);
         assert!(ok, "{out}{err}");
         assert!(out.starts_with("registered cli/a on lease "), "{out}");
         if let Ok(line) = lines.recv_timeout(Duration::from_millis(500)) {
@@ -676,7 +660,7 @@ fn the_service_cli_registers_lists_watches_and_removes() {
     assert_eq!(event["instance"]["id"], "a", "{event}");
 
     let list = "service list --service cli --selector zone=a,tag:web -o json";
-    let (ok, out, err) = roster_line(&c, 1, list);
+    let (ok, out, err) = c.roster_line(1, list);
     assert!(ok, "{err}");
     let listed: serde_json::Value = serde_json::from_str(out.trim()).expect("one json line");
     assert_eq!(listed["endpoints"][0], "http://10.0.0.1:8080", "{listed}");
@@ -690,7 +674,7 @@ fn the_service_cli_registers_lists_watches_and_removes() {
             "service force-deregister --service cli --id b --reason retired --actor bob",
         ),
     ] {
-        let (ok, _, err) = roster_line(&c, i, line);
+        let (ok, _, err) = c.roster_line(i, line);
         assert!(ok, "{line}: {err}");
     }
     let mut seen = Vec::new();
@@ -723,7 +707,7 @@ fn the_service_cli_registers_lists_watches_and_removes() {
     let _ = watch.kill();
     let _ = watch.wait();
 
-    let (ok, out, _) = roster_line(&c, 2, "audit list -o json");
+    let (ok, out, _) = c.roster_line(2, "audit list -o json");
     assert!(ok);
     let entry: serde_json::Value = serde_json::from_str(out.trim()).expect("one entry");
     assert_eq!(
@@ -732,12 +716,12 @@ fn the_service_cli_registers_lists_watches_and_removes() {
     );
 
     // Bad input: a precise error and a failing exit status.
-    let (ok, _, err) = roster_cli(&c, 0, &["service", "list", "--selector", "zone in a"]);
+    let (ok, _, err) = c.roster(0, &["service", "list", "--selector", "zone in a"]);
     assert!(!ok && err.contains("position 8"), "{err}");
     let bad_endpoint = "service register --service cli --id c --endpoint nohost --no-lease";
-    let (ok, _, err) = roster_line(&c, 0, bad_endpoint);
+    let (ok, _, err) = c.roster_line(0, bad_endpoint);
     assert!(!ok && err.contains("--endpoint \"nohost\""), "{err}");
-    let (ok, _, err) = roster_line(&c, 0, "service deregister --service cli --id zz");
+    let (ok, _, err) = c.roster_line(0, "service deregister --service cli --id zz");
     assert!(!ok && err.contains("instance not found"), "{err}");
 }
 

@@ -32,7 +32,12 @@ use std::sync::{Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use roster_proto::registry::registry_client::RegistryClient;
+use roster_proto::registry::{
+    DiscoverRequest, HealthFilter, Instance, WatchServicesRequest, WatchServicesResponse,
+};
 use serde_json::Value;
+use tonic::Streaming;
 
 /// Heartbeat interval passed to every node (ms), etcd's default.
 pub const HEARTBEAT_MS: u64 = 100;
@@ -256,13 +261,29 @@ pub async fn grpc_channel(
     endpoint: String,
     call_timeout: Option<Duration>,
 ) -> tonic::transport::Channel {
+    try_grpc_channel(endpoint, call_timeout, Duration::from_secs(5))
+        .await
+        .expect("connect")
+}
+
+/// As [`grpc_channel`], but `None` if it is not connected within
+/// `connect_timeout` (a dead node), or twice that (a frozen one, whose kernel
+/// still accepts the connection).
+pub async fn try_grpc_channel(
+    endpoint: String,
+    call_timeout: Option<Duration>,
+    connect_timeout: Duration,
+) -> Option<tonic::transport::Channel> {
     let mut endpoint = tonic::transport::Channel::from_shared(endpoint)
-        .expect("endpoint uri")
-        .connect_timeout(Duration::from_secs(5));
+        .ok()?
+        .connect_timeout(connect_timeout);
     if let Some(timeout) = call_timeout {
         endpoint = endpoint.timeout(timeout);
     }
-    endpoint.connect().await.expect("connect")
+    tokio::time::timeout(connect_timeout * 2, endpoint.connect())
+        .await
+        .ok()?
+        .ok()
 }
 
 /// Runs `etcdctl --endpoints=... --command-timeout=5s <args>` (API v3).
@@ -807,6 +828,68 @@ impl Cluster {
     /// A gRPC channel to node `i` for unary calls (each bounded to 10 s).
     pub async fn channel(&self, i: usize) -> tonic::transport::Channel {
         grpc_channel(self.endpoint(i), Some(Duration::from_secs(10))).await
+    }
+
+    /// Runs `roster <args> --endpoints <node i>` (the registry CLI);
+    /// (success, stdout, stderr).
+    pub fn roster(&self, i: usize, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_roster"))
+            .args(args)
+            .arg(format!("--endpoints={}", self.endpoint(i)))
+            .output()
+            .expect("run roster");
+        let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
+        (out.status.success(), text(out.stdout), text(out.stderr))
+    }
+
+    /// [`Cluster::roster`] with the arguments written as one line (none
+    /// contains a space).
+    pub fn roster_line(&self, i: usize, line: &str) -> (bool, String, String) {
+        self.roster(i, &line.split_whitespace().collect::<Vec<_>>())
+    }
+
+    /// The instances node `i` lists for `service`, any health, draining too.
+    /// A linearizable read: the node has applied every change acknowledged
+    /// before the call.
+    pub async fn instances(&self, i: usize, service: &str) -> Vec<Instance> {
+        let request = DiscoverRequest {
+            service: service.into(),
+            health: HealthFilter::Any as i32,
+            include_draining: true,
+            ..Default::default()
+        };
+        RegistryClient::new(self.channel(i).await)
+            .discover(request)
+            .await
+            .expect("discover")
+            .into_inner()
+            .instances
+    }
+
+    /// The ids of [`Cluster::instances`].
+    pub async fn instance_ids(&self, i: usize, service: &str) -> Vec<String> {
+        let instances = self.instances(i, service).await;
+        instances.into_iter().map(|instance| instance.id).collect()
+    }
+
+    /// A `WatchServices` stream of `service` on node `i` from now. A
+    /// linearizable read comes first, so a follower's watch starts after every
+    /// change acknowledged before the call, not before one it has yet to apply.
+    pub async fn watch_services(
+        &self,
+        i: usize,
+        service: &str,
+    ) -> Streaming<WatchServicesResponse> {
+        self.instances(i, service).await;
+        let request = WatchServicesRequest {
+            service: service.into(),
+            ..Default::default()
+        };
+        RegistryClient::new(grpc_channel(self.endpoint(i), None).await)
+            .watch_services(request)
+            .await
+            .expect("watch")
+            .into_inner()
     }
 
     /// Client endpoints of every node.

@@ -4,7 +4,6 @@
 //! answers) and `-o table|json`; JSON output is one object per line, so a
 //! `watch` can be piped into `jq`. Errors are the server's, with its message.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -213,22 +212,23 @@ pub(crate) fn status_error(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{} ({:?})", status.message(), status.code())
 }
 
-/// `HOST:PORT` or `PROTOCOL://HOST:PORT`.
-fn parse_endpoint(text: &str) -> anyhow::Result<Endpoint> {
+/// `HOST:PORT` or `PROTOCOL://HOST:PORT`; errors name it as `what` (the
+/// flag, or the config field).
+pub(crate) fn parse_endpoint(what: &str, text: &str) -> anyhow::Result<Endpoint> {
     let (protocol, rest) = match text.split_once("://") {
         Some((p, r)) => (p.to_string(), r),
         None => (String::new(), text),
     };
     let (address, port) = rest
         .rsplit_once(':')
-        .with_context(|| format!("--endpoint {text:?}: expected HOST:PORT"))?;
+        .with_context(|| format!("{what} {text:?}: expected [PROTOCOL://]HOST:PORT"))?;
     let port: u16 = port
         .parse()
         .ok()
         .filter(|p| *p > 0)
-        .with_context(|| format!("--endpoint {text:?}: port must be 1-65535"))?;
+        .with_context(|| format!("{what} {text:?}: port must be 1-65535"))?;
     if address.is_empty() {
-        bail!("--endpoint {text:?}: expected HOST:PORT");
+        bail!("{what} {text:?}: expected [PROTOCOL://]HOST:PORT");
     }
     Ok(Endpoint {
         address: address.to_string(),
@@ -237,7 +237,10 @@ fn parse_endpoint(text: &str) -> anyhow::Result<Endpoint> {
     })
 }
 
-fn parse_metadata(items: &[String]) -> anyhow::Result<HashMap<String, String>> {
+/// `KEY=VALUE` items (`--meta`), into any map.
+pub(crate) fn parse_metadata<M: FromIterator<(String, String)>>(
+    items: &[String],
+) -> anyhow::Result<M> {
     items
         .iter()
         .map(|item| {
@@ -280,7 +283,7 @@ pub async fn run_service(args: ServiceArgs) -> anyhow::Result<()> {
                 id: which.id.clone(),
                 endpoints: endpoint
                     .iter()
-                    .map(|e| parse_endpoint(e))
+                    .map(|e| parse_endpoint("--endpoint", e))
                     .collect::<anyhow::Result<_>>()?,
                 metadata: parse_metadata(&metadata)?,
                 tags,

@@ -14,9 +14,6 @@ pub enum ClientError {
     /// The server answered with an error.
     #[error("{}: {}", .0.code(), .0.message())]
     Status(#[from] tonic::Status),
-    /// The client or the registration was shut down.
-    #[error("closed")]
-    Closed,
 }
 
 impl ClientError {

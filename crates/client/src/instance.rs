@@ -30,6 +30,12 @@ impl InstanceBuilder {
         self
     }
 
+    /// An endpoint as the registry API spells it.
+    pub fn raw_endpoint(mut self, endpoint: Endpoint) -> Self {
+        self.request.endpoints.push(endpoint);
+        self
+    }
+
     pub fn meta(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.request.metadata.insert(key.into(), value.into());
         self

@@ -47,6 +47,12 @@ impl RegistryApi {
             other => Err(crate::etcd::unexpected(&other)),
         }
     }
+
+    /// Proposes a registry command answered with its revision alone.
+    async fn changed(&self, command: Command) -> Result<GrpcResponse<ChangeResponse>, Status> {
+        let (revision, _) = self.change(command).await?;
+        Ok(GrpcResponse::new(ChangeResponse { revision }))
+    }
 }
 
 fn to_spec(req: &RegisterRequest) -> Result<InstanceSpec, Status> {
@@ -248,14 +254,12 @@ impl Registry for RegistryApi {
         req: Request<InstanceRequest>,
     ) -> Result<GrpcResponse<ChangeResponse>, Status> {
         let InstanceRequest { service, id } = req.into_inner();
-        let (revision, _) = self
-            .change(Command::Deregister {
-                service,
-                id,
-                now_ms: now_ms(),
-            })
-            .await?;
-        Ok(GrpcResponse::new(ChangeResponse { revision }))
+        self.changed(Command::Deregister {
+            service,
+            id,
+            now_ms: now_ms(),
+        })
+        .await
     }
 
     async fn drain(
@@ -269,8 +273,7 @@ impl Registry for RegistryApi {
             id: req.id,
             deadline_ms,
         };
-        let (revision, _) = self.change(command).await?;
-        Ok(GrpcResponse::new(ChangeResponse { revision }))
+        self.changed(command).await
     }
 
     async fn force_deregister(
@@ -285,8 +288,7 @@ impl Registry for RegistryApi {
             reason: req.reason,
             now_ms: now_ms(),
         };
-        let (revision, _) = self.change(command).await?;
-        Ok(GrpcResponse::new(ChangeResponse { revision }))
+        self.changed(command).await
     }
 
     async fn set_status(
@@ -299,8 +301,7 @@ impl Registry for RegistryApi {
             id: req.id,
             status: req.status.into_iter().collect(),
         };
-        let (revision, _) = self.change(command).await?;
-        Ok(GrpcResponse::new(ChangeResponse { revision }))
+        self.changed(command).await
     }
 
     async fn report_check(
@@ -408,19 +409,9 @@ mod tests {
     use super::*;
 
     fn instance(service: &str, id: &str, health: Health) -> (Instance, i64) {
-        let spec = InstanceSpec::new(service, id);
         let instance = Instance {
-            spec,
-            status: Default::default(),
-            state: InstanceState::Up,
-            drain_deadline_ms: None,
             health,
-            health_output: String::new(),
-            critical_since_ms: None,
-            keepalive_expired: false,
-            registered_at_ms: 0,
-            lease: 0,
-            lease_owned: false,
+            ..Instance::new(InstanceSpec::new(service, id), 0)
         };
         (instance, 1)
     }

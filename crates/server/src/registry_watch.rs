@@ -17,7 +17,9 @@ use roster_proto::registry::{
     EventKind as PbKind, Instance as PbInstance, RegistryEvent, RemovalReason as PbReason,
     WatchServicesRequest, WatchServicesResponse,
 };
-use roster_state::registry::{decode_instance, Instance, InstanceState, REGISTRY_PREFIX};
+use roster_state::registry::{
+    decode_instance, parse_instance_key, Instance, InstanceState, REGISTRY_PREFIX,
+};
 use roster_state::selector::Selector;
 use roster_state::{Event, EventKind, RemovalReason};
 use tokio::sync::mpsc;
@@ -209,8 +211,7 @@ fn removal_reason(reason: Option<RemovalReason>) -> PbReason {
 
 /// An instance known only by its key, `/roster/registry/<service>/<id>`.
 fn named_only(key: &[u8]) -> Option<PbInstance> {
-    let name = std::str::from_utf8(key.strip_prefix(REGISTRY_PREFIX)?).ok()?;
-    let (service, id) = name.split_once('/')?;
+    let (service, id) = parse_instance_key(key)?;
     Some(PbInstance {
         service: service.to_string(),
         id: id.to_string(),
@@ -226,21 +227,14 @@ mod tests {
     use super::*;
 
     fn record(id: &str, zone: &str, state: InstanceState, health: Health) -> Instance {
+        let spec = InstanceSpec {
+            metadata: [("zone".to_string(), zone.to_string())].into(),
+            ..InstanceSpec::new("web", id)
+        };
         Instance {
-            spec: InstanceSpec {
-                metadata: [("zone".to_string(), zone.to_string())].into(),
-                ..InstanceSpec::new("web", id)
-            },
-            status: Default::default(),
             state,
-            drain_deadline_ms: None,
             health,
-            health_output: String::new(),
-            critical_since_ms: None,
-            keepalive_expired: false,
-            registered_at_ms: 0,
-            lease: 0,
-            lease_owned: false,
+            ..Instance::new(spec, 0)
         }
     }
 

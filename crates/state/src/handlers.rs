@@ -28,7 +28,7 @@ use crate::engine::{Engine, EngineError};
 use crate::error::{Fail, StateError};
 use crate::keyspace::RemovalReason;
 use crate::layout;
-use crate::registry::{Endpoint, Instance};
+use crate::registry::{self, Endpoint, Instance};
 use crate::tx::Tx;
 
 /// Longest handler command or URL, in bytes.
@@ -138,22 +138,8 @@ impl Cause<'_> {
     }
 }
 
-fn check_name(name: &str) -> Result<(), StateError> {
-    let bad = name.is_empty()
-        || name.len() > 253
-        || name.contains('/')
-        || name.chars().any(|c| c.is_control() || c.is_whitespace());
-    match bad {
-        true => Err(StateError::InvalidName {
-            what: "handler name".to_string(),
-            name: name.chars().take(64).collect(),
-        }),
-        false => Ok(()),
-    }
-}
-
 pub fn validate_handler(def: &HandlerDef) -> Result<(), StateError> {
-    check_name(&def.name)?;
+    registry::check_name("handler name", &def.name)?;
     let invalid = |why: String| Err(StateError::InvalidHandler(why));
     if def.timeout_ms == 0 {
         return invalid("timeout must be positive".into());

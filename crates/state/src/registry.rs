@@ -154,6 +154,25 @@ pub struct Instance {
     pub lease_owned: bool,
 }
 
+impl Instance {
+    /// A fresh record of `spec`: up, passing, no status, no lease.
+    pub fn new(spec: InstanceSpec, registered_at_ms: u64) -> Self {
+        Instance {
+            spec,
+            status: BTreeMap::new(),
+            state: InstanceState::Up,
+            drain_deadline_ms: None,
+            health: Health::Passing,
+            health_output: String::new(),
+            critical_since_ms: None,
+            keepalive_expired: false,
+            registered_at_ms,
+            lease: 0,
+            lease_owned: false,
+        }
+    }
+}
+
 /// Which lease a registration lives on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LeaseChoice {
@@ -193,6 +212,13 @@ pub fn instance_key(service: &str, id: &str) -> Vec<u8> {
     key
 }
 
+/// The service and instance id of a registry key (`None`: not one).
+pub fn parse_instance_key(key: &[u8]) -> Option<(&str, &str)> {
+    std::str::from_utf8(key.strip_prefix(REGISTRY_PREFIX)?)
+        .ok()?
+        .split_once('/')
+}
+
 /// Parses a stored record.
 pub fn decode_instance(value: &[u8]) -> Result<Instance, EngineError> {
     serde_json::from_slice(value).map_err(|e| EngineError(format!("corrupt instance record: {e}")))
@@ -202,8 +228,9 @@ fn encode_instance(instance: &Instance) -> Result<Vec<u8>, EngineError> {
     serde_json::to_vec(instance).map_err(|e| EngineError(format!("encode instance: {e}")))
 }
 
-/// Checks a name (service or instance id): non-empty, bounded, no `/`, printable.
-fn check_name(what: &'static str, name: &str) -> Result<(), StateError> {
+/// Checks a name (service, instance id, actor, handler): non-empty, bounded,
+/// no `/`, printable.
+pub(crate) fn check_name(what: &'static str, name: &str) -> Result<(), StateError> {
     let bad = name.is_empty()
         || name.len() > MAX_NAME_LEN
         || name.contains('/')
@@ -324,24 +351,20 @@ pub(crate) fn register<E: Engine>(
     // A record kept after its lease expired is new again: passing, as a fresh
     // registration would be; any other keeps the health its checks gave it.
     let kept_health = existing.as_ref().filter(|o| !o.keepalive_expired);
-    let instance = Instance {
-        spec: spec.clone(),
-        status: existing
-            .as_ref()
-            .map(|o| o.status.clone())
-            .unwrap_or_default(),
-        state: InstanceState::Up,
-        drain_deadline_ms: None,
-        health: kept_health.map_or(Health::Passing, |o| o.health),
-        health_output: kept_health
-            .map(|o| o.health_output.clone())
-            .unwrap_or_default(),
-        critical_since_ms: kept_health.and_then(|o| o.critical_since_ms),
-        keepalive_expired: false,
-        registered_at_ms: existing.as_ref().map_or(now_ms, |o| o.registered_at_ms),
+    let registered_at_ms = existing.as_ref().map_or(now_ms, |o| o.registered_at_ms);
+    let mut instance = Instance {
         lease,
         lease_owned,
+        ..Instance::new(spec.clone(), registered_at_ms)
     };
+    if let Some(old) = &existing {
+        instance.status = old.status.clone();
+    }
+    if let Some(old) = kept_health {
+        instance.health = old.health;
+        instance.health_output = old.health_output.clone();
+        instance.critical_since_ms = old.critical_since_ms;
+    }
     store(tx, &instance)?;
     // New, or back after its lease expired under `deregister: false`.
     if existing.as_ref().is_none_or(|o| o.keepalive_expired) {

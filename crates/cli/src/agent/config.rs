@@ -24,16 +24,18 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use roster_proto::registry::Endpoint;
 use roster_state::check::{CheckKind, CheckSpec};
 use serde::Deserialize;
+
+use crate::service::parse_endpoint;
 
 /// One instance the agent keeps registered.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentInstance {
     pub service: String,
     pub id: String,
-    /// (protocol, host, port)
-    pub endpoints: Vec<(String, String, u16)>,
+    pub endpoints: Vec<Endpoint>,
     pub metadata: BTreeMap<String, String>,
     pub tags: Vec<String>,
     pub weight: u32,
@@ -100,26 +102,6 @@ fn duration(text: Option<&str>, what: &str, default: Duration) -> anyhow::Result
         None => Ok(default),
         Some(text) => crate::duration::parse(text).map_err(|e| anyhow::anyhow!("{what}: {e}")),
     }
-}
-
-/// `[PROTOCOL://]HOST:PORT`.
-pub fn parse_endpoint(text: &str) -> anyhow::Result<(String, String, u16)> {
-    let (protocol, rest) = match text.split_once("://") {
-        Some((p, r)) => (p.to_string(), r),
-        None => (String::new(), text),
-    };
-    let (host, port) = rest
-        .rsplit_once(':')
-        .with_context(|| format!("endpoint {text:?}: expected [PROTOCOL://]HOST:PORT"))?;
-    let port: u16 = port
-        .parse()
-        .ok()
-        .filter(|p| *p > 0)
-        .with_context(|| format!("endpoint {text:?}: port must be 1-65535"))?;
-    if host.is_empty() {
-        bail!("endpoint {text:?}: expected [PROTOCOL://]HOST:PORT");
-    }
-    Ok((protocol, host.to_string(), port))
 }
 
 /// A local check of one kind at `target`.
@@ -213,7 +195,7 @@ fn file_instance(i: FileInstance, default_drain: Duration) -> anyhow::Result<Age
         endpoints: i
             .endpoints
             .iter()
-            .map(|e| parse_endpoint(e))
+            .map(|e| parse_endpoint("endpoint", e))
             .collect::<anyhow::Result<_>>()?,
         weight: i.weight.unwrap_or(1),
         ttl: duration(i.ttl.as_deref(), "ttl", DEFAULT_TTL)?,
@@ -256,12 +238,14 @@ drain = "0s"
         .expect("valid");
         assert_eq!(config.endpoints, vec!["127.0.0.1:2379"]);
         let web1 = &config.instances[0];
+        let endpoint = |protocol: &str, port| Endpoint {
+            address: "10.0.0.1".into(),
+            port,
+            protocol: protocol.into(),
+        };
         assert_eq!(
             web1.endpoints,
-            vec![
-                ("http".into(), "10.0.0.1".into(), 8080),
-                (String::new(), "10.0.0.1".into(), 9090)
-            ]
+            vec![endpoint("http", 8080), endpoint("", 9090)]
         );
         assert_eq!(
             (web1.ttl, web1.drain),

@@ -29,6 +29,8 @@ use tokio::task::JoinSet;
 
 pub use config::{AgentConfig, AgentInstance};
 
+use crate::service::{parse_endpoint, parse_metadata};
+
 #[derive(Args, Debug)]
 pub struct AgentArgs {
     /// Cluster endpoints, host:port (comma-separated) [default: the config
@@ -107,22 +109,15 @@ impl AgentArgs {
         if let Some(check) = &check {
             roster_state::check::validate_check(check).map_err(|e| anyhow::anyhow!("{e}"))?;
         }
-        let mut metadata = std::collections::BTreeMap::new();
-        for item in &self.metadata {
-            let (k, v) = item
-                .split_once('=')
-                .with_context(|| format!("--meta {item:?}: expected KEY=VALUE"))?;
-            metadata.insert(k.to_string(), v.to_string());
-        }
         Ok(AgentInstance {
             service: service.to_string(),
             id: id.to_string(),
             endpoints: self
                 .endpoint
                 .iter()
-                .map(|e| config::parse_endpoint(e))
+                .map(|e| parse_endpoint("--endpoint", e))
                 .collect::<anyhow::Result<_>>()?,
-            metadata,
+            metadata: parse_metadata(&self.metadata)?,
             tags: self.tags.clone(),
             weight: 1,
             ttl: self.ttl,
@@ -304,8 +299,8 @@ async fn register(
     let mut builder = InstanceBuilder::new(&instance.service, &instance.id)
         .weight(instance.weight)
         .deregistration_handler(&instance.deregistration_handler);
-    for (protocol, host, port) in &instance.endpoints {
-        builder = builder.endpoint(host.clone(), *port, protocol);
+    for endpoint in &instance.endpoints {
+        builder = builder.raw_endpoint(endpoint.clone());
     }
     for (k, v) in &instance.metadata {
         builder = builder.meta(k.clone(), v.clone());

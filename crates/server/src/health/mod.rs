@@ -31,8 +31,6 @@ use tokio::sync::{mpsc, oneshot};
 use crate::proposer::{ProposeError, Proposer};
 use crate::watch::WatchHub;
 
-pub use probe::Outcome;
-
 /// A ttl check's report: pass, warn or fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Report {

@@ -17,7 +17,7 @@ use std::time::Duration;
 use openraft::ServerState;
 use roster_raft::{Raft, SharedState};
 use roster_state::check::{CheckKind, CheckSpec};
-use roster_state::registry::{decode_instance, Health, Instance, REGISTRY_PREFIX};
+use roster_state::registry::{decode_instance, parse_instance_key, Health, Instance};
 use roster_state::{Command, EventKind, StateError};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -195,9 +195,10 @@ impl<'a> Session<'a> {
 
     /// Follows one change of a registry record.
     fn follow(&mut self, event: &roster_state::Event) {
-        let Some(key) = parse_key(&event.kv.key) else {
+        let Some((service, id)) = parse_instance_key(&event.kv.key) else {
             return;
         };
+        let key = (service.to_string(), id.to_string());
         match event.kind {
             EventKind::Delete => {
                 self.table.remove(&key);
@@ -473,13 +474,6 @@ fn set_health(key: &Key, health: Health, output: String) -> Command {
         output,
         now_ms: now_ms(),
     }
-}
-
-/// Service and id of a registry key.
-fn parse_key(key: &[u8]) -> Option<Key> {
-    let rest = std::str::from_utf8(key.strip_prefix(REGISTRY_PREFIX)?).ok()?;
-    let (service, id) = rest.split_once('/')?;
-    Some((service.to_string(), id.to_string()))
 }
 
 /// When a newly followed check first acts: a ttl check after a whole interval
