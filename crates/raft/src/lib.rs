@@ -13,12 +13,14 @@ mod log_store;
 mod mem_log_store;
 mod mem_storage;
 pub mod network;
+pub mod runtime;
 mod sled_engine;
 mod sled_log_store;
 mod state_backend;
 mod state_store;
 mod storage;
 mod storage_errors;
+pub mod transport;
 mod types;
 
 pub use log_store::LogStore;

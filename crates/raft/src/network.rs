@@ -28,6 +28,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::transport::{TcpTransport, Transport};
 use crate::types::{Member, NodeId, Raft, TypeConfig};
 
 /// Largest raft message accepted on the peer port (snapshot chunks and entry batches).
@@ -46,15 +47,31 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     bincode::deserialize(bytes).map_err(|e| CodecError(e.to_string()))
 }
 
-/// Builds one [`GrpcNetwork`] per peer; connections are made lazily.
-#[derive(Debug, Clone, Default)]
-pub struct GrpcNetworkFactory;
+/// Builds one [`GrpcNetwork`] per peer, over its transport; connections are
+/// made lazily.
+#[derive(Clone)]
+pub struct GrpcNetworkFactory {
+    transport: Arc<dyn Transport>,
+}
+
+impl GrpcNetworkFactory {
+    pub fn new(transport: Arc<dyn Transport>) -> Self {
+        GrpcNetworkFactory { transport }
+    }
+}
+
+impl Default for GrpcNetworkFactory {
+    /// Over real TCP.
+    fn default() -> Self {
+        Self::new(Arc::new(TcpTransport))
+    }
+}
 
 impl RaftNetworkFactory<TypeConfig> for GrpcNetworkFactory {
     type Network = GrpcNetwork;
 
     async fn new_client(&mut self, target: NodeId, node: &Member) -> GrpcNetwork {
-        GrpcNetwork::new(target, node)
+        GrpcNetwork::new(target, node, self.transport.as_ref())
     }
 }
 
@@ -65,10 +82,10 @@ pub struct GrpcNetwork {
 }
 
 impl GrpcNetwork {
-    fn new(target: NodeId, node: &Member) -> Self {
+    fn new(target: NodeId, node: &Member, transport: &dyn Transport) -> Self {
         GrpcNetwork {
             target,
-            client: peer_client(node),
+            client: peer_client(node, transport),
         }
     }
 
@@ -250,18 +267,26 @@ impl RaftPeer for RaftPeerService {
     }
 }
 
-/// A client for forwarding requests to another member's peer port.
-pub fn peer_client(member: &Member) -> Result<RaftPeerClient<Channel>, String> {
+/// A client for another member's peer port (raft traffic, forwarded requests).
+pub fn peer_client(
+    member: &Member,
+    transport: &dyn Transport,
+) -> Result<RaftPeerClient<Channel>, String> {
     let url = member
         .peer_urls
         .first()
         .ok_or_else(|| format!("member {member} has no peer URL"))?;
     let endpoint =
         Endpoint::from_shared(url.clone()).map_err(|e| format!("peer URL {url}: {e}"))?;
-    let channel = endpoint
+    // HTTP/2 pings find a connection whose peer vanished without a reset (a
+    // partition, a frozen host) within seconds instead of TCP's hours, so
+    // the channel reconnects once the peer is back.
+    let endpoint = endpoint
         .connect_timeout(Duration::from_millis(500))
-        .tcp_nodelay(true)
-        .connect_lazy();
+        .http2_keep_alive_interval(Duration::from_secs(1))
+        .keep_alive_timeout(Duration::from_secs(2))
+        .keep_alive_while_idle(true);
+    let channel = transport.channel(endpoint);
     Ok(RaftPeerClient::new(channel)
         .max_decoding_message_size(MAX_PEER_MESSAGE)
         .max_encoding_message_size(MAX_PEER_MESSAGE))

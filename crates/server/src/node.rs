@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use futures::StreamExt;
 use openraft::error::{InitializeError, RaftError};
-use openraft::RaftNetworkFactory;
 use roster_proto::etcdserverpb::cluster_server::ClusterServer;
 use roster_proto::etcdserverpb::kv_server::KvServer;
 use roster_proto::etcdserverpb::lease_server::LeaseServer;
@@ -20,18 +20,16 @@ use roster_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use roster_proto::etcdserverpb::watch_server::WatchServer;
 use roster_proto::registry::handlers_server::HandlersServer;
 use roster_proto::registry::registry_server::RegistryServer;
-use roster_raft::network::RaftPeerService;
+use roster_raft::network::{GrpcNetworkFactory, RaftPeerService};
+use roster_raft::transport::{Incoming, TcpTransport, Transport};
 use roster_raft::{
     open_storage, ApplyObserver, Member, MemoryStorage, NodeId, Raft, Storage, StorageOptions,
-    TypeConfig,
 };
 use roster_state::{Command, MemberAttrs};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
-use tokio_stream::{Stream, StreamExt};
+use tokio_stream::Stream;
 use tonic::transport::server::Connected;
 
 use crate::config::{ClusterState, NodeConfig};
@@ -104,9 +102,14 @@ fn socket_addr(flag: &'static str, url: &str) -> Result<SocketAddr, StartError> 
     rest.trim_end_matches('/').parse().map_err(|_| bad())
 }
 
-async fn bind(flag: &'static str, url: &str) -> Result<TcpListener, StartError> {
+async fn bind(
+    transport: &dyn Transport,
+    flag: &'static str,
+    url: &str,
+) -> Result<Incoming, StartError> {
     let addr = socket_addr(flag, url)?;
-    TcpListener::bind(addr)
+    transport
+        .listen(addr)
         .await
         .map_err(|source| StartError::Listen {
             flag,
@@ -146,22 +149,18 @@ fn initial_members(config: &NodeConfig) -> Result<(BTreeMap<NodeId, Member>, Nod
 }
 
 impl RunningNode {
-    /// Starts a node with the gRPC peer transport and sled storage in its data dir.
+    /// Starts a node on real TCP with sled storage in its data dir.
     pub async fn start(config: NodeConfig) -> Result<Self, StartError> {
-        let network = roster_raft::network::GrpcNetworkFactory;
-        Self::start_with(config, network, Backend::Sled).await
+        Self::start_with(config, Arc::new(TcpTransport), Backend::Sled).await
     }
 
-    /// Starts a node whose raft traffic goes through `network` and whose state
-    /// lives in `backend`.
-    pub async fn start_with<N>(
+    /// Starts a node whose connections (raft traffic, forwarded requests, both
+    /// listeners) go through `transport` and whose state lives in `backend`.
+    pub async fn start_with(
         config: NodeConfig,
-        network: N,
+        transport: Arc<dyn Transport>,
         backend: Backend,
-    ) -> Result<Self, StartError>
-    where
-        N: RaftNetworkFactory<TypeConfig>,
-    {
+    ) -> Result<Self, StartError> {
         let (members, member_id) = initial_members(&config)?;
         let ids: Vec<NodeId> = members.keys().copied().collect();
         let cluster_id = identity::cluster_id(&ids, &config.initial_cluster_token);
@@ -173,8 +172,14 @@ impl RunningNode {
             };
             check_data_dir(&config, &ident)?;
         }
-        let peer_listeners = bind_all("--listen-peer-urls", &config.listen_peer_urls).await?;
-        let client_listeners = bind_all("--listen-client-urls", &config.listen_client_urls).await?;
+        let peer_listeners =
+            bind_all(&*transport, "--listen-peer-urls", &config.listen_peer_urls).await?;
+        let client_listeners = bind_all(
+            &*transport,
+            "--listen-client-urls",
+            &config.listen_client_urls,
+        )
+        .await?;
         let hub = WatchHub::new();
         let observer = Arc::new(NodeObserver::new(hub.clone()));
         let storage = open_backend(&config, backend, observer.clone()).await?;
@@ -184,6 +189,7 @@ impl RunningNode {
             .raft_config()
             .validate()
             .map_err(|e| StartError::Raft(e.to_string()))?;
+        let network = GrpcNetworkFactory::new(transport.clone());
         let raft = Raft::new(
             member_id,
             Arc::new(raft_config),
@@ -229,7 +235,7 @@ impl RunningNode {
         );
         let health =
             HealthChecker::start(raft.clone(), proposer.clone(), shared.clone(), hub.clone());
-        let router = Router::new(member_id, raft.clone(), lessor, proposer, health);
+        let router = Router::new(member_id, raft.clone(), lessor, proposer, health, transport);
         let api = EtcdApi {
             raft: raft.clone(),
             state: shared,
@@ -258,13 +264,11 @@ impl RunningNode {
         for listener in peer_listeners {
             let peer = RaftPeerService::new(raft.clone(), Arc::new(router.clone()));
             let router = tonic::transport::Server::builder().add_service(peer.into_server());
-            let incoming = TcpListenerStream::new(listener).map(|conn| conn.map(no_delay));
-            servers.push(spawn_server(router, incoming, stopped.clone()));
+            servers.push(spawn_server(router, listener, stopped.clone()));
         }
         for listener in client_listeners {
             // etcdctl 3.4 may send the endpoint URL as :authority; see url_authority.
-            let incoming = TcpListenerStream::new(listener)
-                .map(|conn| conn.map(|tcp| AuthorityRewrite::new(no_delay(tcp))));
+            let incoming = listener.map(|conn| conn.map(AuthorityRewrite::new));
             servers.push(spawn_server(client_router(&api), incoming, stopped.clone()));
         }
         tracing::info!(
@@ -296,10 +300,14 @@ impl RunningNode {
     }
 }
 
-async fn bind_all(flag: &'static str, urls: &[String]) -> Result<Vec<TcpListener>, StartError> {
+async fn bind_all(
+    transport: &dyn Transport,
+    flag: &'static str,
+    urls: &[String],
+) -> Result<Vec<Incoming>, StartError> {
     let mut listeners = Vec::with_capacity(urls.len());
     for url in urls {
-        listeners.push(bind(flag, url).await?);
+        listeners.push(bind(transport, flag, url).await?);
     }
     Ok(listeners)
 }
@@ -365,16 +373,6 @@ async fn publish_attributes(router: Router, attrs: MemberAttrs) {
             Err(e) => tracing::debug!(error = %e, "publishing member attributes, retrying"),
         }
     }
-}
-
-/// Turns Nagle's algorithm off on an accepted connection. Streamed answers
-/// (watch events, keepalive answers) are small writes that follow one another;
-/// with Nagle on, each waits for the peer's delayed ACK (40 ms on Linux).
-fn no_delay(tcp: TcpStream) -> TcpStream {
-    if let Err(e) = tcp.set_nodelay(true) {
-        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-    }
-    tcp
 }
 
 fn client_router(api: &EtcdApi) -> tonic::transport::server::Router {

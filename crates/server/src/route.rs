@@ -16,6 +16,7 @@ use openraft::ServerState;
 use roster_proto::raftpb::raft_peer_client::RaftPeerClient;
 use roster_proto::raftpb::RaftRequest;
 use roster_raft::network::{peer_client, ForwardHandler};
+use roster_raft::transport::Transport;
 use roster_raft::{Member, NodeId, Raft};
 use roster_state::registry::Health;
 use roster_state::{Command, Response, StateError};
@@ -97,6 +98,7 @@ pub struct Router {
     health: HealthChecker,
     keepalives: mpsc::UnboundedSender<PendingKeepalive>,
     peers: Arc<Mutex<HashMap<NodeId, RaftPeerClient<Channel>>>>,
+    transport: Arc<dyn Transport>,
 }
 
 type PendingKeepalive = (i64, oneshot::Sender<Result<i64, RouteError>>);
@@ -120,6 +122,7 @@ impl Router {
         lessor: Lessor,
         proposer: Proposer,
         health: HealthChecker,
+        transport: Arc<dyn Transport>,
     ) -> Self {
         let (keepalives, queue) = mpsc::unbounded_channel();
         let router = Router {
@@ -130,6 +133,7 @@ impl Router {
             lessor,
             keepalives,
             peers: Arc::default(),
+            transport,
         };
         tokio::spawn(router.clone().forward_keepalives(queue));
         router
@@ -269,6 +273,11 @@ impl Router {
     /// Waits (briefly) for the metrics to change, e.g. a new leader.
     async fn await_leader_change(&self) {
         let mut metrics = self.raft.metrics();
+        // A fresh receiver counts the current metrics as unseen, so without
+        // this `changed()` returns at once and the caller spins through its
+        // retries (found by the simulation: with no leader, the retry loop
+        // never let time pass).
+        metrics.mark_unchanged();
         let _ = tokio::time::timeout(Duration::from_millis(100), metrics.changed()).await;
     }
 
@@ -368,7 +377,7 @@ impl Router {
         if let Some(client) = peers.get(&id) {
             return Ok(client.clone());
         }
-        let client = peer_client(member)?;
+        let client = peer_client(member, self.transport.as_ref())?;
         peers.insert(id, client.clone());
         Ok(client)
     }

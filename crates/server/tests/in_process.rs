@@ -41,8 +41,8 @@ fn config(i: usize, ports: &[Ports]) -> NodeConfig {
 }
 
 async fn start(config: NodeConfig, memory: &MemoryStorage) -> RunningNode {
-    let network = roster_raft::network::GrpcNetworkFactory;
-    RunningNode::start_with(config, network, Backend::Memory(memory.clone()))
+    let transport = std::sync::Arc::new(roster_raft::transport::TcpTransport);
+    RunningNode::start_with(config, transport, Backend::Memory(memory.clone()))
         .await
         .expect("node starts")
 }

@@ -29,16 +29,31 @@ impl ApplyObserver for Recorder {
 }
 
 /// Opens the storage in `dir` (a real directory, never sled's temporary mode) on
-/// the blocking pool, with a small cache.
+/// the blocking pool, with a small cache. A store dropped just before may
+/// still hold sled's file lock for a moment (its flusher threads end on their
+/// own), so a busy lock is tried again for up to 10 s.
 pub async fn open(dir: &Path, observer: Arc<Recorder>) -> Storage {
-    let opts = StorageOptions {
-        dir: dir.to_path_buf(),
-        cache_capacity: 8 * 1024 * 1024,
-    };
-    tokio::task::spawn_blocking(move || open_storage(opts, observer))
-        .await
-        .unwrap()
-        .unwrap()
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let opts = StorageOptions {
+            dir: dir.to_path_buf(),
+            cache_capacity: 8 * 1024 * 1024,
+        };
+        let observer = observer.clone();
+        match tokio::task::spawn_blocking(move || open_storage(opts, observer))
+            .await
+            .unwrap()
+        {
+            Ok(storage) => return storage,
+            Err(e)
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("open {}: {e}", dir.display()),
+        }
+    }
 }
 
 pub fn log_id(term: u64, node: u64, index: u64) -> LogId<u64> {

@@ -14,7 +14,7 @@
 
 mod deliver;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use openraft::ServerState;
@@ -167,7 +167,7 @@ impl Dispatcher {
         };
         let now = Instant::now();
         // Each handler's first event not being recorded, in outbox order.
-        let mut heads: HashMap<&str, &HandlerEvent> = HashMap::new();
+        let mut heads: BTreeMap<&str, &HandlerEvent> = BTreeMap::new();
         for event in events.iter().filter(|e| !self.recording.contains(&e.id)) {
             heads.entry(event.handler.as_str()).or_insert(event);
         }

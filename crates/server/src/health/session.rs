@@ -9,7 +9,7 @@
 //! from before a check was redefined is dropped.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,7 +78,7 @@ enum Done {
 pub(super) struct Session<'a> {
     context: &'a Context,
     term: u64,
-    table: HashMap<Key, Tracked>,
+    table: BTreeMap<Key, Tracked>,
     /// Due times with a ticket each; an entry whose ticket is not its
     /// instance's current one is stale and skipped.
     schedule: BTreeSet<(Instant, u64, Key)>,
@@ -99,7 +99,7 @@ impl<'a> Session<'a> {
         let mut session = Session {
             context,
             term,
-            table: HashMap::new(),
+            table: BTreeMap::new(),
             schedule: BTreeSet::new(),
             tickets: 0,
             in_flight: 0,

@@ -19,7 +19,7 @@
 //! If its next revision is compacted away meanwhile, it is canceled with the
 //! compaction revision, as etcd does.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
@@ -136,7 +136,7 @@ type WatchKey = (StreamId, i64);
 struct Registry {
     /// Every event up to this revision has been handed to the synced watchers.
     published: i64,
-    entries: HashMap<WatchKey, Entry>,
+    entries: BTreeMap<WatchKey, Entry>,
 }
 
 /// See the module docs.

@@ -1,0 +1,79 @@
+//! Roster's network seams over turmoil's simulated TCP: the [`Transport`] a
+//! simulated node uses for raft traffic, forwarded requests and its two
+//! listeners, and the [`Connect`] the simulated clients use. Host names are
+//! turmoil's (`n0`, `n1`, ...), resolved by its DNS; no byte leaves the
+//! process.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::StreamExt;
+use hyper_util::rt::TokioIo;
+use roster_raft::transport::{Conn, Incoming, Transport};
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::workload::Connect;
+
+/// Opens a simulated TCP connection to the host and port of `uri`.
+async fn dial(uri: Uri) -> io::Result<TokioIo<turmoil::net::TcpStream>> {
+    let host = uri
+        .host()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("no host in {uri}")))?;
+    let port = uri.port_u16().unwrap_or(80);
+    let stream = turmoil::net::TcpStream::connect((host, port)).await?;
+    Ok(TokioIo::new(stream))
+}
+
+/// A node's network inside the simulation.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SimTransport;
+
+impl Transport for SimTransport {
+    fn channel(&self, endpoint: Endpoint) -> Channel {
+        endpoint.connect_with_connector_lazy(tower::service_fn(dial))
+    }
+
+    fn listen(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<Incoming>> {
+        Box::pin(async move {
+            let listener = turmoil::net::TcpListener::bind(addr).await?;
+            let incoming = futures::stream::unfold(listener, |listener| async move {
+                let accepted = listener.accept().await.map(|(stream, _)| Conn::new(stream));
+                Some((accepted, listener))
+            });
+            Ok(incoming.boxed())
+        })
+    }
+}
+
+/// The simulated clients' way to the nodes: client URLs such as `http://n0:2379`.
+pub struct SimConnect(pub Vec<String>);
+
+impl Connect for SimConnect {
+    fn nodes(&self) -> usize {
+        self.0.len()
+    }
+
+    fn channel(
+        &self,
+        i: usize,
+        call_timeout: Option<Duration>,
+    ) -> BoxFuture<'static, Option<Channel>> {
+        let url = self.0[i % self.0.len()].clone();
+        Box::pin(async move {
+            let connect_timeout = Duration::from_secs(1);
+            let mut endpoint = Endpoint::from_shared(url)
+                .ok()?
+                .connect_timeout(connect_timeout);
+            if let Some(timeout) = call_timeout {
+                endpoint = endpoint.timeout(timeout);
+            }
+            let connect = endpoint.connect_with_connector(tower::service_fn(dial));
+            tokio::time::timeout(connect_timeout * 2, connect)
+                .await
+                .ok()?
+                .ok()
+        })
+    }
+}

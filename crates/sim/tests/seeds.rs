@@ -1,0 +1,99 @@
+//! The deterministic simulation in CI: a fixed set of seeds on 3 and 5
+//! nodes, each judged by every checker, and one seed run twice to prove that
+//! a seed replays the same run. `examples/sim.rs` runs thousands of seeds.
+//!
+//! Each run is a child process (this test binary again, running only
+//! `child_run`): a run replays exactly only as the first of its process
+//! (see `Summary::LINE_PREFIX`). The parent bounds its real time.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use roster_sim::cluster::Summary;
+use roster_sim::{run, SimOptions};
+
+/// Real time one run may take: a task that never waits would stop virtual
+/// time and spin for ever.
+const REAL_TIME_LIMIT: Duration = Duration::from_secs(600);
+const CHILD: &str = "ROSTER_SIM_CHILD";
+
+/// Runs one simulation in a child process and returns its summary.
+fn simulate(seed: u64, nodes: usize, fault_secs: u64) -> Summary {
+    let exe = std::env::current_exe().expect("own test binary");
+    let mut child = Command::new(exe)
+        .args(["--exact", "child_run", "--nocapture", "--test-threads", "1"])
+        .env(CHILD, format!("{seed},{nodes},{fault_secs}"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn the child run");
+    let started = Instant::now();
+    while child.try_wait().expect("child status").is_none() {
+        if started.elapsed() > REAL_TIME_LIMIT {
+            let _ = child.kill();
+            panic!("seed {seed}: no end after {REAL_TIME_LIMIT:?} of real time");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut output = String::new();
+    if let Some(mut stdout) = child.stdout.take() {
+        stdout.read_to_string(&mut output).expect("child output");
+    }
+    let summary = Summary::parse(&output)
+        .unwrap_or_else(|| panic!("seed {seed}: the child printed no summary:\n{output}"));
+    eprintln!(
+        "sim: seed {seed} nodes {nodes}: {} kv operations ({} unknown), {} keepalives, {} virtual ms, digest {:016x}",
+        summary.ops, summary.unknown, summary.keepalives, summary.virtual_ms, summary.digest
+    );
+    for line in summary.verdicts.iter().chain(&summary.faults) {
+        eprintln!("sim:   {line}");
+    }
+    assert_eq!(summary.error, None, "replay: {}", summary.replay());
+    assert!(summary.ops > 100, "the workload ran: {summary:?}");
+    assert!(!summary.faults.is_empty(), "faults were injected");
+    assert!(
+        summary.ok(),
+        "anomalies found; replay: {}",
+        summary.replay()
+    );
+    summary
+}
+
+/// The child's side: one run, its summary on stdout. A no-op unless the
+/// parent set `ROSTER_SIM_CHILD`.
+#[test]
+fn child_run() {
+    let Ok(spec) = std::env::var(CHILD) else {
+        return;
+    };
+    let numbers: Vec<u64> = spec.split(',').filter_map(|n| n.parse().ok()).collect();
+    let [seed, nodes, fault_secs] = numbers[..] else {
+        panic!("{CHILD}={spec}: expected SEED,NODES,SECS");
+    };
+    let options = SimOptions {
+        seed,
+        nodes: nodes as usize,
+        fault_secs,
+    };
+    let result = run(options);
+    println!("{}", Summary::of(options, &result).line());
+}
+
+#[test]
+fn three_nodes_under_faults() {
+    for seed in [1, 2] {
+        simulate(seed, 3, 20);
+    }
+}
+
+#[test]
+fn five_nodes_under_faults() {
+    simulate(3, 5, 20);
+}
+
+#[test]
+fn a_seed_replays_the_same_run() {
+    let first = simulate(7, 3, 10);
+    let again = simulate(7, 3, 10);
+    assert_eq!(first, again, "the same faults, history and figures");
+}
