@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use harness::Cluster;
 use roster_check::Nanos;
-use roster_sim::workload::{Mix, Rng, TcpConnect, Workload};
+use roster_sim::workload::{Connect, Mix, Rng, Workload};
 
 #[derive(Debug, Clone, Copy)]
 enum Fault {
@@ -90,7 +90,7 @@ fn chaos_histories_are_linearizable_and_leases_safe() {
     eprintln!("chaos: seed {seed} for {secs} s (replay: ROSTER_CHAOS_SEED={seed} ROSTER_CHAOS_SECS={secs})");
     let mut c = Cluster::start(3);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let connect = Arc::new(TcpConnect((0..3).map(|i| c.endpoint(i)).collect()));
+    let connect = Arc::new(Connect::tcp((0..3).map(|i| c.endpoint(i)).collect()));
     // One holder stops early enough for its lease to be due before the end.
     let mix = Mix {
         kv_clients: 4,

@@ -274,16 +274,7 @@ pub async fn try_grpc_channel(
     call_timeout: Option<Duration>,
     connect_timeout: Duration,
 ) -> Option<tonic::transport::Channel> {
-    let mut endpoint = tonic::transport::Channel::from_shared(endpoint)
-        .ok()?
-        .connect_timeout(connect_timeout);
-    if let Some(timeout) = call_timeout {
-        endpoint = endpoint.timeout(timeout);
-    }
-    tokio::time::timeout(connect_timeout * 2, endpoint.connect())
-        .await
-        .ok()?
-        .ok()
+    roster_sim::workload::tcp_channel(endpoint, call_timeout, connect_timeout).await
 }
 
 /// Runs `etcdctl --endpoints=... --command-timeout=5s <args>` (API v3).

@@ -37,7 +37,7 @@ use roster_server::{Backend, InitialMember, NodeConfig, RunningNode};
 use roster_state::splitmix64;
 use serde::{Deserialize, Serialize};
 
-use crate::net::{SimConnect, SimTransport};
+use crate::net::{sim_connect, SimTransport};
 use crate::workload::{Judgement, Mix, Rng, Workload};
 
 /// What to simulate.
@@ -378,7 +378,7 @@ async fn client(
         lease_holders: 3,
         stop_one_holder_at: Some(quarter),
     };
-    let connect = Arc::new(SimConnect(urls));
+    let connect = Arc::new(sim_connect(urls));
     let mut workload = Workload::spawn(connect, splitmix64(seed), mix);
     tokio::time::sleep(Duration::from_secs(fault_secs)).await;
     let quiet_since = workload.now();

@@ -6,7 +6,6 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::StreamExt;
@@ -14,7 +13,7 @@ use hyper_util::rt::TokioIo;
 use roster_raft::transport::{Conn, Incoming, Transport};
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::workload::Connect;
+use crate::workload::{client_endpoint, connect_within, Connect, CONNECT_TIMEOUT};
 
 /// Opens a simulated TCP connection to the host and port of `uri`.
 async fn dial(uri: Uri) -> io::Result<TokioIo<turmoil::net::TcpStream>> {
@@ -48,32 +47,12 @@ impl Transport for SimTransport {
 }
 
 /// The simulated clients' way to the nodes: client URLs such as `http://n0:2379`.
-pub struct SimConnect(pub Vec<String>);
-
-impl Connect for SimConnect {
-    fn nodes(&self) -> usize {
-        self.0.len()
-    }
-
-    fn channel(
-        &self,
-        i: usize,
-        call_timeout: Option<Duration>,
-    ) -> BoxFuture<'static, Option<Channel>> {
-        let url = self.0[i % self.0.len()].clone();
+pub fn sim_connect(urls: Vec<String>) -> Connect {
+    Connect::new(urls, |url, call_timeout| {
         Box::pin(async move {
-            let connect_timeout = Duration::from_secs(1);
-            let mut endpoint = Endpoint::from_shared(url)
-                .ok()?
-                .connect_timeout(connect_timeout);
-            if let Some(timeout) = call_timeout {
-                endpoint = endpoint.timeout(timeout);
-            }
+            let endpoint = client_endpoint(url, call_timeout, CONNECT_TIMEOUT)?;
             let connect = endpoint.connect_with_connector(tower::service_fn(dial));
-            tokio::time::timeout(connect_timeout * 2, connect)
-                .await
-                .ok()?
-                .ok()
+            connect_within(CONNECT_TIMEOUT, connect).await
         })
-    }
+    })
 }

@@ -2,7 +2,7 @@
 //! way services do and record what they saw, for the checkers of
 //! `roster-check`. The same workload runs against real processes
 //! (`tests/chaos.rs`, over TCP) and inside the deterministic simulation (over
-//! turmoil's network): [`Connect`] is the only difference.
+//! turmoil's network): how [`Connect`] dials is the only difference.
 //!
 //! - Key-value clients: random put / get / delete / compare-and-set on a few
 //!   keys, linearizable reads, a deadline per operation (past it the outcome is
@@ -40,50 +40,82 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint};
 
-/// How the workload reaches node `i` of the cluster.
-pub trait Connect: Send + Sync + 'static {
-    /// How many nodes there are (clients rotate through them).
-    fn nodes(&self) -> usize;
+/// How long a client waits for a connection before it tries another node.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
-    /// A channel to node `i % nodes()`, or `None` if it does not connect
-    /// within a second (a dead, frozen or cut-off node); `call_timeout` bounds
-    /// each call on it.
-    fn channel(
-        &self,
-        i: usize,
-        call_timeout: Option<Duration>,
-    ) -> BoxFuture<'static, Option<Channel>>;
+/// The endpoint of a client channel to `url`: `connect_timeout`, and
+/// `call_timeout` on each call.
+pub fn client_endpoint(
+    url: String,
+    call_timeout: Option<Duration>,
+    connect_timeout: Duration,
+) -> Option<Endpoint> {
+    let endpoint = Endpoint::from_shared(url)
+        .ok()?
+        .connect_timeout(connect_timeout);
+    Some(match call_timeout {
+        Some(timeout) => endpoint.timeout(timeout),
+        None => endpoint,
+    })
 }
 
-/// Real TCP to `http://host:port` client URLs.
-pub struct TcpConnect(pub Vec<String>);
+/// The channel `connect` makes, or `None` if it fails or takes more than
+/// twice `connect_timeout` (a frozen node's kernel still accepts the
+/// connection, then nothing answers).
+pub async fn connect_within<F>(connect_timeout: Duration, connect: F) -> Option<Channel>
+where
+    F: std::future::Future<Output = Result<Channel, tonic::transport::Error>>,
+{
+    tokio::time::timeout(connect_timeout * 2, connect)
+        .await
+        .ok()?
+        .ok()
+}
 
-impl Connect for TcpConnect {
-    fn nodes(&self) -> usize {
-        self.0.len()
+/// A TCP channel to `url` (`http://host:port`), or `None` if it does not
+/// connect in time.
+pub async fn tcp_channel(
+    url: String,
+    call_timeout: Option<Duration>,
+    connect_timeout: Duration,
+) -> Option<Channel> {
+    let endpoint = client_endpoint(url, call_timeout, connect_timeout)?;
+    connect_within(connect_timeout, endpoint.connect()).await
+}
+
+/// Opens a client channel to a URL, with a timeout on each call.
+pub type Dial = fn(String, Option<Duration>) -> BoxFuture<'static, Option<Channel>>;
+
+/// How the workload reaches the nodes: their client URLs and how to dial
+/// one (real TCP, or the simulation's network).
+pub struct Connect {
+    urls: Vec<String>,
+    dial: Dial,
+}
+
+impl Connect {
+    pub fn new(urls: Vec<String>, dial: Dial) -> Self {
+        Connect { urls, dial }
     }
 
-    fn channel(
+    /// Real TCP to `http://host:port` client URLs.
+    pub fn tcp(urls: Vec<String>) -> Self {
+        Self::new(urls, |url, call_timeout| {
+            Box::pin(tcp_channel(url, call_timeout, CONNECT_TIMEOUT))
+        })
+    }
+
+    /// A channel to node `i % nodes`, or `None` if it does not connect within
+    /// a second (a dead, frozen or cut-off node); `call_timeout` bounds each
+    /// call on it.
+    pub fn channel(
         &self,
         i: usize,
         call_timeout: Option<Duration>,
     ) -> BoxFuture<'static, Option<Channel>> {
-        let url = self.0[i % self.0.len()].clone();
-        Box::pin(async move {
-            let connect_timeout = Duration::from_secs(1);
-            let mut endpoint = Channel::from_shared(url)
-                .ok()?
-                .connect_timeout(connect_timeout);
-            if let Some(timeout) = call_timeout {
-                endpoint = endpoint.timeout(timeout);
-            }
-            tokio::time::timeout(connect_timeout * 2, endpoint.connect())
-                .await
-                .ok()?
-                .ok()
-        })
+        (self.dial)(self.urls[i % self.urls.len()].clone(), call_timeout)
     }
 }
 
@@ -122,7 +154,7 @@ impl Rng {
 
 /// The nodes, for the clients' rotation.
 #[derive(Clone)]
-struct Endpoints(Arc<dyn Connect>);
+struct Endpoints(Arc<Connect>);
 
 impl Endpoints {
     async fn channel(&self, i: usize, call_timeout: Option<Duration>) -> Option<Channel> {
@@ -554,7 +586,7 @@ struct FinalState {
     history: Vec<WatchEvent>,
 }
 
-async fn final_state(connect: &dyn Connect, node: usize) -> Result<FinalState, String> {
+async fn final_state(connect: &Connect, node: usize) -> Result<FinalState, String> {
     let channel = connect
         .channel(node, None)
         .await
@@ -599,7 +631,7 @@ pub struct Mix {
 
 /// A running workload: spawn it, let faults happen, then stop and judge it.
 pub struct Workload {
-    connect: Arc<dyn Connect>,
+    connect: Arc<Connect>,
     clock: Clock,
     record: Arc<Mutex<Record>>,
     deletes_seen: Arc<Mutex<BTreeMap<String, Nanos>>>,
@@ -646,7 +678,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Workload {
     /// Starts the clients (tokio tasks on the current runtime); `seed` picks
     /// the key-value operations.
-    pub fn spawn(connect: Arc<dyn Connect>, seed: u64, mix: Mix) -> Self {
+    pub fn spawn(connect: Arc<Connect>, seed: u64, mix: Mix) -> Self {
         let clock = Clock::start();
         let endpoints = Endpoints(connect.clone());
         let record: Arc<Mutex<Record>> = Arc::default();
