@@ -495,6 +495,8 @@ pub fn parse_lease_grant(out: &CtlOutput) -> i64 {
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
     pub name: String,
+    /// The loopback address it listens on (and, for peers, talks from).
+    pub ip: String,
     pub client_port: u16,
     pub peer_port: u16,
     pub data_dir: PathBuf,
@@ -506,6 +508,7 @@ impl NodeConfig {
     pub fn new(dir: &Path, name: &str) -> Self {
         NodeConfig {
             name: name.to_string(),
+            ip: "127.0.0.1".to_string(),
             client_port: free_port(),
             peer_port: free_port(),
             data_dir: dir.join(format!("{name}.data")),
@@ -514,11 +517,11 @@ impl NodeConfig {
     }
 
     pub fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("http://{}:{}", self.ip, self.client_port)
     }
 
     pub fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port)
+        format!("http://{}:{}", self.ip, self.peer_port)
     }
 
     /// The etcd-style flags that start this node as a member of `initial_cluster`.
@@ -627,6 +630,10 @@ pub struct ClusterOptions {
     /// Extra `serve` flags for every node (roster's own, so tests using them
     /// must not run against etcd).
     pub extra_args: Vec<String>,
+    /// Node `i` (from 0) listens on `127.0.7.<i+1>` instead of 127.0.0.1, so
+    /// that firewall rules can cut links between nodes (roster talks to its
+    /// peers from its peer address). One such cluster per machine at a time.
+    pub own_ips: bool,
 }
 
 impl ClusterOptions {
@@ -635,6 +642,7 @@ impl ClusterOptions {
             size,
             token: unique_token("roster-test"),
             extra_args: Vec::new(),
+            own_ips: false,
         }
     }
 }
@@ -678,7 +686,13 @@ impl Cluster {
             .tempdir()
             .expect("create temp dir");
         let configs: Vec<NodeConfig> = (1..=opts.size)
-            .map(|i| NodeConfig::new(dir.path(), &format!("n{i}")))
+            .map(|i| {
+                let mut cfg = NodeConfig::new(dir.path(), &format!("n{i}"));
+                if opts.own_ips {
+                    cfg.ip = format!("127.0.7.{i}");
+                }
+                cfg
+            })
             .collect();
         let initial_cluster = configs
             .iter()
@@ -809,6 +823,11 @@ impl Cluster {
     /// The flags node `i` was started with.
     pub fn args(&self, i: usize) -> &[String] {
         &self.nodes[i].args
+    }
+
+    /// The address node `i` listens on.
+    pub fn ip(&self, i: usize) -> &str {
+        &self.nodes[i].cfg.ip
     }
 
     /// Client endpoint of node `i`, `http://127.0.0.1:port` (for etcdctl and gRPC).

@@ -63,7 +63,7 @@ impl GrpcNetworkFactory {
 impl Default for GrpcNetworkFactory {
     /// Over real TCP.
     fn default() -> Self {
-        Self::new(Arc::new(TcpTransport))
+        Self::new(Arc::new(TcpTransport::default()))
     }
 }
 

@@ -7,7 +7,7 @@
 //! its own partitions and delays, while `roster serve` uses [`TcpTransport`].
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -33,12 +33,32 @@ pub trait Transport: Send + Sync + 'static {
 }
 
 /// The real network: tokio's TCP, with Nagle's algorithm off both ways.
+///
+/// Connections leave from `source` when it is set: a node that listens for
+/// peers on one address of a multi-homed host also talks to them from it, so
+/// firewall rules between members can tell the members apart (the
+/// real-process chaos test cuts links between nodes on one machine so).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct TcpTransport;
+pub struct TcpTransport {
+    pub source: Option<IpAddr>,
+}
+
+impl TcpTransport {
+    /// Connections from `source`, when it is a specific address (not
+    /// `0.0.0.0` or `::`).
+    pub fn from(source: IpAddr) -> Self {
+        TcpTransport {
+            source: (!source.is_unspecified()).then_some(source),
+        }
+    }
+}
 
 impl Transport for TcpTransport {
     fn channel(&self, endpoint: Endpoint) -> Channel {
-        endpoint.tcp_nodelay(true).connect_lazy()
+        endpoint
+            .tcp_nodelay(true)
+            .local_address(self.source)
+            .connect_lazy()
     }
 
     fn listen(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<Incoming>> {

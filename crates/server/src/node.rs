@@ -149,9 +149,15 @@ fn initial_members(config: &NodeConfig) -> Result<(BTreeMap<NodeId, Member>, Nod
 }
 
 impl RunningNode {
-    /// Starts a node on real TCP with sled storage in its data dir.
+    /// Starts a node on real TCP with sled storage in its data dir. Its
+    /// connections to peers leave from the address of its first
+    /// `--listen-peer-urls` (when that is a specific address).
     pub async fn start(config: NodeConfig) -> Result<Self, StartError> {
-        Self::start_with(config, Arc::new(TcpTransport), Backend::Sled).await
+        let transport = match config.listen_peer_urls.first() {
+            Some(url) => TcpTransport::from(socket_addr("--listen-peer-urls", url)?.ip()),
+            None => TcpTransport::default(),
+        };
+        Self::start_with(config, Arc::new(transport), Backend::Sled).await
     }
 
     /// Starts a node whose connections (raft traffic, forwarded requests, both

@@ -41,7 +41,7 @@ fn config(i: usize, ports: &[Ports]) -> NodeConfig {
 }
 
 async fn start(config: NodeConfig, memory: &MemoryStorage) -> RunningNode {
-    let transport = std::sync::Arc::new(roster_raft::transport::TcpTransport);
+    let transport = std::sync::Arc::new(roster_raft::transport::TcpTransport::default());
     RunningNode::start_with(config, transport, Backend::Memory(memory.clone()))
         .await
         .expect("node starts")

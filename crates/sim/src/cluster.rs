@@ -640,7 +640,10 @@ pub fn fault_counts(faults: &[FaultLog]) -> BTreeMap<String, usize> {
         let kind: String = f
             .fault
             .split_whitespace()
-            .take_while(|w| !w.starts_with('n') && !w.starts_with('['))
+            .take_while(|w| {
+                let named = w.starts_with('n') && w[1..].chars().all(|c| c.is_ascii_digit());
+                !named && !w.starts_with('[') && !w.chars().any(|c| c.is_ascii_digit())
+            })
             .collect::<Vec<_>>()
             .join(" ");
         *counts.entry(kind).or_insert(0) += 1;
