@@ -14,6 +14,7 @@ mkdir -p /tmp/roster-chaos-failures
 cargo test -q -p roster-cli --test chaos --no-run
 end=$((SECONDS + total))
 runs=0 failed=0 ops=0 faults=0
+kinds=$(mktemp)
 while [ "$SECONDS" -lt "$end" ]; do
   runs=$((runs + 1))
   log=$(mktemp)
@@ -29,7 +30,10 @@ while [ "$SECONDS" -lt "$end" ]; do
   grep -E '^chaos: (linearizable|lease-safety|watch|durability)' "$log" | grep FAILED || true
   ops=$((ops + $(echo "$summary" | grep -oE '[0-9]+ kv operations' | grep -oE '^[0-9]+' || echo 0)))
   faults=$((faults + $(echo "$summary" | grep -oE '[0-9]+ faults' | grep -oE '^[0-9]+' || echo 0)))
+  grep -oE '^chaos: [A-Za-z]+ \(node' "$log" | awk '{print $2}' >>"$kinds" || true
   rm -f "$log"
 done
 echo "chaos soak: $runs runs, $ops kv operations, $faults faults, $failed failed runs"
+echo "faults by kind: $(sort "$kinds" | uniq -c | awk '{printf "%s %s, ", $2, $1}')"
+rm -f "$kinds"
 [ "$failed" -eq 0 ]
