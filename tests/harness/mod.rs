@@ -630,9 +630,10 @@ pub struct ClusterOptions {
     /// Extra `serve` flags for every node (roster's own, so tests using them
     /// must not run against etcd).
     pub extra_args: Vec<String>,
-    /// Node `i` (from 0) listens on `127.0.7.<i+1>` instead of 127.0.0.1, so
-    /// that firewall rules can cut links between nodes (roster talks to its
-    /// peers from its peer address). One such cluster per machine at a time.
+    /// Node `i` (from 0) listens on `127.0.7.<i+1>` instead of 127.0.0.1 and
+    /// talks to its peers from it (`--peer-source-ip`), so that firewall rules
+    /// can cut links between nodes. Roster's own flag: not for etcd. One such
+    /// cluster per machine at a time.
     pub own_ips: bool,
 }
 
@@ -703,6 +704,9 @@ impl Cluster {
             .into_iter()
             .map(|cfg| {
                 let mut args = cfg.serve_args(&initial_cluster, &opts.token);
+                if opts.own_ips {
+                    args.extend(["--peer-source-ip".to_string(), cfg.ip.clone()]);
+                }
                 args.extend(opts.extra_args.iter().cloned());
                 log_marker(&cfg.log_path, &format!("start {}", args.join(" ")));
                 let child = spawn_server(&binary, &args, &cfg.log_path);
@@ -830,7 +834,7 @@ impl Cluster {
         &self.nodes[i].cfg.ip
     }
 
-    /// Client endpoint of node `i`, `http://127.0.0.1:port` (for etcdctl and gRPC).
+    /// Client endpoint of node `i`, `http://IP:port` (for etcdctl and gRPC).
     pub fn endpoint(&self, i: usize) -> String {
         self.nodes[i].cfg.client_url()
     }

@@ -63,6 +63,11 @@ pub struct ServeArgs {
     /// event on stdin); a pipe handler is accepted only if every member allows them.
     #[arg(long)]
     allow_pipe_handlers: bool,
+    /// Local address that connections to peers leave from (default: the
+    /// system's choice). Lets firewall rules between members on one host
+    /// tell them apart.
+    #[arg(long)]
+    peer_source_ip: Option<std::net::IpAddr>,
     /// sled page cache per node, MiB.
     #[arg(long, default_value_t = roster_server::NodeConfig::DEFAULT_CACHE_MB)]
     cache_mb: u64,
@@ -134,6 +139,7 @@ impl ServeArgs {
             auto_compaction(&self.auto_compaction_mode, &self.auto_compaction_retention)?;
         config.cache_capacity = self.cache_mb * 1024 * 1024;
         config.allow_pipe_handlers = self.allow_pipe_handlers;
+        config.peer_source_ip = self.peer_source_ip;
         Ok(config)
     }
 }

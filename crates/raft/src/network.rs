@@ -284,7 +284,7 @@ pub fn peer_client(
     let endpoint = endpoint
         .connect_timeout(Duration::from_millis(500))
         .http2_keep_alive_interval(Duration::from_secs(1))
-        .keep_alive_timeout(Duration::from_secs(2))
+        .keep_alive_timeout(Duration::from_secs(5))
         .keep_alive_while_idle(true);
     let channel = transport.channel(endpoint);
     Ok(RaftPeerClient::new(channel)

@@ -1,10 +1,13 @@
-//! How a node reaches the network: real TCP, or a simulated network.
+//! How a node reaches its peers and its clients: real TCP, or a simulated
+//! network.
 //!
-//! A node opens connections in two places (raft traffic to its peers, and
-//! requests a follower forwards to the leader) and accepts them on two ports
-//! (peer and client). Both go through a [`Transport`], so that the
-//! deterministic simulation can carry every byte over its own network, with
-//! its own partitions and delays, while `roster serve` uses [`TcpTransport`].
+//! A node opens connections to its peers (raft traffic, and requests a
+//! follower forwards to the leader) and accepts them on two ports (peer and
+//! client). All of these go through a [`Transport`], so that the
+//! deterministic simulation can carry them over its own network, with its own
+//! partitions and delays, while `roster serve` uses [`TcpTransport`]. (Health
+//! probes and HTTP handler deliveries reach services outside the cluster and
+//! use tokio's TCP directly.)
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -34,23 +37,12 @@ pub trait Transport: Send + Sync + 'static {
 
 /// The real network: tokio's TCP, with Nagle's algorithm off both ways.
 ///
-/// Connections leave from `source` when it is set: a node that listens for
-/// peers on one address of a multi-homed host also talks to them from it, so
-/// firewall rules between members can tell the members apart (the
+/// Connections leave from `source` when it is set (`--peer-source-ip`), so
+/// that firewall rules between members can tell them apart (the
 /// real-process chaos test cuts links between nodes on one machine so).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TcpTransport {
     pub source: Option<IpAddr>,
-}
-
-impl TcpTransport {
-    /// Connections from `source`, when it is a specific address (not
-    /// `0.0.0.0` or `::`).
-    pub fn from(source: IpAddr) -> Self {
-        TcpTransport {
-            source: (!source.is_unspecified()).then_some(source),
-        }
-    }
 }
 
 impl Transport for TcpTransport {

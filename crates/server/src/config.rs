@@ -50,6 +50,8 @@ pub struct NodeConfig {
     /// This node may run `pipe` handlers (commands on the server). A pipe
     /// handler is accepted only when every member allows them.
     pub allow_pipe_handlers: bool,
+    /// Where connections to peers leave from; `None`: the system picks.
+    pub peer_source_ip: Option<std::net::IpAddr>,
 }
 
 impl NodeConfig {
@@ -79,6 +81,7 @@ impl NodeConfig {
             auto_compaction: crate::compactor::AutoCompaction::Off,
             cache_capacity: roster_raft::DEFAULT_CACHE_CAPACITY,
             allow_pipe_handlers: false,
+            peer_source_ip: None,
         }
     }
 

@@ -149,13 +149,10 @@ fn initial_members(config: &NodeConfig) -> Result<(BTreeMap<NodeId, Member>, Nod
 }
 
 impl RunningNode {
-    /// Starts a node on real TCP with sled storage in its data dir. Its
-    /// connections to peers leave from the address of its first
-    /// `--listen-peer-urls` (when that is a specific address).
+    /// Starts a node on real TCP with sled storage in its data dir.
     pub async fn start(config: NodeConfig) -> Result<Self, StartError> {
-        let transport = match config.listen_peer_urls.first() {
-            Some(url) => TcpTransport::from(socket_addr("--listen-peer-urls", url)?.ip()),
-            None => TcpTransport::default(),
+        let transport = TcpTransport {
+            source: config.peer_source_ip,
         };
         Self::start_with(config, Arc::new(transport), Backend::Sled).await
     }

@@ -280,14 +280,22 @@ fn simulated_now_ms() -> u64 {
 }
 
 /// Runs one simulation to its verdicts.
+///
+/// Replays exactly only as the first run of its process (see
+/// [`Summary::LINE_PREFIX`]); [`crate::child::run_child`] runs one so.
 pub fn run(options: SimOptions) -> Result<Outcome, SimError> {
-    let seed = options.seed;
-    roster_raft::runtime::seed_thread_rng(seed);
+    /// Gives the thread back its real clock and randomness, also on a panic.
+    struct Seeded;
+    impl Drop for Seeded {
+        fn drop(&mut self) {
+            roster_server::wall_clock::simulate(None);
+            roster_raft::runtime::unseed_thread_rng();
+        }
+    }
+    roster_raft::runtime::seed_thread_rng(options.seed);
     roster_server::wall_clock::simulate(Some(simulated_now_ms));
-    let result = run_seeded(options);
-    roster_server::wall_clock::simulate(None);
-    roster_raft::runtime::unseed_thread_rng();
-    result
+    let _seeded = Seeded;
+    run_seeded(options)
 }
 
 fn run_seeded(options: SimOptions) -> Result<Outcome, SimError> {
@@ -336,6 +344,7 @@ fn run_seeded(options: SimOptions) -> Result<Outcome, SimError> {
         }
         let mut p = phase.borrow_mut();
         if p.restart_all && !p.restarted {
+            nemesis.heal(&mut sim);
             for i in 0..nodes {
                 sim.crash(host(i));
                 lock(&views)[i] = None;
@@ -345,7 +354,7 @@ fn run_seeded(options: SimOptions) -> Result<Outcome, SimError> {
             }
             p.restarted = true;
         } else if p.quiet {
-            nemesis.heal(&mut sim, &views);
+            nemesis.heal(&mut sim);
         } else {
             nemesis.act(&mut sim, &views, now_ms);
         }
@@ -413,6 +422,10 @@ async fn judge_when_ready(
     Err(format!("no verdict after every node restarted: {last}"))
 }
 
+/// What a fault did (for the log), how to undo it, and after how many
+/// virtual milliseconds.
+type Injected = (String, Option<Active>, u64);
+
 /// A fault that is undone later.
 #[derive(Debug, Clone)]
 enum Active {
@@ -469,10 +482,15 @@ impl Nemesis {
         Some(best.1)
     }
 
-    fn victim(&mut self, views: &Views, leader_first: bool) -> usize {
+    /// The leader if `leader_first` and one is known, else a random node;
+    /// and how to name it in the log.
+    fn victim(&mut self, views: &Views, leader_first: bool) -> (usize, String) {
         match Self::leader(views) {
-            Some(leader) if leader_first => leader,
-            _ => self.rng.below(self.nodes as u64) as usize,
+            Some(leader) if leader_first => (leader, format!("leader n{leader}")),
+            _ => {
+                let v = self.rng.below(self.nodes as u64) as usize;
+                (v, format!("n{v}"))
+            }
         }
     }
 
@@ -497,111 +515,122 @@ impl Nemesis {
     }
 
     /// Injects one fault; what it did, how to undo it, and after how long.
-    fn pick(&mut self, sim: &mut turmoil::Sim<'_>, views: &Views) -> (String, Option<Active>, u64) {
-        let n = self.nodes;
+    fn pick(&mut self, sim: &mut turmoil::Sim<'_>, views: &Views) -> Injected {
         match self.rng.below(9) {
             0 | 1 => {
-                let leader = self.rng.below(2) == 0;
-                let v = self.victim(views, leader);
-                sim.crash(host(v));
-                lock(views)[v] = None;
-                let what = if leader { "crash leader" } else { "crash" };
-                (
-                    format!("{what} n{v}"),
-                    Some(Active::Crashed(v)),
-                    500 + self.rng.below(2_000),
-                )
-            }
-            2 => {
-                for i in 0..n {
-                    sim.crash(host(i));
-                    lock(views)[i] = None;
-                }
-                for i in 0..n {
-                    sim.bounce(host(i));
-                }
-                ("restart all".into(), None, 0)
-            }
-            3 => {
-                let v = self.victim(views, true);
-                let pairs: Vec<(usize, usize)> =
-                    (0..n).filter(|&j| j != v).map(|j| (v, j)).collect();
-                for &(a, b) in &pairs {
-                    sim.partition(host(a), host(b));
-                }
-                let lasts = 1_000 + self.rng.below(4_000);
-                (
-                    format!("isolate leader n{v}"),
-                    Some(Active::Partitioned(pairs)),
-                    lasts,
-                )
-            }
-            4 => {
-                // A minority of one or two against the rest.
-                let minority = 1 + self.rng.below((n as u64 - 1) / 2) as usize;
-                let mut side: Vec<usize> = Vec::new();
-                while side.len() < minority {
-                    let j = self.rng.below(n as u64) as usize;
-                    if !side.contains(&j) {
-                        side.push(j);
-                    }
-                }
-                let mut pairs = Vec::new();
-                for &a in &side {
-                    for b in (0..n).filter(|b| !side.contains(b)) {
-                        sim.partition(host(a), host(b));
-                        pairs.push((a, b));
-                    }
-                }
-                let lasts = 1_000 + self.rng.below(4_000);
-                (
-                    format!("split {side:?} from the rest"),
-                    Some(Active::Partitioned(pairs)),
-                    lasts,
-                )
-            }
-            5 => {
                 let leader_first = self.rng.below(2) == 0;
-                let from = self.victim(views, leader_first);
-                let to = (from + 1 + self.rng.below(n as u64 - 1) as usize) % n;
-                sim.partition_oneway(host(from), host(to));
-                let lasts = 1_000 + self.rng.below(3_000);
-                (
-                    format!("cut n{from} -> n{to} one way"),
-                    Some(Active::OneWay(from, to)),
-                    lasts,
-                )
+                self.crash(sim, views, leader_first)
             }
-            6 => {
-                let v = self.victim(views, true);
-                for j in (0..n).filter(|&j| j != v) {
-                    sim.hold(host(v), host(j));
-                }
-                sim.hold(host(v), "client");
-                let lasts = 2_000 + self.rng.below(2_000);
-                (format!("stall leader n{v}"), Some(Active::Held(v)), lasts)
-            }
-            7 => {
-                // Each message may break its link, dropping it and all in
-                // flight on it; the next message repairs the link. TCP
-                // connections that lost a segment stall until HTTP/2 pings
-                // or call deadlines give up on them.
-                let percent = 1 + self.rng.below(5);
-                set_fail_rate(sim, n, percent as f64 / 100.0);
-                let lasts = 2_000 + self.rng.below(3_000);
-                (
-                    format!("lose {percent}% of messages"),
-                    Some(Active::Lossy),
-                    lasts,
-                )
-            }
-            _ => {
-                let max = 50 + self.rng.below(300);
-                sim.set_max_message_latency(Duration::from_millis(max));
-                let lasts = 2_000 + self.rng.below(3_000);
-                (format!("latency up to {max} ms"), Some(Active::Slow), lasts)
+            2 => self.restart_all(sim, views),
+            3 => self.isolate_leader(sim, views),
+            4 => self.split(sim),
+            5 => self.cut_one_way(sim, views),
+            6 => self.stall_leader(sim, views),
+            7 => self.lose_messages(sim),
+            _ => self.slow_down(sim),
+        }
+    }
+
+    fn crash(&mut self, sim: &mut turmoil::Sim<'_>, views: &Views, leader_first: bool) -> Injected {
+        let (v, name) = self.victim(views, leader_first);
+        sim.crash(host(v));
+        lock(views)[v] = None;
+        let lasts = 500 + self.rng.below(2_000);
+        (format!("crash {name}"), Some(Active::Crashed(v)), lasts)
+    }
+
+    fn restart_all(&mut self, sim: &mut turmoil::Sim<'_>, views: &Views) -> Injected {
+        for i in 0..self.nodes {
+            sim.crash(host(i));
+            lock(views)[i] = None;
+        }
+        for i in 0..self.nodes {
+            sim.bounce(host(i));
+        }
+        ("restart all".into(), None, 0)
+    }
+
+    fn isolate_leader(&mut self, sim: &mut turmoil::Sim<'_>, views: &Views) -> Injected {
+        let (v, name) = self.victim(views, true);
+        let pairs: Vec<(usize, usize)> = (0..self.nodes)
+            .filter(|&j| j != v)
+            .map(|j| (v, j))
+            .collect();
+        for &(a, b) in &pairs {
+            sim.partition(host(a), host(b));
+        }
+        let lasts = 1_000 + self.rng.below(4_000);
+        (
+            format!("isolate {name}"),
+            Some(Active::Partitioned(pairs)),
+            lasts,
+        )
+    }
+
+    /// A minority of one or two nodes against the rest.
+    fn split(&mut self, sim: &mut turmoil::Sim<'_>) -> Injected {
+        let n = self.nodes;
+        let minority = 1 + self.rng.below((n as u64 - 1) / 2) as usize;
+        let mut side: Vec<usize> = Vec::new();
+        while side.len() < minority {
+            let j = self.rng.below(n as u64) as usize;
+            if !side.contains(&j) {
+                side.push(j);
             }
         }
+        let mut pairs = Vec::new();
+        for &a in &side {
+            for b in (0..n).filter(|b| !side.contains(b)) {
+                sim.partition(host(a), host(b));
+                pairs.push((a, b));
+            }
+        }
+        let lasts = 1_000 + self.rng.below(4_000);
+        let what = format!("split {side:?} from the rest");
+        (what, Some(Active::Partitioned(pairs)), lasts)
+    }
+
+    fn cut_one_way(&mut self, sim: &mut turmoil::Sim<'_>, views: &Views) -> Injected {
+        let leader_first = self.rng.below(2) == 0;
+        let (from, name) = self.victim(views, leader_first);
+        let to = (from + 1 + self.rng.below(self.nodes as u64 - 1) as usize) % self.nodes;
+        sim.partition_oneway(host(from), host(to));
+        let lasts = 1_000 + self.rng.below(3_000);
+        let what = format!("cut {name} -> n{to} one way");
+        (what, Some(Active::OneWay(from, to)), lasts)
+    }
+
+    /// Holds every message to and from the leader, the client's too, as a
+    /// long pause would; all are delivered when it ends.
+    fn stall_leader(&mut self, sim: &mut turmoil::Sim<'_>, views: &Views) -> Injected {
+        let (v, name) = self.victim(views, true);
+        for j in (0..self.nodes).filter(|&j| j != v) {
+            sim.hold(host(v), host(j));
+        }
+        sim.hold(host(v), "client");
+        let lasts = 2_000 + self.rng.below(2_000);
+        (format!("stall {name}"), Some(Active::Held(v)), lasts)
+    }
+
+    /// Each message may break its link, dropping it and all in flight on it;
+    /// the next message repairs the link. TCP connections that lost a
+    /// segment stall until HTTP/2 pings or call deadlines give up on them.
+    fn lose_messages(&mut self, sim: &mut turmoil::Sim<'_>) -> Injected {
+        let percent = 1 + self.rng.below(5);
+        set_fail_rate(sim, self.nodes, percent as f64 / 100.0);
+        let lasts = 2_000 + self.rng.below(3_000);
+        (
+            format!("lose {percent}% of messages"),
+            Some(Active::Lossy),
+            lasts,
+        )
+    }
+
+    fn slow_down(&mut self, sim: &mut turmoil::Sim<'_>) -> Injected {
+        let max = 50 + self.rng.below(300);
+        sim.set_max_message_latency(Duration::from_millis(max));
+        let lasts = 2_000 + self.rng.below(3_000);
+        (format!("latency up to {max} ms"), Some(Active::Slow), lasts)
     }
 
     fn undo(&mut self, sim: &mut turmoil::Sim<'_>) {
@@ -626,7 +655,7 @@ impl Nemesis {
     }
 
     /// Ends the fault in progress, if any: the quiet phase has begun.
-    fn heal(&mut self, sim: &mut turmoil::Sim<'_>, _views: &Views) {
+    fn heal(&mut self, sim: &mut turmoil::Sim<'_>) {
         if self.active.is_some() {
             self.undo(sim);
         }

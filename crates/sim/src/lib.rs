@@ -11,7 +11,10 @@
 //!   belong to the simulation and come from one seed, so a failing seed
 //!   replays the same run (`examples/sim.rs`).
 //! - [`net`]: Roster's transport seam over turmoil's TCP.
+//! - [`child`]: one run in a child process of its own, bounded in real time
+//!   (what the CI test and the soak do with every seed).
 
+pub mod child;
 pub mod cluster;
 pub mod net;
 pub mod workload;

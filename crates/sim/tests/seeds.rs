@@ -6,10 +6,10 @@
 //! `child_run`): a run replays exactly only as the first of its process
 //! (see `Summary::LINE_PREFIX`). The parent bounds its real time.
 
-use std::io::Read;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
+use roster_sim::child::run_child;
 use roster_sim::cluster::Summary;
 use roster_sim::{run, SimOptions};
 
@@ -20,27 +20,22 @@ const CHILD: &str = "ROSTER_SIM_CHILD";
 
 /// Runs one simulation in a child process and returns its summary.
 fn simulate(seed: u64, nodes: usize, fault_secs: u64) -> Summary {
-    let exe = std::env::current_exe().expect("own test binary");
-    let mut child = Command::new(exe)
+    let mut command = Command::new(std::env::current_exe().expect("own test binary"));
+    command
         .args(["--exact", "child_run", "--nocapture", "--test-threads", "1"])
-        .env(CHILD, format!("{seed},{nodes},{fault_secs}"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn the child run");
-    let started = Instant::now();
-    while child.try_wait().expect("child status").is_none() {
-        if started.elapsed() > REAL_TIME_LIMIT {
-            let _ = child.kill();
-            panic!("seed {seed}: no end after {REAL_TIME_LIMIT:?} of real time");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let mut output = String::new();
-    if let Some(mut stdout) = child.stdout.take() {
-        stdout.read_to_string(&mut output).expect("child output");
-    }
-    let summary = Summary::parse(&output)
-        .unwrap_or_else(|| panic!("seed {seed}: the child printed no summary:\n{output}"));
+        .env(CHILD, format!("{seed},{nodes},{fault_secs}"));
+    let child = run_child(command, REAL_TIME_LIMIT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        !child.timed_out,
+        "seed {seed}: no end after {REAL_TIME_LIMIT:?} of real time\n{}",
+        child.stderr_tail
+    );
+    let summary = child.summary.unwrap_or_else(|| {
+        panic!(
+            "seed {seed}: the child printed no summary\n{}",
+            child.stderr_tail
+        )
+    });
     eprintln!(
         "sim: seed {seed} nodes {nodes}: {} kv operations ({} unknown), {} keepalives, {} virtual ms, digest {:016x}",
         summary.ops, summary.unknown, summary.keepalives, summary.virtual_ms, summary.digest
@@ -93,6 +88,13 @@ fn five_nodes_under_faults() {
 
 #[test]
 fn a_seed_replays_the_same_run() {
+    if !cfg!(tokio_unstable) {
+        panic!(
+            "built without --cfg tokio_unstable (a RUSTFLAGS variable replaces \
+             .cargo/config.toml's): tokio's random source is then not seeded \
+             and no seed replays"
+        );
+    }
     let first = simulate(7, 3, 10);
     let again = simulate(7, 3, 10);
     assert_eq!(first, again, "the same faults, history and figures");
