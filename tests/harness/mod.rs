@@ -158,10 +158,17 @@ pub fn is_etcd() -> bool {
 /// A loopback port that was free a moment ago (bound to port 0, then released).
 /// Never hands out the same port twice within one test process.
 pub fn free_port() -> u16 {
+    free_port_on("127.0.0.1")
+}
+
+/// A port free on `ip` a moment ago. (A port free on 127.0.0.1 may still be
+/// held on another loopback address, e.g. by a closing connection of an
+/// earlier run whose peer is cut off.)
+pub fn free_port_on(ip: &str) -> u16 {
     static HANDED_OUT: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
     let handed_out = HANDED_OUT.get_or_init(|| Mutex::new(HashSet::new()));
     loop {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let listener = TcpListener::bind((ip, 0)).unwrap_or_else(|e| panic!("bind {ip}:0: {e}"));
         let port = listener.local_addr().expect("local_addr").port();
         drop(listener);
         let mut set = handed_out.lock().unwrap_or_else(|e| e.into_inner());
@@ -691,6 +698,8 @@ impl Cluster {
                 let mut cfg = NodeConfig::new(dir.path(), &format!("n{i}"));
                 if opts.own_ips {
                     cfg.ip = format!("127.0.7.{i}");
+                    cfg.client_port = free_port_on(&cfg.ip);
+                    cfg.peer_port = free_port_on(&cfg.ip);
                 }
                 cfg
             })

@@ -370,6 +370,10 @@ async fn lease_holder(
             node += 1;
             continue;
         };
+        // The lease is promised from when the grant was sent (the leader
+        // starts its clock when it applies the grant, later), not from when
+        // the attach below returns, which may be seconds later.
+        let grant_sent = clock.now();
         let grant = LeaseClient::new(channel)
             .lease_grant(LeaseGrantRequest {
                 ttl: LEASE_TTL,
@@ -392,7 +396,7 @@ async fn lease_holder(
                 id,
                 ttl: LEASE_TTL,
                 keepalives: vec![Keepalive {
-                    sent: clock.now(),
+                    sent: grant_sent,
                     ttl: Some(LEASE_TTL),
                 }],
                 ..Default::default()
