@@ -345,13 +345,7 @@ fn run_seeded(options: SimOptions) -> Result<Outcome, SimError> {
         let mut p = phase.borrow_mut();
         if p.restart_all && !p.restarted {
             nemesis.heal(&mut sim);
-            for i in 0..nodes {
-                sim.crash(host(i));
-                lock(&views)[i] = None;
-            }
-            for i in 0..nodes {
-                sim.bounce(host(i));
-            }
+            nemesis.restart_all(&mut sim, &views);
             p.restarted = true;
         } else if p.quiet {
             nemesis.heal(&mut sim);

@@ -7,6 +7,7 @@
 //! (see `Summary::LINE_PREFIX`). The parent bounds its real time.
 
 use std::process::Command;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use roster_sim::child::run_child;
@@ -18,8 +19,15 @@ use roster_sim::{run, SimOptions};
 const REAL_TIME_LIMIT: Duration = Duration::from_secs(600);
 const CHILD: &str = "ROSTER_SIM_CHILD";
 
+/// One child run at a time. A run's course may depend on real time in one
+/// place (h2 forgets a reset stream after 30 real seconds, see
+/// docs/reliability.md), so runs slowed down by running side by side could
+/// part from their replay.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 /// Runs one simulation in a child process and returns its summary.
 fn simulate(seed: u64, nodes: usize, fault_secs: u64) -> Summary {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let mut command = Command::new(std::env::current_exe().expect("own test binary"));
     command
         .args(["--exact", "child_run", "--nocapture", "--test-threads", "1"])
