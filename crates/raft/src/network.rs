@@ -10,7 +10,8 @@
 //! The factory is one implementation of openraft's `RaftNetworkFactory`: the node is
 //! generic over it so that a simulated network can replace it in tests.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openraft::error::{
@@ -47,16 +48,44 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     bincode::deserialize(bytes).map_err(|e| CodecError(e.to_string()))
 }
 
-/// Builds one [`GrpcNetwork`] per peer, over its transport; connections are
-/// made lazily.
+/// Builds [`GrpcNetwork`]s over its transport. openraft asks for a new one for
+/// every replication session, election and leadership check (each lessor
+/// keepalive batch, each linearizable read), so the factory keeps one channel
+/// per peer and hands out clones: they share its HTTP/2 connection, made
+/// lazily and remade after a failure, instead of each opening its own (which
+/// cost a TCP and HTTP/2 handshake per check, and while a peer refused
+/// connections, ran the simulation's hosts out of ports).
 #[derive(Clone)]
 pub struct GrpcNetworkFactory {
     transport: Arc<dyn Transport>,
+    peers: Arc<Mutex<PeerCache>>,
 }
+
+/// Each peer's client, with the member address it was made for.
+type PeerCache = BTreeMap<NodeId, (Member, RaftPeerClient<Channel>)>;
 
 impl GrpcNetworkFactory {
     pub fn new(transport: Arc<dyn Transport>) -> Self {
-        GrpcNetworkFactory { transport }
+        GrpcNetworkFactory {
+            transport,
+            peers: Arc::default(),
+        }
+    }
+
+    /// The cached client of `target`, or a new one if it is unknown or its
+    /// address changed.
+    fn client(&self, target: NodeId, node: &Member) -> Result<RaftPeerClient<Channel>, String> {
+        // A poisoned lock only means a panic elsewhere while it was held; the
+        // map itself is always whole, so keep using it.
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((member, client)) = peers.get(&target) {
+            if member == node {
+                return Ok(client.clone());
+            }
+        }
+        let client = peer_client(node, self.transport.as_ref())?;
+        peers.insert(target, (node.clone(), client.clone()));
+        Ok(client)
     }
 }
 
@@ -71,7 +100,10 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetworkFactory {
     type Network = GrpcNetwork;
 
     async fn new_client(&mut self, target: NodeId, node: &Member) -> GrpcNetwork {
-        GrpcNetwork::new(target, node, self.transport.as_ref())
+        GrpcNetwork {
+            target,
+            client: self.client(target, node),
+        }
     }
 }
 
@@ -82,13 +114,6 @@ pub struct GrpcNetwork {
 }
 
 impl GrpcNetwork {
-    fn new(target: NodeId, node: &Member, transport: &dyn Transport) -> Self {
-        GrpcNetwork {
-            target,
-            client: peer_client(node, transport),
-        }
-    }
-
     /// Sends one request and decodes the remote `Result<Resp, RaftError<E>>`.
     async fn call<Req, Resp, E>(
         &mut self,
@@ -286,8 +311,24 @@ pub fn peer_client(
         .http2_keep_alive_interval(Duration::from_secs(1))
         .keep_alive_timeout(Duration::from_secs(5))
         .keep_alive_while_idle(true);
+    Ok(peer_client_over(forget_reset_streams(endpoint), transport))
+}
+
+/// HTTP/2 remembers a stream it reset (a call that timed out) for 30 s of
+/// real time (`std::time::Instant`), to drop late frames for it quietly; the
+/// simulation's virtual time cannot reach that clock, so on a long-lived
+/// connection a slower build took another course. Remembering none makes a
+/// late frame answered with a stream reset at any speed; the limit on such
+/// answers, meant for hostile peers, is lifted for our own peers and clients.
+pub fn forget_reset_streams(endpoint: Endpoint) -> Endpoint {
+    endpoint
+        .http2_max_concurrent_reset_streams(0)
+        .http2_max_local_error_reset_streams(None)
+}
+
+fn peer_client_over(endpoint: Endpoint, transport: &dyn Transport) -> RaftPeerClient<Channel> {
     let channel = transport.channel(endpoint);
-    Ok(RaftPeerClient::new(channel)
+    RaftPeerClient::new(channel)
         .max_decoding_message_size(MAX_PEER_MESSAGE)
-        .max_encoding_message_size(MAX_PEER_MESSAGE))
+        .max_encoding_message_size(MAX_PEER_MESSAGE)
 }

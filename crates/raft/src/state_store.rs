@@ -194,7 +194,7 @@ impl StateStore {
         let p = prepare(entry).map_err(|e| (log_id, e))?;
         let applied = self
             .write()
-            .and_then(|mut sm| Ok(sm.apply(&p.command, p.meta)?))
+            .and_then(|mut sm| Ok(sm.apply(log_id.leader_id.term, &p.command, p.meta)?))
             .map_err(|e| (log_id, e))?;
         if p.observed {
             self.observer.applied(log_id.index, &p.command, &applied);

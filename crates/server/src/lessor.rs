@@ -13,6 +13,11 @@
 //!   committed (rule 5), once per lease per checkpoint.
 //! - Expiry goes through the log (rule 3): due leases are proposed in batches as
 //!   `LeaseExpire`; a batch that fails to commit is retried, never forgotten.
+//! - Every command the clocks decide (expiry, checkpoint, renewal record) is
+//!   proposed as `Command::InTerm` with the clocks' term: the proposer may hold
+//!   it while this node loses leadership and wins again, and under the new
+//!   term's clocks (which may have renewed the lease since) it must change
+//!   nothing. Answers about a past term never touch the current clocks.
 //! - Long leases are checkpointed through the log every interval (rule 5), so
 //!   repeated failovers cannot keep a dead holder's lease alive.
 //!
@@ -54,6 +59,9 @@ pub enum LessorError {
     NotPrimary,
     #[error("lease keepalive could not be confirmed: {0}")]
     Unavailable(String),
+    /// A lease expiry, checkpoint or renewal record did not commit.
+    #[error("lessor proposal not committed: {0}")]
+    NotCommitted(String),
 }
 
 /// Timing settings of the lessor.
@@ -349,6 +357,7 @@ impl Lessor {
             );
         }
         clocks.term = Some(term);
+        tracing::debug!(term, leases = ?leases.iter().map(|l| (l.id, l.checkpoint_ms)).collect::<Vec<_>>(), "lessor: clocks started");
         drop(clocks);
         tracing::info!(term, leases = leases.len(), "lessor: primary");
         self.inner.wake.notify_one();
@@ -372,35 +381,58 @@ impl Lessor {
     }
 
     async fn expire_due(&self) {
-        let due = self.clocks().take_due(Instant::now());
+        let (term, due) = {
+            let mut clocks = self.clocks();
+            let Some(term) = clocks.term else { return };
+            (term, clocks.take_due(Instant::now()))
+        };
         if due.is_empty() {
             return;
         }
+        tracing::debug!(term, ?due, "lessor: expiring");
         let command = Command::LeaseExpire {
             ids: due.clone(),
             now_ms: crate::wall_clock::now_ms(),
         };
-        match self.inner.proposer.propose(command).await {
+        match self.propose_in(term, command).await {
             Ok(_) => {
                 // Revoked ids left the clocks when applied; ids that were
                 // already gone must leave too.
-                tracing::debug!(count = due.len(), "lessor: expired");
+                tracing::debug!(term, count = due.len(), "lessor: expired");
                 let mut clocks = self.clocks();
-                for id in &due {
-                    clocks.leases.remove(id);
+                if clocks.term == Some(term) {
+                    for id in &due {
+                        clocks.leases.remove(id);
+                    }
                 }
             }
             Err(e) => {
-                tracing::warn!(count = due.len(), error = %e, "lessor: expiry not committed, will retry");
-                self.retry_later(due);
+                tracing::warn!(term, count = due.len(), error = %e, "lessor: expiry not committed, will retry");
+                self.retry_later(term, due);
                 tokio::time::sleep(RETRY_PAUSE).await;
             }
         }
     }
 
-    /// Puts leases whose expiry did not commit back on the clock, due now.
-    fn retry_later(&self, ids: Vec<i64>) {
+    /// Commits a decision taken from the clocks of `term`, as a command that
+    /// changes nothing unless the leader of that same term appended it: the
+    /// proposer may hold it while this node loses leadership and wins a later
+    /// term, whose clocks started afresh and may have renewed what it expires.
+    async fn propose_in(&self, term: u64, command: Command) -> Result<Response, LessorError> {
+        match self.inner.proposer.propose(command.in_term(term)).await {
+            Ok(Response::Error { error, .. }) => Err(LessorError::NotCommitted(error.to_string())),
+            Ok(response) => Ok(response),
+            Err(e) => Err(LessorError::NotCommitted(e.to_string())),
+        }
+    }
+
+    /// Puts leases whose expiry did not commit back on the clock, due now, if
+    /// the clocks are still those of `term`.
+    fn retry_later(&self, term: u64, ids: Vec<i64>) {
         let mut clocks = self.clocks();
+        if clocks.term != Some(term) {
+            return;
+        }
         let now = Instant::now();
         for id in ids {
             if let Some(clock) = clocks.leases.get_mut(&id) {
@@ -469,10 +501,11 @@ impl Lessor {
             let reason = "leadership confirmation took longer than the leader lease window";
             return vec![Err(LessorError::Unavailable(reason.into())); ids.len()];
         }
-        let answers = ids
+        let answers: Vec<_> = ids
             .iter()
             .map(|id| Ok(renew(&mut clocks, *id, now)))
             .collect();
+        tracing::debug!(term = m.current_term, ?ids, ?answers, "lessor: renewed");
         drop(clocks);
         self.inner.wake.notify_one();
         answers
@@ -481,12 +514,17 @@ impl Lessor {
     /// Commits a `LeaseRenewed` record for the leases of `ids` whose log holds a
     /// checkpoint, before their keepalive is acknowledged (rule 5).
     async fn record_renewals(&self, ids: &[i64]) -> Result<(), LessorError> {
-        let mut pending: Vec<i64> = {
+        let (term, mut pending): (u64, Vec<i64>) = {
             let clocks = self.clocks();
-            ids.iter()
+            let Some(term) = clocks.term else {
+                return Err(LessorError::NotPrimary);
+            };
+            let pending = ids
+                .iter()
                 .copied()
                 .filter(|id| clocks.leases.get(id).is_some_and(|c| c.checkpointed))
-                .collect()
+                .collect();
+            (term, pending)
         };
         if pending.is_empty() {
             return Ok(());
@@ -496,11 +534,13 @@ impl Lessor {
         let command = Command::LeaseRenewed {
             ids: pending.clone(),
         };
-        self.inner.proposer.propose(command).await.map_err(|e| {
+        self.propose_in(term, command).await.inspect_err(|_| {
             self.demote_if_not_leader();
-            LessorError::Unavailable(e.to_string())
         })?;
         let mut clocks = self.clocks();
+        if clocks.term != Some(term) {
+            return Err(LessorError::NotPrimary);
+        }
         for id in pending {
             if let Some(clock) = clocks.leases.get_mut(&id) {
                 clock.checkpointed = false;
@@ -524,25 +564,30 @@ impl Lessor {
         loop {
             tick.tick().await;
             let _order = self.inner.order.write().await;
-            for chunk in self.due_checkpoints(every).chunks(CHECKPOINT_BATCH) {
+            let Some((term, due)) = self.due_checkpoints(every) else {
+                continue;
+            };
+            for chunk in due.chunks(CHECKPOINT_BATCH) {
                 let ids: Vec<i64> = chunk.iter().map(|(id, _)| *id).collect();
                 let command = Command::LeaseCheckpoint {
                     remaining_ms: chunk.to_vec(),
                 };
-                self.mark_checkpointed(&ids);
-                if let Err(e) = self.inner.proposer.propose(command).await {
-                    tracing::debug!(error = %e, "lessor: checkpoint not committed");
+                if !self.mark_checkpointed(term, &ids) {
+                    break;
+                }
+                if let Err(e) = self.propose_in(term, command).await {
+                    tracing::debug!(term, error = %e, "lessor: checkpoint not committed");
                     break;
                 }
             }
         }
     }
 
-    fn due_checkpoints(&self, every: Duration) -> Vec<(i64, u64)> {
+    /// The remaining TTLs to checkpoint, with the term of the clocks they
+    /// come from; `None` when not primary.
+    fn due_checkpoints(&self, every: Duration) -> Option<(u64, Vec<(i64, u64)>)> {
         let clocks = self.clocks();
-        if clocks.term.is_none() {
-            return Vec::new();
-        }
+        let term = clocks.term?;
         let now = Instant::now();
         let mut due: Vec<(i64, u64)> = clocks
             .leases
@@ -554,16 +599,21 @@ impl Lessor {
             })
             .collect();
         due.sort_unstable();
-        due
+        Some((term, due))
     }
 
-    fn mark_checkpointed(&self, ids: &[i64]) {
+    /// Marks `ids` checkpointed if the clocks are still those of `term`.
+    fn mark_checkpointed(&self, term: u64, ids: &[i64]) -> bool {
         let mut clocks = self.clocks();
+        if clocks.term != Some(term) {
+            return false;
+        }
         for id in ids {
             if let Some(clock) = clocks.leases.get_mut(id) {
                 clock.checkpointed = true;
             }
         }
+        true
     }
 }
 

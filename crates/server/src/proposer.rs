@@ -135,6 +135,7 @@ fn approx_size(command: &Command) -> usize {
         Command::LeaseExpire { ids, .. } | Command::LeaseRenewed { ids } => ids.len() * 8 + 16,
         Command::LeaseCheckpoint { remaining_ms } => remaining_ms.len() * 16 + 16,
         Command::Batch(commands) => commands.iter().map(approx_size).sum(),
+        Command::InTerm { command, .. } => approx_size(command) + 8,
         _ => 64,
     }
 }

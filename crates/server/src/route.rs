@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::join_all;
-use openraft::ServerState;
+use openraft::{RaftMetrics, ServerState};
 use roster_proto::raftpb::raft_peer_client::RaftPeerClient;
 use roster_proto::raftpb::RaftRequest;
 use roster_raft::network::{peer_client, ForwardHandler};
@@ -31,6 +31,8 @@ use crate::proposer::{ProposeError, Proposer};
 
 /// How long a request waits for a leader before answering "no leader".
 const LEADER_WAIT: Duration = Duration::from_secs(5);
+/// Longest wait for a leadership change before a routed request tries again.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// Deadline of one forwarded proposal. A proposal that timed out is not sent
 /// again (it may have been applied): the client gets "request timed out".
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
@@ -270,15 +272,16 @@ impl Router {
         }
     }
 
-    /// Waits (briefly) for the metrics to change, e.g. a new leader.
+    /// Waits (at most [`RETRY_PAUSE`]) for the leader, term or role to change.
+    /// Not for any change of the metrics: they change with every replication
+    /// step, and a leader whose peers refused connections then retried a
+    /// failing read index thousands of times a second (found by the
+    /// simulation, as was a loop that never let time pass).
     async fn await_leader_change(&self) {
         let mut metrics = self.raft.metrics();
-        // A fresh receiver counts the current metrics as unseen, so without
-        // this `changed()` returns at once and the caller spins through its
-        // retries (found by the simulation: with no leader, the retry loop
-        // never let time pass).
-        metrics.mark_unchanged();
-        let _ = tokio::time::timeout(Duration::from_millis(100), metrics.changed()).await;
+        let seen = leadership(&metrics.borrow_and_update());
+        let changed = metrics.wait_for(|m| leadership(m) != seen);
+        let _ = tokio::time::timeout(RETRY_PAUSE, changed).await;
     }
 
     fn leader(&self) -> Option<Leader> {
@@ -396,10 +399,17 @@ fn never_sent(status: &tonic::Status) -> bool {
     false
 }
 
+/// What a routed request waits to change before it tries again.
+fn leadership(m: &RaftMetrics<NodeId, Member>) -> (Option<NodeId>, u64, ServerState) {
+    (m.current_leader, m.current_term, m.state)
+}
+
 fn lessor_reply(e: LessorError) -> ForwardReply {
     match e {
         LessorError::NotPrimary => ForwardReply::NotLeader,
-        LessorError::Unavailable(reason) => ForwardReply::Failed(RouteError::Unavailable(reason)),
+        LessorError::Unavailable(reason) | LessorError::NotCommitted(reason) => {
+            ForwardReply::Failed(RouteError::Unavailable(reason))
+        }
     }
 }
 

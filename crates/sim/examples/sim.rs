@@ -11,7 +11,8 @@
 //! `Summary::LINE_PREFIX`), `--jobs` at a time, bounded in real time, and
 //! prints one line per run and a summary; every
 //! failing seed is listed with the command that replays it, and the exit
-//! code is 1 if any run failed.
+//! code is 1 if any run failed. With `RUST_LOG` set, `--seed` logs with
+//! simulated timestamps.
 
 use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
@@ -239,7 +240,26 @@ fn soak(args: &Args) -> ExitCode {
     }
 }
 
+/// Log lines stamped with the simulated time (`RUST_LOG=roster_server::lessor=debug`).
+struct SimTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for SimTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        match turmoil::sim_elapsed() {
+            Some(d) => write!(w, "{:>8}ms", d.as_millis()),
+            None => write!(w, "{:>10}", "-"),
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_timer(SimTime)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let args = match parse() {
         Ok(args) => args,
         Err(e) => {

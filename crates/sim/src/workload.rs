@@ -55,6 +55,7 @@ pub fn client_endpoint(
     let endpoint = Endpoint::from_shared(url)
         .ok()?
         .connect_timeout(connect_timeout);
+    let endpoint = roster_raft::network::forget_reset_streams(endpoint);
     Some(match call_timeout {
         Some(timeout) => endpoint.timeout(timeout),
         None => endpoint,

@@ -131,6 +131,24 @@ pub enum Command {
     /// response; one that fails changes nothing and does not affect the others.
     /// A batch inside a batch is an error.
     Batch(Vec<Command>),
+    /// A decision the leader of `term` took from clocks only it runs (a lease
+    /// expiry, checkpoint or renewal; a health verdict): applied only from an
+    /// entry appended in that same term. A node can queue such a proposal while
+    /// leader of one term and append it after winning a later one, when another
+    /// leader's clocks ran in between and may have renewed what it expires; then
+    /// it answers `StaleTerm` and changes nothing (DESIGN.md, lease rule 3).
+    /// `command` may not be a batch or another `InTerm`.
+    InTerm { term: u64, command: Box<Command> },
+}
+
+impl Command {
+    /// This command as a decision of the leader of `term` (see `Command::InTerm`).
+    pub fn in_term(self, term: u64) -> Command {
+        Command::InTerm {
+            term,
+            command: Box::new(self),
+        }
+    }
 }
 
 /// The result of applying one command. Logical failures are `Error`, applied on

@@ -53,6 +53,10 @@ pub enum StateError {
     /// A check report for an instance without a TTL check.
     #[error("instance has no ttl check")]
     NotTtlCheck,
+    /// An `InTerm` command decided by the leader of `decided` but appended to the
+    /// log by the leader of `appended`.
+    #[error("decided in term {decided} but appended in term {appended}")]
+    StaleTerm { decided: u64, appended: u64 },
 }
 
 impl StateError {
@@ -80,6 +84,7 @@ impl StateError {
             StateError::InvalidHandler(_) => "invalid_handler",
             StateError::UnknownHandler(_) => "unknown_handler",
             StateError::HandlerInUse { .. } => "handler_in_use",
+            StateError::StaleTerm { .. } => "stale_term",
         }
     }
 }

@@ -51,15 +51,17 @@ impl<E: Engine> StateMachine<E> {
         self.engine
     }
 
-    /// Applies one command and writes its effects together with `meta` (stored as
-    /// `m/<name>`) in one atomic batch. A logical error is an `Ok` answer that
-    /// changes nothing but still writes `meta`; `Err` only for storage failure.
+    /// Applies one command, from an entry the leader of `term` appended, and
+    /// writes its effects together with `meta` (stored as `m/<name>`) in one
+    /// atomic batch. A logical error is an `Ok` answer that changes nothing but
+    /// still writes `meta`; `Err` only for storage failure.
     pub fn apply(
         &mut self,
+        term: u64,
         cmd: &Command,
         meta: Vec<(Vec<u8>, Vec<u8>)>,
     ) -> Result<Applied, EngineError> {
-        let mut tx = Tx::new(&self.engine, self.revision);
+        let mut tx = Tx::new(&self.engine, term, self.revision);
         let response = match cmd {
             Command::Batch(commands) => {
                 let mut responses = Vec::with_capacity(commands.len());
@@ -98,7 +100,7 @@ impl<E: Engine> StateMachine<E> {
     /// Answers a read-only txn ([`Txn::is_read_only`]) from the applied state,
     /// without a log entry; a writing txn is answered as if it had no effect.
     pub fn read_txn(&self, txn: &Txn) -> Result<Response, Fail> {
-        let mut tx = Tx::new(&self.engine, self.revision);
+        let mut tx = Tx::new(&self.engine, 0, self.revision);
         txn::apply(&mut tx, txn)
     }
 
@@ -354,5 +356,15 @@ fn execute<E: Engine>(tx: &mut Tx<'_, E>, cmd: &Command) -> Result<Response, Fai
             revision: tx.revision(),
         }),
         Command::Batch(_) => Err(Fail::State(crate::StateError::NestedBatch)),
+        Command::InTerm { term, command } => match command.as_ref() {
+            Command::Batch(_) | Command::InTerm { .. } => {
+                Err(Fail::State(crate::StateError::NestedBatch))
+            }
+            _ if *term != tx.term() => Err(Fail::State(crate::StateError::StaleTerm {
+                decided: *term,
+                appended: tx.term(),
+            })),
+            command => execute(tx, command),
+        },
     }
 }

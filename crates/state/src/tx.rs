@@ -63,6 +63,9 @@ impl<E: Engine> View for Tx<'_, E> {
 
 pub(crate) struct Tx<'a, E> {
     engine: &'a E,
+    /// The term of the leader that appended the entry being applied (0 when
+    /// serving a read): `Command::InTerm` compares against it.
+    term: u64,
     /// The store revision before the entry.
     initial_revision: i64,
     /// The store revision before the current command.
@@ -78,9 +81,10 @@ pub(crate) struct Tx<'a, E> {
 }
 
 impl<'a, E: Engine> Tx<'a, E> {
-    pub(crate) fn new(engine: &'a E, base_revision: i64) -> Self {
+    pub(crate) fn new(engine: &'a E, term: u64, base_revision: i64) -> Self {
         Self {
             engine,
+            term,
             initial_revision: base_revision,
             base_revision,
             pending: BTreeMap::new(),
@@ -126,6 +130,11 @@ impl<'a, E: Engine> Tx<'a, E> {
     /// shared by every event of the command.
     pub(crate) fn write_revision(&self) -> i64 {
         self.base_revision + 1
+    }
+
+    /// The term of the leader that appended the entry being applied.
+    pub(crate) fn term(&self) -> u64 {
+        self.term
     }
 
     /// The store revision after the current command: bumped only if it changed a

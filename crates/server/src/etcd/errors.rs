@@ -33,6 +33,8 @@ pub fn state_status(error: &StateError) -> Status {
         StateError::HandlerInUse { .. } => Status::failed_precondition(format!("roster: {error}")),
         StateError::InstanceNotFound => Status::not_found(format!("roster: {error}")),
         StateError::NotTtlCheck => Status::failed_precondition(format!("roster: {error}")),
+        // Only the lessor and the health checker propose term-bound commands.
+        StateError::StaleTerm { .. } => Status::unavailable(format!("roster: {error}")),
     }
 }
 

@@ -368,7 +368,7 @@ impl<'a> Session<'a> {
             return;
         }
         tracked.proposing = true;
-        let command = set_health(key, health, output);
+        let command = set_health(key, health, output).in_term(self.term);
         let proposer = self.context.proposer.clone();
         let done = self.done_tx.clone();
         let key = key.clone();
@@ -407,7 +407,8 @@ impl<'a> Session<'a> {
                 .map(|((service, id), since)| (service, id, since))
                 .collect(),
             now_ms: now,
-        };
+        }
+        .in_term(self.term);
         let proposer = self.context.proposer.clone();
         let done = self.done_tx.clone();
         tokio::spawn(async move {
@@ -461,7 +462,7 @@ impl<'a> Session<'a> {
         if tracked.keepalive_expired || wanted == tracked.health {
             return Ok((tracked.health, None));
         }
-        let command = set_health(key, wanted, pending.output.clone());
+        let command = set_health(key, wanted, pending.output.clone()).in_term(self.term);
         Ok((wanted, Some(command)))
     }
 }

@@ -39,7 +39,7 @@ impl Fixture {
             .state
             .write()
             .expect("lock")
-            .apply(&command, Vec::new())
+            .apply(1, &command, Vec::new())
             .expect("apply");
         self.hub.publish(&applied.events);
         applied.response.revision()
@@ -159,7 +159,7 @@ async fn a_compacted_start_is_answered_with_the_compact_revision() {
     f.state
         .write()
         .expect("lock")
-        .apply(&compact, Vec::new())
+        .apply(1, &compact, Vec::new())
         .expect("apply");
     let mut rx = f.watch(4, "c/", r1, 4).await;
     assert!(matches!(

@@ -151,7 +151,7 @@ fn machine() -> Machine {
 }
 
 fn apply(sm: &mut Machine, cmd: &Command) -> Applied {
-    sm.apply(cmd, Vec::new()).expect("apply")
+    sm.apply(1, cmd, Vec::new()).expect("apply")
 }
 
 fn run(sm: &mut Machine, cmds: &[Command]) -> Vec<Applied> {
@@ -522,7 +522,7 @@ fn range_keys_only_and_count_only() {
 fn range_sees_only_user_keys() {
     let mut sm = machine();
     run(&mut sm, &[grant(3, 10), put("k", "v").on(3)]);
-    sm.apply(&Command::Noop, vec![(b("applied"), b("9"))])
+    sm.apply(1, &Command::Noop, vec![(b("applied"), b("9"))])
         .expect("apply");
     assert_eq!(all_keys(&sm), keys(&["k"]));
 }
@@ -715,6 +715,54 @@ fn expire_of_keyless_or_missing_leases_keeps_the_revision() {
     );
 }
 
+/// A lessor decision taken while leader of one term, appended by the leader of
+/// a later term (the node lost and won leadership while it sat in a queue):
+/// another leader's clocks ran in between, so it must change nothing.
+#[test]
+fn in_term_commands_apply_only_in_the_term_they_were_decided_in() {
+    let mut sm = machine();
+    run(&mut sm, &[grant(1, 10), put("a", "1").on(1)]);
+    let in_term = |term, command| Command::InTerm {
+        term,
+        command: Box::new(command),
+    };
+    let stale = sm
+        .apply(4, &in_term(2, expire(&[1])), Vec::new())
+        .expect("apply");
+    assert_eq!(
+        stale.response,
+        Response::Error {
+            revision: 2,
+            error: StateError::StaleTerm {
+                decided: 2,
+                appended: 4
+            }
+        }
+    );
+    assert!(stale.events.is_empty());
+    assert_eq!(all_keys(&sm), keys(&["a"]));
+    let batch = Command::Batch(vec![
+        in_term(4, Command::Noop),
+        in_term(4, Command::Batch(vec![])),
+    ]);
+    let nested = sm.apply(4, &batch, Vec::new()).expect("apply");
+    assert_eq!(
+        nested.response,
+        Response::Batch(vec![
+            Response::Done { revision: 2 },
+            Response::Error {
+                revision: 2,
+                error: StateError::NestedBatch
+            }
+        ])
+    );
+    let current = sm
+        .apply(4, &in_term(4, expire(&[1])), Vec::new())
+        .expect("apply");
+    assert_eq!(current.response, revoked(3, &[1]));
+    assert_eq!(all_keys(&sm), keys(&[]));
+}
+
 #[test]
 fn checkpoint_and_renewed_set_and_clear_the_remaining_ttl() {
     let mut sm = machine();
@@ -803,7 +851,7 @@ fn meta(name: &str, value: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
 fn meta_is_written_in_the_same_batch_as_the_effects() {
     let mut sm = StateMachine::open(Watched::default()).expect("open");
     let applied = sm
-        .apply(&put("a", "1"), meta("applied", "1"))
+        .apply(1, &put("a", "1"), meta("applied", "1"))
         .expect("apply");
     assert_eq!(applied.response, put_ok(2, None));
     assert_eq!(sm.engine().writes.load(Ordering::SeqCst), 1);
@@ -814,7 +862,9 @@ fn meta_is_written_in_the_same_batch_as_the_effects() {
 #[test]
 fn meta_is_written_also_on_an_error_response() {
     let mut sm = machine();
-    let applied = sm.apply(&revoke(5), meta("applied", "7")).expect("apply");
+    let applied = sm
+        .apply(1, &revoke(5), meta("applied", "7"))
+        .expect("apply");
     assert_eq!(
         applied.response,
         Response::Error {
@@ -835,7 +885,7 @@ fn meta_names_cannot_clobber_the_revision() {
         (b("_rev"), vec![0xff; 8]),
         (b("lease_seq"), vec![0xff; 8]),
     ];
-    sm.apply(&put("a", "1"), evil).expect("apply");
+    sm.apply(1, &put("a", "1"), evil).expect("apply");
     let reopened = StateMachine::open(sm.into_engine()).expect("open");
     assert_eq!(reopened.revision(), 2);
 }
@@ -857,13 +907,13 @@ fn reopen_restores_revision_and_lease_counter() {
 #[test]
 fn storage_failure_is_an_err_and_leaves_the_machine_unchanged() {
     let mut sm = StateMachine::open(Watched::default()).expect("open");
-    sm.apply(&put("a", "1"), Vec::new()).expect("apply");
+    sm.apply(1, &put("a", "1"), Vec::new()).expect("apply");
     sm.engine().fail_writes.store(true, Ordering::SeqCst);
-    assert!(sm.apply(&put("a", "2"), meta("applied", "2")).is_err());
+    assert!(sm.apply(1, &put("a", "2"), meta("applied", "2")).is_err());
     assert_eq!(sm.revision(), 2);
     sm.engine().fail_writes.store(false, Ordering::SeqCst);
     assert_eq!(sm.meta(b"applied").expect("meta"), None);
-    let applied = sm.apply(&put("a", "2"), Vec::new()).expect("apply");
+    let applied = sm.apply(1, &put("a", "2"), Vec::new()).expect("apply");
     assert_eq!(applied.response, put_ok(3, None));
 }
 
@@ -909,7 +959,7 @@ fn snapshot_installs_onto_a_fresh_engine_identically() {
     let mut source = machine();
     run(&mut source, &busy_script());
     source
-        .apply(&Command::Noop, meta("applied", "42"))
+        .apply(1, &Command::Noop, meta("applied", "42"))
         .expect("apply");
     let snap = source.snapshot().expect("snapshot");
     let shipped = SnapshotData::decode(&snap.encode()).expect("decode");
