@@ -21,6 +21,7 @@ async fn dial(uri: Uri) -> io::Result<TokioIo<turmoil::net::TcpStream>> {
         .host()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("no host in {uri}")))?;
     let port = uri.port_u16().unwrap_or(80);
+    tracing::trace!(%uri, "dial");
     let stream = turmoil::net::TcpStream::connect((host, port)).await?;
     Ok(TokioIo::new(stream))
 }

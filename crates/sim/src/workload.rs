@@ -15,7 +15,7 @@
 //! Times are on tokio's clock, so that the simulation's virtual time is the
 //! recorder's clock there.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -792,11 +792,17 @@ impl Workload {
             late: LEASE_LATE_BOUND.as_nanos() as Nanos,
             quiet_since,
         };
+        let maybe_deleted: BTreeSet<String> = record
+            .ops
+            .iter()
+            .filter(|o| matches!(o.input, Input::Delete) && o.output.is_none())
+            .map(|o| o.key.clone())
+            .collect();
         let verdicts = vec![
             linearizable.verdict(),
             lease::check(&leases, lateness, end),
             watch::check(&record.watchers, &after.history),
-            durability::check(&record.acked, &after.state, after.revision),
+            durability::check(&record.acked, &maybe_deleted, &after.state, after.revision),
         ];
         let recorded = serde_json::to_vec(&(&record.ops, &leases, &record.watchers));
         Ok(Judgement {
