@@ -11,7 +11,7 @@
 //! generic over it so that a simulated network can replace it in tests.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use openraft::error::{
@@ -51,41 +51,69 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
 /// Builds [`GrpcNetwork`]s over its transport. openraft asks for a new one for
 /// every replication session, election and leadership check (each lessor
 /// keepalive batch, each linearizable read), so the factory keeps one channel
-/// per peer and hands out clones: they share its HTTP/2 connection, made
-/// lazily and remade after a failure, instead of each opening its own (which
-/// cost a TCP and HTTP/2 handshake per check, and while a peer refused
-/// connections, ran the simulation's hosts out of ports).
+/// per peer and hands out clones: they share its HTTP/2 connection instead of
+/// each opening its own (which cost a TCP and HTTP/2 handshake per check, and
+/// while a peer refused connections, ran the simulation's hosts out of
+/// ports). A call that fails on the wire drops the cached channel, so the
+/// next one connects afresh rather than wait on a connection that may be
+/// stuck until HTTP/2 pings give up on it (seconds after a partition heals).
 #[derive(Clone)]
 pub struct GrpcNetworkFactory {
     transport: Arc<dyn Transport>,
-    peers: Arc<Mutex<PeerCache>>,
+    cache: Arc<Mutex<PeerCache>>,
 }
 
-/// Each peer's client, with the member address it was made for.
-type PeerCache = BTreeMap<NodeId, (Member, RaftPeerClient<Channel>)>;
+/// One peer's cached client, the member address it was made for, and which
+/// client it is (so a failure drops only the client it happened on).
+struct CachedPeer {
+    member: Member,
+    client: RaftPeerClient<Channel>,
+    made: u64,
+}
+
+#[derive(Default)]
+struct PeerCache {
+    peers: BTreeMap<NodeId, CachedPeer>,
+    made: u64,
+}
+
+/// A poisoned lock only means a panic elsewhere while it was held; the map is
+/// always whole, so keep using it.
+fn lock(cache: &Mutex<PeerCache>) -> MutexGuard<'_, PeerCache> {
+    cache.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 impl GrpcNetworkFactory {
     pub fn new(transport: Arc<dyn Transport>) -> Self {
         GrpcNetworkFactory {
             transport,
-            peers: Arc::default(),
+            cache: Arc::default(),
         }
     }
 
-    /// The cached client of `target`, or a new one if it is unknown or its
-    /// address changed.
-    fn client(&self, target: NodeId, node: &Member) -> Result<RaftPeerClient<Channel>, String> {
-        // A poisoned lock only means a panic elsewhere while it was held; the
-        // map itself is always whole, so keep using it.
-        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((member, client)) = peers.get(&target) {
-            if member == node {
-                return Ok(client.clone());
+    /// The cached client of `target` (and which it is), or a new one if there
+    /// is none or the member's address changed.
+    fn client(
+        &self,
+        target: NodeId,
+        node: &Member,
+    ) -> Result<(RaftPeerClient<Channel>, u64), String> {
+        let mut cache = lock(&self.cache);
+        if let Some(peer) = cache.peers.get(&target) {
+            if peer.member == *node {
+                return Ok((peer.client.clone(), peer.made));
             }
         }
         let client = peer_client(node, self.transport.as_ref())?;
-        peers.insert(target, (node.clone(), client.clone()));
-        Ok(client)
+        cache.made += 1;
+        let made = cache.made;
+        let peer = CachedPeer {
+            member: node.clone(),
+            client: client.clone(),
+            made,
+        };
+        cache.peers.insert(target, peer);
+        Ok((client, made))
     }
 }
 
@@ -103,6 +131,7 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetworkFactory {
         GrpcNetwork {
             target,
             client: self.client(target, node),
+            cache: self.cache.clone(),
         }
     }
 }
@@ -110,10 +139,27 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetworkFactory {
 /// The client half of the transport, talking to one peer.
 pub struct GrpcNetwork {
     target: NodeId,
-    client: Result<RaftPeerClient<Channel>, String>,
+    /// The client and which cached client it is.
+    client: Result<(RaftPeerClient<Channel>, u64), String>,
+    cache: Arc<Mutex<PeerCache>>,
 }
 
 impl GrpcNetwork {
+    /// Drops the cached client `made` after a call on it failed on the wire
+    /// (the peer service answers raft's errors inside the reply, so a status
+    /// is the transport's, a deadline's, or an undecodable request's, for
+    /// which a new connection costs nothing).
+    fn forget(&self, made: u64) {
+        let mut cache = lock(&self.cache);
+        if cache
+            .peers
+            .get(&self.target)
+            .is_some_and(|p| p.made == made)
+        {
+            cache.peers.remove(&self.target);
+        }
+    }
+
     /// Sends one request and decodes the remote `Result<Resp, RaftError<E>>`.
     async fn call<Req, Resp, E>(
         &mut self,
@@ -126,8 +172,8 @@ impl GrpcNetwork {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let client = match &mut self.client {
-            Ok(client) => client,
+        let (client, made) = match &mut self.client {
+            Ok((client, made)) => (client, *made),
             Err(reason) => {
                 let err = std::io::Error::other(reason.clone());
                 return Err(RPCError::Unreachable(Unreachable::new(&err)));
@@ -141,7 +187,13 @@ impl GrpcNetwork {
             RpcKind::Vote => client.vote(req).await,
             RpcKind::Snapshot => client.install_snapshot(req).await,
         };
-        let reply = reply.map_err(status_to_rpc_error)?.into_inner();
+        let reply = match reply {
+            Ok(reply) => reply.into_inner(),
+            Err(status) => {
+                self.forget(made);
+                return Err(status_to_rpc_error(status));
+            }
+        };
         if !reply.error.is_empty() {
             let err = std::io::Error::other(reply.error);
             return Err(RPCError::Network(NetworkError::new(&err)));

@@ -94,6 +94,16 @@ fn five_nodes_under_faults() {
     simulate(3, 5, 20);
 }
 
+/// Seeds that found a bug, kept so that it stays found (docs/reliability.md,
+/// "Bugs found so far").
+#[test]
+fn regression_seeds() {
+    // Lost messages left the one cached peer connection stuck after the
+    // network healed, until HTTP/2 pings gave up on it: leaders kept changing
+    // and a dead holder's lease outlived the lateness bound.
+    simulate(2074, 3, 20);
+}
+
 #[test]
 fn a_seed_replays_the_same_run() {
     if !cfg!(tokio_unstable) {
