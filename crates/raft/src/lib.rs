@@ -24,6 +24,7 @@ pub mod transport;
 mod types;
 
 pub use log_store::LogStore;
+pub use mem_log_store::MemLogError;
 pub use mem_storage::{open_memory_storage, MemoryStorage};
 pub use roster_state::DynEngine;
 pub use state_store::{SharedState, StateStore};

@@ -5,16 +5,18 @@
 //! (`mem_log_store`), the state machine's keys (a [`MemEngine`]) and the current
 //! snapshot with the snapshot-id counter. [`MemoryStorage::open`] hands out a
 //! [`Storage`] over them; opening again after the previous node is gone is a
-//! crash-and-restart that loses nothing, because everything written to memory
-//! counts as durable at once. Unlike sled, the state machine never lags the log
-//! after such a restart.
+//! restart. The log flushes like a disk (see `mem_log_store`):
+//! [`MemoryStorage::lose_unflushed`] before the restart makes it a crash that
+//! loses what the log had not flushed. The state machine's keys count as
+//! durable at once, so it may then be ahead of the log, as openraft allows
+//! (it treats the applied entries as purged).
 
 use std::sync::Arc;
 
 use roster_state::{Batch, Engine, EngineError, MemEngine, ScanItem};
 
 use crate::log_store::LogStore;
-use crate::mem_log_store::MemLogStore;
+use crate::mem_log_store::{MemLogError, MemLogStore};
 use crate::state_backend::{MemSnapshots, StateBackend};
 use crate::state_store::StateStore;
 use crate::storage::{OpenError, Storage};
@@ -34,6 +36,12 @@ impl MemoryStorage {
     /// Empty storage: a node that never ran.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A machine crash: the log loses every change since its last flush. Call
+    /// it after the node using this storage is gone, before opening it again.
+    pub fn lose_unflushed(&self) -> Result<(), MemLogError> {
+        self.log.lose_unflushed()
     }
 
     /// A fresh [`Storage`] over what this storage holds. Stop the node using a

@@ -1,6 +1,6 @@
 //! The in-memory storage (tests and simulation only): openraft's storage
-//! conformance suite, and a simulated crash-and-restart that keeps everything
-//! written.
+//! conformance suite, a restart that keeps everything written, and a crash
+//! that loses what the log had not flushed.
 
 #![allow(clippy::unwrap_used)]
 
@@ -104,4 +104,61 @@ async fn separate_memory_storages_are_independent() {
         .unwrap();
     assert_eq!(keys(&a), [b"only-a".to_vec()]);
     assert!(keys(&b).is_empty());
+}
+
+/// Appends `entries` on a task of its own, which waits for their flush, and
+/// lets it run up to that wait.
+async fn append_unflushed(log: &LogStore, entries: Vec<openraft::Entry<TypeConfig>>) {
+    let mut log = log.clone();
+    tokio::spawn(async move { log.blocking_append(entries).await });
+    tokio::task::yield_now().await;
+}
+
+/// A crash loses what the log had not flushed, and only that: an append is
+/// durable once its flush came (2 ms of tokio time later), the vote at once,
+/// together with every append before it. The flush task cannot run between
+/// an unflushed append and the crash: on this one-thread runtime the test
+/// never yields there (the store's calls finish without waiting).
+#[tokio::test(flavor = "current_thread")]
+async fn a_crash_loses_what_the_log_had_not_flushed() {
+    let memory = MemoryStorage::new();
+    let mut s = memory.open(recorder()).unwrap();
+    s.log
+        .blocking_append([blank(1, 1), membership(1, 2, &[1])])
+        .await
+        .unwrap();
+    append_unflushed(&s.log, vec![normal(1, 3, put("lost", "1"))]).await;
+    s.log.save_committed(Some(log_id(1, 1, 2))).await.unwrap();
+    drop(s);
+    memory.lose_unflushed().unwrap();
+    let mut s = memory.open(recorder()).unwrap();
+    let state = s.log.get_log_state().await.unwrap();
+    assert_eq!(
+        state.last_log_id,
+        Some(log_id(1, 1, 2)),
+        "the unflushed append is gone"
+    );
+    assert_eq!(s.log.read_committed().await.unwrap(), None);
+
+    append_unflushed(&s.log, vec![normal(1, 3, put("kept", "1"))]).await;
+    s.log.save_vote(&Vote::new_committed(1, 1)).await.unwrap();
+    drop(s);
+    memory.lose_unflushed().unwrap();
+    let mut s = memory.open(recorder()).unwrap();
+    let state = s.log.get_log_state().await.unwrap();
+    assert_eq!(
+        state.last_log_id,
+        Some(log_id(1, 1, 3)),
+        "the vote flushed it"
+    );
+    assert_eq!(
+        s.log.read_vote().await.unwrap(),
+        Some(Vote::new_committed(1, 1))
+    );
+    s.log.truncate(log_id(1, 1, 2)).await.unwrap();
+    drop(s);
+    memory.lose_unflushed().unwrap();
+    let mut s = memory.open(recorder()).unwrap();
+    let kept = s.log.try_get_log_entries(1..=3).await.unwrap();
+    assert_eq!(kept.len(), 3, "an unflushed truncation is undone");
 }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use openraft::error::{InitializeError, RaftError};
+use openraft::storage::RaftLogStorage;
 use roster_proto::etcdserverpb::cluster_server::ClusterServer;
 use roster_proto::etcdserverpb::kv_server::KvServer;
 use roster_proto::etcdserverpb::lease_server::LeaseServer;
@@ -23,7 +24,8 @@ use roster_proto::registry::registry_server::RegistryServer;
 use roster_raft::network::{GrpcNetworkFactory, RaftPeerService};
 use roster_raft::transport::{Incoming, TcpTransport, Transport};
 use roster_raft::{
-    open_storage, ApplyObserver, Member, MemoryStorage, NodeId, Raft, Storage, StorageOptions,
+    open_storage, ApplyObserver, LogStore, Member, MemoryStorage, NodeId, Raft, Storage,
+    StorageOptions,
 };
 use roster_state::{Command, MemberAttrs};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -193,11 +195,13 @@ impl RunningNode {
             .validate()
             .map_err(|e| StartError::Raft(e.to_string()))?;
         let network = GrpcNetworkFactory::new(transport.clone());
+        let mut log = storage.log;
+        forget_stored_leadership(&mut log, member_id).await?;
         let raft = Raft::new(
             member_id,
             Arc::new(raft_config),
             network,
-            storage.log,
+            log,
             storage.state,
         )
         .await
@@ -359,6 +363,35 @@ async fn open_backend(
 
 /// Writes the initial membership. Every member of a new cluster does this with the
 /// same membership, so they agree; one already initialized answers `NotAllowed`.
+/// openraft 0.9 starts a node whose stored vote says it led a term as that
+/// term's leader again, with no entry of its own. Two things then break: after
+/// a machine crash its log may lack entries it had already sent to followers
+/// (they are sent before its own flush), and it would write different ones
+/// under the same log ids, breaking raft's log matching; and decisions of its
+/// previous life's lessor still in its log could commit after its new clocks
+/// started and acknowledged keepalives (a lease expired 0.16 s after a
+/// keepalive was acknowledged, in a chaos run). Storing the vote as not
+/// committed (still for itself, so it votes for no one else in that term)
+/// starts it as a follower: it leads again only by winning a new term, whose
+/// first entry commits everything before it ahead of the lessor's clocks.
+async fn forget_stored_leadership(log: &mut LogStore, id: NodeId) -> Result<(), StartError> {
+    let raft_error = |e: openraft::StorageError<NodeId>| StartError::Raft(e.to_string());
+    let Some(vote) = log.read_vote().await.map_err(raft_error)? else {
+        return Ok(());
+    };
+    if vote.is_committed() && vote.leader_id().voted_for() == Some(id) {
+        let term = vote.leader_id().term;
+        tracing::info!(
+            term,
+            "was leader before the restart: starting as a follower"
+        );
+        log.save_vote(&openraft::Vote::new(term, id))
+            .await
+            .map_err(raft_error)?;
+    }
+    Ok(())
+}
+
 async fn bootstrap(raft: &Raft, members: BTreeMap<NodeId, Member>) -> Result<(), StartError> {
     match raft.initialize(members).await {
         Ok(()) => Ok(()),
