@@ -158,3 +158,40 @@ async fn three_nodes_in_one_process_on_memory_storage() {
         node.shutdown().await;
     }
 }
+
+/// The term node 0 leads, once it leads.
+async fn led_term(node: &RunningNode) -> u64 {
+    let mut metrics = node.raft.metrics();
+    let led = metrics
+        .wait_for(|m| m.state == openraft::ServerState::Leader)
+        .await
+        .expect("metrics");
+    led.current_term
+}
+
+/// openraft 0.9 would start a node that led a term as that term's leader
+/// again, with no entry of its own (so what its previous life left in the log
+/// could commit after its new lease clocks started); Roster makes it win a new
+/// term instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_leader_leads_only_a_new_term() {
+    let ports = [Ports {
+        client: free_port(),
+        peer: free_port(),
+    }];
+    let memory = MemoryStorage::new();
+    let node = start(config(0, &ports), &memory).await;
+    let before = tokio::time::timeout(Duration::from_secs(10), led_term(&node))
+        .await
+        .expect("a leader within 10 s");
+    node.shutdown().await;
+    let node = start(config(0, &ports), &memory).await;
+    let after = tokio::time::timeout(Duration::from_secs(10), led_term(&node))
+        .await
+        .expect("a leader again within 10 s");
+    assert!(
+        after > before,
+        "led term {before}, then term {after} after the restart"
+    );
+    node.shutdown().await;
+}
