@@ -190,7 +190,12 @@ impl GrpcNetwork {
         let reply = match reply {
             Ok(reply) => reply.into_inner(),
             Err(status) => {
-                self.forget(made);
+                // A connection that could not be made is retried by the
+                // channel itself on its next call; dropping it for that too
+                // made a new channel per attempt while a peer was down.
+                if !never_sent(&status) {
+                    self.forget(made);
+                }
                 return Err(status_to_rpc_error(status));
             }
         };
@@ -209,6 +214,19 @@ enum RpcKind {
     Append,
     Vote,
     Snapshot,
+}
+
+/// Whether a failed call provably never reached the peer: the connection
+/// could not be made (tonic marks that with `ConnectError` in the source chain).
+pub fn never_sent(status: &tonic::Status) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(error) = source {
+        if error.downcast_ref::<tonic::ConnectError>().is_some() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
 }
 
 /// A peer that cannot be reached is `Unreachable` (openraft backs off); anything

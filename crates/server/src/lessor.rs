@@ -299,7 +299,14 @@ impl Lessor {
                 self.demote();
             } else if is_leader && current != Some(term) {
                 self.demote();
-                self.promote(term).await;
+                if !self.promote(term).await {
+                    // Try again after a pause, not at the next change of the
+                    // metrics: every failed check changes them, and a leader
+                    // cut off from its peers retried thousands of times a
+                    // second (found by the simulation).
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                    continue;
+                }
             }
             if metrics.changed().await.is_err() {
                 return;
@@ -316,10 +323,11 @@ impl Lessor {
     }
 
     /// Starts every lease's clock for `term` once the state machine is current.
-    async fn promote(&self, term: u64) {
+    /// `false`: leadership could not be confirmed, try again.
+    async fn promote(&self, term: u64) -> bool {
         if let Err(e) = self.inner.raft.ensure_linearizable().await {
             tracing::info!(term, error = %e, "lessor: leadership not confirmed");
-            return;
+            return false;
         }
         // Read the lease table, then start the clocks under the clocks lock only
         // if no grant or revoke was applied in between (else read again): applies
@@ -330,9 +338,9 @@ impl Lessor {
                 Ok(Ok(leases)) => leases,
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, "lessor: cannot read leases");
-                    return;
+                    return false;
                 }
-                Err(_) => return,
+                Err(_) => return false,
             };
             let clocks = self.clocks();
             if self.inner.changes.load(Ordering::SeqCst) == seen {
@@ -341,7 +349,7 @@ impl Lessor {
         };
         let m = self.inner.raft.metrics().borrow().clone();
         if m.state != ServerState::Leader || m.current_term != term {
-            return;
+            return true;
         }
         let now = Instant::now();
         for lease in &leases {
@@ -361,6 +369,7 @@ impl Lessor {
         drop(clocks);
         tracing::info!(term, leases = leases.len(), "lessor: primary");
         self.inner.wake.notify_one();
+        true
     }
 
     /// Sleeps until the earliest deadline, then proposes the due leases' expiry.

@@ -15,7 +15,7 @@ use futures::future::join_all;
 use openraft::{RaftMetrics, ServerState};
 use roster_proto::raftpb::raft_peer_client::RaftPeerClient;
 use roster_proto::raftpb::RaftRequest;
-use roster_raft::network::{peer_client, ForwardHandler};
+use roster_raft::network::{never_sent, peer_client, ForwardHandler};
 use roster_raft::transport::Transport;
 use roster_raft::{Member, NodeId, Raft};
 use roster_state::registry::Health;
@@ -384,19 +384,6 @@ impl Router {
         peers.insert(id, client.clone());
         Ok(client)
     }
-}
-
-/// Whether a failed call provably never reached the peer: the connection
-/// could not be made (tonic marks that with `ConnectError` in the source chain).
-fn never_sent(status: &tonic::Status) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
-    while let Some(error) = source {
-        if error.downcast_ref::<tonic::ConnectError>().is_some() {
-            return true;
-        }
-        source = error.source();
-    }
-    false
 }
 
 /// What a routed request waits to change before it tries again.

@@ -102,6 +102,10 @@ fn regression_seeds() {
     // network healed, until HTTP/2 pings gave up on it: leaders kept changing
     // and a dead holder's lease outlived the lateness bound.
     simulate(2074, 3, 20);
+    // A leader that could not confirm its leadership retried starting its
+    // lease clocks at every change of the metrics, which every failed check
+    // makes: thousands of checks a second, until the host ran out of ports.
+    simulate(121, 5, 20);
 }
 
 #[test]
