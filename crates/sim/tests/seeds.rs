@@ -106,6 +106,10 @@ fn regression_seeds() {
     // lease clocks at every change of the metrics, which every failed check
     // makes: thousands of checks a second, until the host ran out of ports.
     simulate(121, 5, 20);
+    // A lease expiry decided under one term's clocks committed under a later
+    // term's, which had renewed the lease: expired 0.5 s after a keepalive
+    // acknowledged with TTL 3 s (fails without `Command::InTerm`).
+    simulate(3598, 5, 20);
 }
 
 #[test]
