@@ -37,7 +37,7 @@ pub enum MemLogError {
 }
 
 /// How long after an append its flush comes: a simulated fsync.
-pub(crate) const FLUSH_TIME: Duration = Duration::from_millis(2);
+const FLUSH_TIME: Duration = Duration::from_millis(2);
 
 /// Undoes one change made since the last flush.
 #[derive(Debug)]

@@ -48,23 +48,27 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     bincode::deserialize(bytes).map_err(|e| CodecError(e.to_string()))
 }
 
-/// Builds [`GrpcNetwork`]s over its transport. openraft asks for a new one for
-/// every replication session, election and leadership check (each lessor
-/// keepalive batch, each linearizable read), so the factory keeps one channel
-/// per peer and hands out clones: they share its HTTP/2 connection instead of
-/// each opening its own (which cost a TCP and HTTP/2 handshake per check, and
-/// while a peer refused connections, ran the simulation's hosts out of
-/// ports). A call that fails on the wire drops the cached channel, so the
-/// next one connects afresh rather than wait on a connection that may be
-/// stuck until HTTP/2 pings give up on it (seconds after a partition heals).
+/// One client per peer, made lazily over a transport and shared: clones of a
+/// tonic channel share its HTTP/2 connection. openraft asks for a new network
+/// client for every replication session, election and leadership check (each
+/// lessor keepalive batch, each linearizable read); a connection per ask cost
+/// a TCP and HTTP/2 handshake each, and while a peer refused connections ran
+/// the simulation's hosts out of ports. [`PeerClients::forget`] drops a client
+/// after a call on it failed on the wire, so the next connects afresh rather
+/// than wait on a connection that may be stuck until HTTP/2 pings give up on it
+/// (seconds after a partition heals). Raft traffic and forwarded requests each
+/// have their own.
 #[derive(Clone)]
-pub struct GrpcNetworkFactory {
+pub struct PeerClients {
     transport: Arc<dyn Transport>,
     cache: Arc<Mutex<PeerCache>>,
 }
 
-/// One peer's cached client, the member address it was made for, and which
-/// client it is (so a failure drops only the client it happened on).
+/// A peer's client and which one it is (so a failure drops only the client it
+/// happened on).
+pub type PeerClient = (RaftPeerClient<Channel>, u64);
+
+/// One peer's cached client and the member address it was made for.
 struct CachedPeer {
     member: Member,
     client: RaftPeerClient<Channel>,
@@ -77,28 +81,24 @@ struct PeerCache {
     made: u64,
 }
 
-/// A poisoned lock only means a panic elsewhere while it was held; the map is
-/// always whole, so keep using it.
-fn lock(cache: &Mutex<PeerCache>) -> MutexGuard<'_, PeerCache> {
-    cache.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-impl GrpcNetworkFactory {
+impl PeerClients {
     pub fn new(transport: Arc<dyn Transport>) -> Self {
-        GrpcNetworkFactory {
+        PeerClients {
             transport,
             cache: Arc::default(),
         }
     }
 
-    /// The cached client of `target` (and which it is), or a new one if there
-    /// is none or the member's address changed.
-    fn client(
-        &self,
-        target: NodeId,
-        node: &Member,
-    ) -> Result<(RaftPeerClient<Channel>, u64), String> {
-        let mut cache = lock(&self.cache);
+    /// A poisoned lock only means a panic elsewhere while it was held; the map
+    /// is always whole, so keep using it.
+    fn lock(&self) -> MutexGuard<'_, PeerCache> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The cached client of `target`, or a new one if there is none or the
+    /// member's address changed.
+    pub fn get(&self, target: NodeId, node: &Member) -> Result<PeerClient, String> {
+        let mut cache = self.lock();
         if let Some(peer) = cache.peers.get(&target) {
             if peer.member == *node {
                 return Ok((peer.client.clone(), peer.made));
@@ -115,6 +115,28 @@ impl GrpcNetworkFactory {
         cache.peers.insert(target, peer);
         Ok((client, made))
     }
+
+    /// Drops client `made` of `target` if it is still the cached one.
+    pub fn forget(&self, target: NodeId, made: u64) {
+        let mut cache = self.lock();
+        if cache.peers.get(&target).is_some_and(|p| p.made == made) {
+            cache.peers.remove(&target);
+        }
+    }
+}
+
+/// Builds [`GrpcNetwork`]s over the peers' shared clients.
+#[derive(Clone)]
+pub struct GrpcNetworkFactory {
+    clients: PeerClients,
+}
+
+impl GrpcNetworkFactory {
+    pub fn new(transport: Arc<dyn Transport>) -> Self {
+        GrpcNetworkFactory {
+            clients: PeerClients::new(transport),
+        }
+    }
 }
 
 impl Default for GrpcNetworkFactory {
@@ -130,8 +152,8 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetworkFactory {
     async fn new_client(&mut self, target: NodeId, node: &Member) -> GrpcNetwork {
         GrpcNetwork {
             target,
-            client: self.client(target, node),
-            cache: self.cache.clone(),
+            client: self.clients.get(target, node),
+            clients: self.clients.clone(),
         }
     }
 }
@@ -139,27 +161,11 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetworkFactory {
 /// The client half of the transport, talking to one peer.
 pub struct GrpcNetwork {
     target: NodeId,
-    /// The client and which cached client it is.
-    client: Result<(RaftPeerClient<Channel>, u64), String>,
-    cache: Arc<Mutex<PeerCache>>,
+    client: Result<PeerClient, String>,
+    clients: PeerClients,
 }
 
 impl GrpcNetwork {
-    /// Drops the cached client `made` after a call on it failed on the wire
-    /// (the peer service answers raft's errors inside the reply, so a status
-    /// is the transport's, a deadline's, or an undecodable request's, for
-    /// which a new connection costs nothing).
-    fn forget(&self, made: u64) {
-        let mut cache = lock(&self.cache);
-        if cache
-            .peers
-            .get(&self.target)
-            .is_some_and(|p| p.made == made)
-        {
-            cache.peers.remove(&self.target);
-        }
-    }
-
     /// Sends one request and decodes the remote `Result<Resp, RaftError<E>>`.
     async fn call<Req, Resp, E>(
         &mut self,
@@ -190,11 +196,14 @@ impl GrpcNetwork {
         let reply = match reply {
             Ok(reply) => reply.into_inner(),
             Err(status) => {
-                // A connection that could not be made is retried by the
-                // channel itself on its next call; dropping it for that too
-                // made a new channel per attempt while a peer was down.
+                // The peer service answers raft's errors inside the reply, so
+                // a status is the transport's, a deadline's or an undecodable
+                // request's: start afresh. Not for a connection that could not
+                // be made: the channel retries that itself on its next call,
+                // and a new channel per attempt while a peer was down only
+                // multiplied connections.
                 if !never_sent(&status) {
-                    self.forget(made);
+                    self.clients.forget(self.target, made);
                 }
                 return Err(status_to_rpc_error(status));
             }
@@ -362,8 +371,9 @@ impl RaftPeer for RaftPeerService {
     }
 }
 
-/// A client for another member's peer port (raft traffic, forwarded requests).
-pub fn peer_client(
+/// A client for another member's peer port (raft traffic, forwarded requests);
+/// [`PeerClients`] keeps them.
+fn peer_client(
     member: &Member,
     transport: &dyn Transport,
 ) -> Result<RaftPeerClient<Channel>, String> {
@@ -381,7 +391,10 @@ pub fn peer_client(
         .http2_keep_alive_interval(Duration::from_secs(1))
         .keep_alive_timeout(Duration::from_secs(5))
         .keep_alive_while_idle(true);
-    Ok(peer_client_over(forget_reset_streams(endpoint), transport))
+    let channel = transport.channel(forget_reset_streams(endpoint));
+    Ok(RaftPeerClient::new(channel)
+        .max_decoding_message_size(MAX_PEER_MESSAGE)
+        .max_encoding_message_size(MAX_PEER_MESSAGE))
 }
 
 /// HTTP/2 remembers a stream it reset (a call that timed out) for 30 s of
@@ -394,11 +407,4 @@ pub fn forget_reset_streams(endpoint: Endpoint) -> Endpoint {
     endpoint
         .http2_max_concurrent_reset_streams(0)
         .http2_max_local_error_reset_streams(None)
-}
-
-fn peer_client_over(endpoint: Endpoint, transport: &dyn Transport) -> RaftPeerClient<Channel> {
-    let channel = transport.channel(endpoint);
-    RaftPeerClient::new(channel)
-        .max_decoding_message_size(MAX_PEER_MESSAGE)
-        .max_encoding_message_size(MAX_PEER_MESSAGE)
 }

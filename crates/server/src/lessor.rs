@@ -214,6 +214,13 @@ impl Lessor {
         }
     }
 
+    /// The clocks, if they are still those of `term`: what a decision taken
+    /// from them in `term` may change once it committed (or failed to).
+    fn clocks_of(&self, term: u64) -> Option<MutexGuard<'_, Clocks>> {
+        let clocks = self.clocks();
+        (clocks.term == Some(term)).then_some(clocks)
+    }
+
     /// Whether this node currently runs the lease clocks.
     pub fn is_primary(&self) -> bool {
         self.clocks().term.is_some()
@@ -408,8 +415,7 @@ impl Lessor {
                 // Revoked ids left the clocks when applied; ids that were
                 // already gone must leave too.
                 tracing::debug!(term, count = due.len(), "lessor: expired");
-                let mut clocks = self.clocks();
-                if clocks.term == Some(term) {
+                if let Some(mut clocks) = self.clocks_of(term) {
                     for id in &due {
                         clocks.leases.remove(id);
                     }
@@ -438,10 +444,9 @@ impl Lessor {
     /// Puts leases whose expiry did not commit back on the clock, due now, if
     /// the clocks are still those of `term`.
     fn retry_later(&self, term: u64, ids: Vec<i64>) {
-        let mut clocks = self.clocks();
-        if clocks.term != Some(term) {
+        let Some(mut clocks) = self.clocks_of(term) else {
             return;
-        }
+        };
         let now = Instant::now();
         for id in ids {
             if let Some(clock) = clocks.leases.get_mut(&id) {
@@ -546,10 +551,7 @@ impl Lessor {
         self.propose_in(term, command).await.inspect_err(|_| {
             self.demote_if_not_leader();
         })?;
-        let mut clocks = self.clocks();
-        if clocks.term != Some(term) {
-            return Err(LessorError::NotPrimary);
-        }
+        let mut clocks = self.clocks_of(term).ok_or(LessorError::NotPrimary)?;
         for id in pending {
             if let Some(clock) = clocks.leases.get_mut(&id) {
                 clock.checkpointed = false;
@@ -613,10 +615,9 @@ impl Lessor {
 
     /// Marks `ids` checkpointed if the clocks are still those of `term`.
     fn mark_checkpointed(&self, term: u64, ids: &[i64]) -> bool {
-        let mut clocks = self.clocks();
-        if clocks.term != Some(term) {
+        let Some(mut clocks) = self.clocks_of(term) else {
             return false;
-        }
+        };
         for id in ids {
             if let Some(clock) = clocks.leases.get_mut(id) {
                 clock.checkpointed = true;

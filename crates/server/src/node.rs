@@ -361,8 +361,6 @@ async fn open_backend(
     }
 }
 
-/// Writes the initial membership. Every member of a new cluster does this with the
-/// same membership, so they agree; one already initialized answers `NotAllowed`.
 /// openraft 0.9 starts a node whose stored vote says it led a term as that
 /// term's leader again, with no entry of its own. Two things then break: after
 /// a machine crash its log may lack entries it had already sent to followers
@@ -392,6 +390,8 @@ async fn forget_stored_leadership(log: &mut LogStore, id: NodeId) -> Result<(), 
     Ok(())
 }
 
+/// Writes the initial membership. Every member of a new cluster does this with the
+/// same membership, so they agree; one already initialized answers `NotAllowed`.
 async fn bootstrap(raft: &Raft, members: BTreeMap<NodeId, Member>) -> Result<(), StartError> {
     match raft.initialize(members).await {
         Ok(()) => Ok(()),

@@ -7,22 +7,19 @@
 //! Forwarded requests travel on the peer port (`Forward` RPC) as bincode
 //! [`Forwarded`] values; the leader answers them with the same calls.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
 use openraft::{RaftMetrics, ServerState};
-use roster_proto::raftpb::raft_peer_client::RaftPeerClient;
 use roster_proto::raftpb::RaftRequest;
-use roster_raft::network::{never_sent, peer_client, ForwardHandler};
+use roster_raft::network::{never_sent, ForwardHandler, PeerClients};
 use roster_raft::transport::Transport;
 use roster_raft::{Member, NodeId, Raft};
 use roster_state::registry::Health;
 use roster_state::{Command, Response, StateError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, Semaphore};
-use tonic::transport::Channel;
 
 use crate::batch::next_batch;
 use crate::health::{HealthChecker, Report, ReportError};
@@ -99,8 +96,7 @@ pub struct Router {
     proposer: Proposer,
     health: HealthChecker,
     keepalives: mpsc::UnboundedSender<PendingKeepalive>,
-    peers: Arc<Mutex<HashMap<NodeId, RaftPeerClient<Channel>>>>,
-    transport: Arc<dyn Transport>,
+    peers: PeerClients,
 }
 
 type PendingKeepalive = (i64, oneshot::Sender<Result<i64, RouteError>>);
@@ -134,8 +130,7 @@ impl Router {
             raft,
             lessor,
             keepalives,
-            peers: Arc::default(),
-            transport,
+            peers: PeerClients::new(transport),
         };
         tokio::spawn(router.clone().forward_keepalives(queue));
         router
@@ -345,8 +340,8 @@ impl Router {
         payload: &[u8],
         timeout: Duration,
     ) -> ForwardReply {
-        let mut client = match self.client(id, member) {
-            Ok(client) => client,
+        let mut client = match self.peers.get(id, member) {
+            Ok((client, _)) => client,
             Err(e) => return ForwardReply::Failed(RouteError::Unavailable(e)),
         };
         let mut req = tonic::Request::new(RaftRequest {
@@ -370,19 +365,6 @@ impl Router {
         }
         bincode::deserialize(&reply.payload)
             .unwrap_or_else(|e| ForwardReply::Failed(RouteError::Unknown(e.to_string())))
-    }
-
-    fn client(&self, id: NodeId, member: &Member) -> Result<RaftPeerClient<Channel>, String> {
-        let mut peers = self
-            .peers
-            .lock()
-            .map_err(|_| "peer cache poisoned".to_string())?;
-        if let Some(client) = peers.get(&id) {
-            return Ok(client.clone());
-        }
-        let client = peer_client(member, self.transport.as_ref())?;
-        peers.insert(id, client.clone());
-        Ok(client)
     }
 }
 
