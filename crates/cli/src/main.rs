@@ -16,6 +16,13 @@ mod service;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc instead of glibc's malloc: the write path allocates and frees many
+/// short-lived buffers on several threads (sled pages, gRPC frames, entries),
+/// and glibc spent about a sixth of a node's CPU in malloc, free and
+/// consolidation under a put load (perf, docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "roster",
