@@ -1,13 +1,14 @@
-//! Raft for Roster, on openraft 0.9: the type config, sled-backed durable log and
-//! vote storage, the adapter that drives `roster-state`'s state machine, and the
-//! gRPC peer transport. An in-memory storage ([`open_memory_storage`],
-//! [`MemoryStorage`]) builds the same node for tests and simulation.
+//! Raft for Roster, on openraft 0.9: the type config, the write-ahead log that
+//! holds the raft log and vote, the adapter that drives `roster-state`'s state
+//! machine (over sled), and the gRPC peer transport. An in-memory storage
+//! ([`open_memory_storage`], [`MemoryStorage`]) builds the same node for tests and
+//! simulation.
 //!
 //! Durability rule (DESIGN.md, "Persistence"): an append or a vote is reported to
-//! openraft only after sled's `flush` *and* an fsync of sled's data file through a
-//! handle of our own (sled 0.34 flushes with `sync_file_range`, which covers neither
-//! the drive cache nor metadata). One flush covers every append waiting at that
-//! moment (group commit), done off the async runtime threads.
+//! openraft only once it is on disk: appends after an `fdatasync` of the WAL
+//! segment (one sync covers every append waiting at that moment: group commit,
+//! on a thread of its own), the vote by an atomic, synced file replacement. The
+//! state machine may lag the log and is caught up by replaying it.
 
 mod log_store;
 mod mem_log_store;
@@ -15,13 +16,15 @@ mod mem_storage;
 pub mod network;
 pub mod runtime;
 mod sled_engine;
-mod sled_log_store;
+mod sled_log_import;
 mod state_backend;
 mod state_store;
 mod storage;
 mod storage_errors;
 pub mod transport;
 mod types;
+mod wal;
+mod wal_log_store;
 
 pub use log_store::LogStore;
 pub use mem_log_store::MemLogError;

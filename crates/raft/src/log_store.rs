@@ -1,8 +1,8 @@
 //! The raft log and vote store a node hands to openraft: [`LogStore`], one type for
 //! both backends, so that code building a node is the same over either.
 //!
-//! It only dispatches: to the sled store on a real node (durable, see
-//! `sled_log_store`), or to the in-memory store in tests and simulation (see
+//! It only dispatches: to the WAL store on a real node (durable, see
+//! `wal_log_store`), or to the in-memory store in tests and simulation (see
 //! `mem_log_store`). Which one is fixed when the storage is opened.
 
 use std::fmt::Debug;
@@ -12,12 +12,12 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageError, Vote};
 
 use crate::mem_log_store::MemLogStore;
-use crate::sled_log_store::SledLogStore;
 use crate::types::{NodeId, TypeConfig};
+use crate::wal_log_store::WalLogStore;
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
 
-/// openraft's log storage for a node, over sled or (tests, simulation) memory.
+/// openraft's log storage for a node, over the WAL or (tests, simulation) memory.
 /// Clones share the store; a clone is also the log reader openraft hands to
 /// replication tasks.
 #[derive(Clone)]
@@ -27,14 +27,14 @@ pub struct LogStore {
 
 #[derive(Clone)]
 enum Backend {
-    Sled(SledLogStore),
+    Wal(WalLogStore),
     Memory(MemLogStore),
 }
 
 impl LogStore {
-    pub(crate) fn sled(store: SledLogStore) -> Self {
+    pub(crate) fn wal(store: WalLogStore) -> Self {
         LogStore {
-            backend: Backend::Sled(store),
+            backend: Backend::Wal(store),
         }
     }
 
@@ -69,7 +69,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> StorageResult<Vec<Entry<TypeConfig>>> {
         match &mut self.backend {
-            Backend::Sled(s) => s.try_get_log_entries(range).await,
+            Backend::Wal(s) => s.try_get_log_entries(range).await,
             Backend::Memory(m) => m.try_get_log_entries(range).await,
         }
     }
@@ -80,7 +80,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
         match &mut self.backend {
-            Backend::Sled(s) => s.get_log_state().await,
+            Backend::Wal(s) => s.get_log_state().await,
             Backend::Memory(m) => m.get_log_state().await,
         }
     }
@@ -91,28 +91,28 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StorageResult<()> {
         match &mut self.backend {
-            Backend::Sled(s) => s.save_vote(vote).await,
+            Backend::Wal(s) => s.save_vote(vote).await,
             Backend::Memory(m) => m.save_vote(vote).await,
         }
     }
 
     async fn read_vote(&mut self) -> StorageResult<Option<Vote<NodeId>>> {
         match &mut self.backend {
-            Backend::Sled(s) => s.read_vote().await,
+            Backend::Wal(s) => s.read_vote().await,
             Backend::Memory(m) => m.read_vote().await,
         }
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
         match &mut self.backend {
-            Backend::Sled(s) => s.save_committed(committed).await,
+            Backend::Wal(s) => s.save_committed(committed).await,
             Backend::Memory(m) => m.save_committed(committed).await,
         }
     }
 
     async fn read_committed(&mut self) -> StorageResult<Option<LogId<NodeId>>> {
         match &mut self.backend {
-            Backend::Sled(s) => s.read_committed().await,
+            Backend::Wal(s) => s.read_committed().await,
             Backend::Memory(m) => m.read_committed().await,
         }
     }
@@ -123,21 +123,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         match &mut self.backend {
-            Backend::Sled(s) => s.append(entries, callback).await,
+            Backend::Wal(s) => s.append(entries, callback).await,
             Backend::Memory(m) => m.append(entries, callback).await,
         }
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
         match &mut self.backend {
-            Backend::Sled(s) => s.truncate(log_id).await,
+            Backend::Wal(s) => s.truncate(log_id).await,
             Backend::Memory(m) => m.truncate(log_id).await,
         }
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
         match &mut self.backend {
-            Backend::Sled(s) => s.purge(log_id).await,
+            Backend::Wal(s) => s.purge(log_id).await,
             Backend::Memory(m) => m.purge(log_id).await,
         }
     }

@@ -7,7 +7,8 @@
 //! on disk always matches the state. Blank and membership entries apply
 //! `Command::Noop`, which changes no key but still records that position. The state
 //! machine is not flushed per entry: it may lag the (durable) log after a crash and
-//! is then caught up by replaying the log.
+//! is then caught up by replaying the log. It is flushed once a snapshot is built,
+//! before openraft purges the entries the snapshot covers.
 //!
 //! What the store needs besides the engine (the current snapshot, kept so that
 //! `get_current_snapshot` survives a restart; the snapshot-id counter; the durable
@@ -269,10 +270,17 @@ fn read_applied(
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateStore {
+    /// Builds the snapshot, then makes the state machine durable: openraft
+    /// purges the log entries a snapshot covers once it is built, and after a
+    /// crash the state machine must not lag behind what the log still holds.
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
-        self.blocking(|this| this.build_snapshot_blocking())
+        let err = |e: StateStoreError| StorageIOError::write_snapshot(None, AnyError::new(&e));
+        let snapshot = self
+            .blocking(|this| this.build_snapshot_blocking())
             .await
-            .map_err(|e| StorageIOError::write_snapshot(None, AnyError::new(&e)).into())
+            .map_err(err)?;
+        self.backend.flush().await.map_err(|e| err(e.into()))?;
+        Ok(snapshot)
     }
 }
 

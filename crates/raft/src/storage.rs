@@ -1,20 +1,26 @@
-//! Opens a node's one sled database and makes its writes durable.
+//! Opens a node's storage and makes its writes durable.
 //!
-//! Everything a node persists (raft log, vote, state machine, current snapshot) lives
-//! in ONE `sled::Db`, so one flush covers all of it and sled's in-order recovery keeps
-//! the parts consistent with each other (a purge that survived a crash implies that
-//! the state-machine writes before it survived too).
+//! A node keeps two things on disk: the raft log and vote in the write-ahead log
+//! (`<dir>/wal`, see `wal` and `wal_log_store`), and the state machine with its
+//! current snapshot in one sled database (`<dir>/sled`). Durability of what
+//! raft acknowledges rests on the WAL alone: an append is reported only after
+//! an `fdatasync` of it. The state machine is not synced per entry: it may lag
+//! the log after a crash and is caught up by replaying the log. Its sled
+//! database is synced when a snapshot is built, before openraft may purge the
+//! log entries the snapshot covers (`StateStore::build_snapshot`), when a
+//! snapshot is installed, and by sled's own background flush.
 //!
-//! "Durable" here means more than sled's `flush`: sled 0.34 syncs its data file with
-//! `sync_file_range`, which covers neither the drive cache nor file metadata, writes
-//! large values to `blobs/<lsn>` files without syncing them, and never syncs its
-//! `conf` file or the directory. [`DurableFlush`] follows sled's flush with an
-//! `fsync` of the data file (`<dir>/db`), of every blob not synced before, and of
-//! the directories, through handles of our own.
+//! "Durable" for sled means more than sled's `flush`: sled 0.34 syncs its data
+//! file with `sync_file_range`, which covers neither the drive cache nor file
+//! metadata, writes large values to `blobs/<lsn>` files without syncing them, and
+//! never syncs its `conf` file or the directory. [`DurableFlush`] follows sled's
+//! flush with an `fsync` of the data file (`<dir>/sled/db`), of every blob not
+//! synced before, and of the directories, through handles of our own.
 //!
-//! [`GroupCommit`] runs those flushes on a dedicated thread: every waiter queued
-//! while one flush runs is covered by the next single flush (group commit), and no
-//! waiter is told "durable" before the flush that covers it returned.
+//! [`GroupCommit`] runs flushes on a dedicated thread (one for the WAL, one for
+//! sled): every waiter queued while one flush runs is covered by the next single
+//! flush (group commit), and no waiter is told "durable" before the flush that
+//! covers it returned.
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
@@ -27,15 +33,20 @@ use std::thread::{self, JoinHandle};
 use roster_state::EngineError;
 
 use crate::log_store::LogStore;
-use crate::sled_log_store::SledLogStore;
+use crate::sled_log_import::{import_sled_log, ImportError};
 use crate::state_store::StateStore;
 use crate::types::ApplyObserver;
+use crate::wal_log_store::{WalLogStore, WalStoreError};
 
 /// The cache size callers should use unless they know better: sled's own default
 /// (1 GiB) costs several GiB of RSS.
 pub const DEFAULT_CACHE_CAPACITY: u64 = 64 * 1024 * 1024;
 
-/// sled 0.34 keeps all its pages in this one file inside the data dir.
+/// The state machine's sled database, under the storage root.
+const SLED_DIR: &str = "sled";
+/// The raft log's WAL, under the storage root.
+const WAL_DIR: &str = "wal";
+/// sled 0.34 keeps all its pages in this one file inside its dir.
 const SLED_DATA_FILE: &str = "db";
 /// sled's config file, written once at creation and never synced by sled.
 const SLED_CONF_FILE: &str = "conf";
@@ -45,7 +56,8 @@ const SLED_BLOB_DIR: &str = "blobs";
 /// Where and how to open a node's storage.
 #[derive(Debug, Clone)]
 pub struct StorageOptions {
-    /// The data dir; created if missing. Holds sled's files and nothing else.
+    /// The node's storage root; created if missing. Holds `sled/` (state
+    /// machine) and `wal/` (raft log and vote), nothing else.
     pub dir: PathBuf,
     /// sled's page cache, in bytes. See [`DEFAULT_CACHE_CAPACITY`].
     pub cache_capacity: u64,
@@ -84,6 +96,10 @@ pub enum OpenError {
     Tree(#[from] sled::Error),
     #[error("opening the state machine: {0}")]
     State(#[from] EngineError),
+    #[error("opening the raft log: {0}")]
+    Wal(#[from] WalStoreError),
+    #[error("moving the raft log out of sled: {0}")]
+    Import(#[from] ImportError),
 }
 
 /// A durable flush failed, or the flusher is gone. Cloneable: one flush answers
@@ -112,26 +128,32 @@ pub fn open_storage(
     opts: StorageOptions,
     observer: Arc<dyn ApplyObserver>,
 ) -> Result<Storage, OpenError> {
-    let db = open_db(&opts)?;
-    let mut durable = DurableFlush::open(db.clone(), &opts.dir)?;
-    let flusher = GroupCommit::spawn(move || durable.flush()).map_err(OpenError::Thread)?;
-    let log = LogStore::sled(SledLogStore::open(&db, flusher.clone())?);
+    let sled_dir = opts.dir.join(SLED_DIR);
+    let db = open_db(&sled_dir, opts.cache_capacity)?;
+    let mut durable = DurableFlush::open(db.clone(), &sled_dir)?;
+    let flusher =
+        GroupCommit::spawn("sled-flusher", move || durable.flush()).map_err(OpenError::Thread)?;
+    let wal = WalLogStore::open(&opts.dir.join(WAL_DIR))?;
+    import_sled_log(&db, &wal)?;
     let state = StateStore::open_sled(&db, flusher, observer)?;
-    Ok(Storage { log, state })
+    Ok(Storage {
+        log: LogStore::wal(wal),
+        state,
+    })
 }
 
-fn open_db(opts: &StorageOptions) -> Result<sled::Db, OpenError> {
-    std::fs::create_dir_all(&opts.dir).map_err(|source| OpenError::CreateDir {
-        path: opts.dir.clone(),
+fn open_db(dir: &Path, cache_capacity: u64) -> Result<sled::Db, OpenError> {
+    std::fs::create_dir_all(dir).map_err(|source| OpenError::CreateDir {
+        path: dir.to_path_buf(),
         source,
     })?;
     // Never `temporary(true)`: sled skips syncing in that mode.
     sled::Config::new()
-        .path(&opts.dir)
-        .cache_capacity(opts.cache_capacity)
+        .path(dir)
+        .cache_capacity(cache_capacity)
         .open()
         .map_err(|source| OpenError::Sled {
-            path: opts.dir.clone(),
+            path: dir.to_path_buf(),
             source,
         })
 }
@@ -247,13 +269,13 @@ impl Drop for FlusherThread {
 impl GroupCommit {
     /// Starts the flusher thread around `flush` (a [`DurableFlush`] in production,
     /// an instrumented function in tests).
-    pub(crate) fn spawn<F>(flush: F) -> io::Result<Self>
+    pub(crate) fn spawn<F>(name: &str, flush: F) -> io::Result<Self>
     where
         F: FnMut() -> io::Result<()> + Send + 'static,
     {
         let (tx, rx) = mpsc::channel();
         let thread = thread::Builder::new()
-            .name("raft-flusher".into())
+            .name(name.into())
             .spawn(move || run_flusher(&rx, flush))?;
         Ok(GroupCommit {
             inner: Arc::new(FlusherThread {
@@ -367,7 +389,7 @@ mod tests {
     fn waiters_are_answered_only_after_the_flush_and_batched() {
         let events = Events::default();
         let (flush, started, release) = gated_flush(events.clone());
-        let gc = GroupCommit::spawn(flush).unwrap();
+        let gc = GroupCommit::spawn("test-flusher", flush).unwrap();
         let (done_tx, done_rx) = mpsc::channel();
 
         gc.submit(recording_waiter(&events, "a", &done_tx));
@@ -404,7 +426,7 @@ mod tests {
     #[test]
     fn a_failed_flush_fails_every_later_one() {
         let mut calls = 0;
-        let gc = GroupCommit::spawn(move || {
+        let gc = GroupCommit::spawn("test-flusher", move || {
             calls += 1;
             if calls == 1 {
                 Err(io::Error::other("disk on fire"))
@@ -420,8 +442,7 @@ mod tests {
     #[test]
     fn durable_flush_syncs_the_blobs_sled_leaves_unsynced() {
         let dir = tempfile::TempDir::new().unwrap();
-        let opts = StorageOptions::new(dir.path());
-        let db = open_db(&opts).unwrap();
+        let db = open_db(dir.path(), DEFAULT_CACHE_CAPACITY).unwrap();
         let mut durable = DurableFlush::open(db.clone(), dir.path()).unwrap();
         // Over sled's blob threshold (segment size 512 KiB / 4): stored in blobs/.
         db.insert(b"big", vec![7u8; 256 * 1024]).unwrap();
@@ -437,7 +458,7 @@ mod tests {
 
     #[test]
     fn dropping_the_last_handle_joins_the_thread_after_answering() {
-        let gc = GroupCommit::spawn(|| Ok(())).unwrap();
+        let gc = GroupCommit::spawn("test-flusher", || Ok(())).unwrap();
         let (tx, rx) = mpsc::channel();
         gc.submit(Box::new(move |r| tx.send(r.is_ok()).unwrap()));
         drop(gc);

@@ -220,3 +220,51 @@ async fn entries_survive_bincode_round_trip_with_membership() {
     assert_eq!(read, std::slice::from_ref(&entry));
     assert!(matches!(read[0].payload, EntryPayload::Membership(_)));
 }
+
+/// A data dir of an older version, which kept the raft log in sled trees, opens
+/// with its log moved into the WAL, and the old trees gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_raft_log_kept_in_sled_by_an_older_version_moves_into_the_wal() {
+    let dir = TempDir::new().unwrap();
+    let written: Vec<_> = (1..=8)
+        .map(|i| normal(2, i, put(&format!("k{i}"), "v")))
+        .collect();
+    {
+        let db = sled::open(dir.path().join("sled")).unwrap();
+        let log = db.open_tree("raft_log").unwrap();
+        for e in &written {
+            log.insert(e.log_id.index.to_be_bytes(), bincode::serialize(e).unwrap())
+                .unwrap();
+        }
+        let meta = db.open_tree("raft_meta").unwrap();
+        let put_meta = |k: &str, v: Vec<u8>| meta.insert(k, v).unwrap();
+        put_meta(
+            "vote",
+            bincode::serialize(&Vote::<u64>::new_committed(2, 1)).unwrap(),
+        );
+        put_meta("committed", bincode::serialize(&log_id(2, 1, 6)).unwrap());
+        put_meta("last_purged", bincode::serialize(&log_id(2, 1, 2)).unwrap());
+        db.flush().unwrap();
+    }
+    for _reopen in 0..2 {
+        let mut s = open(dir.path(), Arc::default()).await;
+        assert_eq!(
+            s.log.read_vote().await.unwrap(),
+            Some(Vote::new_committed(2, 1))
+        );
+        assert_eq!(s.log.read_committed().await.unwrap(), Some(log_id(2, 1, 6)));
+        let state = s.log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(log_id(2, 1, 2)));
+        assert_eq!(state.last_log_id, Some(log_id(2, 1, 8)));
+        let read = s.log.try_get_log_entries(..).await.unwrap();
+        assert_eq!(read, written[2..].to_vec(), "entries 3..=8");
+    }
+    let db = sled::open(dir.path().join("sled")).unwrap();
+    let names = db.tree_names();
+    assert!(
+        !names
+            .iter()
+            .any(|n| &n[..] == b"raft_log" || &n[..] == b"raft_meta"),
+        "the old trees are dropped"
+    );
+}

@@ -350,7 +350,7 @@ async fn open_backend(
             .map_err(|e| storage_error(e.to_string())),
         Backend::Sled => {
             let options = StorageOptions {
-                dir: config.data_dir.join("sled"),
+                dir: config.data_dir.clone(),
                 cache_capacity: config.cache_capacity,
             };
             tokio::task::spawn_blocking(move || open_storage(options, observer))
