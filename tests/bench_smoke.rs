@@ -96,6 +96,8 @@ fn reads_grants_expiry_storm_and_scale() {
     let c = Cluster::start(3);
     let common = "--clients 8 --conns 3 --total 200 --duration 20s";
 
+    let out = bench(&c, &format!("{common} put"));
+    check_report(line(&out, "Put"), 200.0);
     let out = bench(&c, &format!("{common} range --keys 500"));
     check_report(line(&out, "range (linearizable):"), 200.0);
     let out = bench(&c, &format!("{common} range --keys 500 --serializable"));
@@ -117,7 +119,7 @@ fn reads_grants_expiry_storm_and_scale() {
 
     let out = bench(
         &c,
-        "--clients 4 --conns 3 storm --leases 500 --ttl 2 --calm 1s",
+        "--clients 4 --conns 3 storm --leases 500 --ttl 3 --calm 1s",
     );
     let storm = line(&out, "storm expiry of 500 leases:");
     assert!(storm.contains("500 deleted, 0 early, 0 missing"), "{storm}");

@@ -80,16 +80,18 @@ pub(crate) fn numbered_key(prefix: &str, n: u64) -> Vec<u8> {
     format!("{prefix}{n:08}").into_bytes()
 }
 
-/// Grants `count` leases of `ttl` seconds, each followed by a put of the key
-/// `<prefix><n>` with it, [`GRANT_CONCURRENCY`] at a time round robin over
-/// `channels` (setup: fails on the first error). Index `n` is lease `n`.
+/// Grants `count` leases, each followed by a put of the key `<prefix><n>`
+/// with it, [`GRANT_CONCURRENCY`] at a time round robin over `channels`
+/// (setup: fails on the first error). Each lease asks for the TTL `ttl()`
+/// says as its grant is sent. Index `n` is lease `n`.
 pub(crate) async fn grant_with_keys(
     channels: &[Channel],
     prefix: &str,
     count: u64,
-    ttl: i64,
+    ttl: impl Fn() -> i64,
 ) -> anyhow::Result<Vec<Granted>> {
     let grants = (0..count).map(|n| {
+        let ttl = ttl();
         let channel = channels[n as usize % channels.len()].clone();
         let key = numbered_key(prefix, n);
         async move {
@@ -238,7 +240,7 @@ pub async fn run(channels: &[Channel], args: &ExpiryArgs) -> anyhow::Result<()> 
     let prefix = fresh_prefix("expiry");
     let deletes = watch_deletes(&channels[0], &prefix, args.leases).await?;
     let started = Instant::now();
-    let granted = grant_with_keys(channels, &prefix, args.leases, args.ttl).await?;
+    let granted = grant_with_keys(channels, &prefix, args.leases, || args.ttl).await?;
     let granted_ttl = granted.first().map_or(0, |g| g.ttl.as_secs());
     eprintln!(
         "granted {} leases (TTL {granted_ttl} s) with a key each in {:.1} s; waiting for them to expire",

@@ -66,7 +66,7 @@ pub async fn run(
     failover: &FailoverArgs,
 ) -> anyhow::Result<()> {
     let prefix = fresh_prefix("failover");
-    let granted = grant_with_keys(channels, &prefix, failover.holders, failover.ttl).await?;
+    let granted = grant_with_keys(channels, &prefix, failover.holders, || failover.ttl).await?;
     let ttl = granted.first().map_or(Duration::ZERO, |g| g.ttl);
     if failover.observe < ttl * 2 {
         eprintln!("warning: --observe is under twice the TTL: a lost lease may not show");

@@ -2,12 +2,16 @@
 //! once) does to everyone else's writes, and how long the cluster takes to
 //! clear it.
 //!
-//! A watch on a fresh prefix is opened, then `--leases` leases of `--ttl`
-//! seconds are granted with a key each (as in `expiry`) and never kept alive,
-//! so they come due within the time the grants took. A put load of
-//! `--clients` workers (keys outside the prefix) starts `--calm` before the
-//! first lease is due, and runs until every key is deleted or TTL + 30 s
-//! after the last was due. Puts are classed by their send time:
+//! A watch on a fresh prefix is opened, then `--leases` leases are granted
+//! with a key each (as in `expiry`) and never kept alive. Granting 100,000
+//! leases takes a minute on a small machine, so one fixed TTL would spread
+//! their expiry over that minute: instead all are made due at one instant,
+//! `--ttl` seconds after the first grant is sent, each lease asking for the
+//! whole seconds left until then (so they come due within about a second of
+//! each other, provided granting takes less than `--ttl` - `--calm`).
+//! A put load of `--clients` workers (keys outside the prefix) starts
+//! `--calm` before the first lease is due and runs until every key is deleted
+//! or 30 s after the last was due. Puts are classed by their send time:
 //!
 //! - *calm*: sent before the first DELETE event arrived;
 //! - *storm*: sent between the first and the last DELETE event.
@@ -38,9 +42,10 @@ pub struct StormArgs {
     /// Leases that expire together, each with one key.
     #[arg(long, default_value_t = 100_000)]
     leases: u64,
-    /// Their TTL (seconds); granting all of them should take well under it.
-    #[arg(long, default_value_t = 10)]
-    ttl: i64,
+    /// Seconds from the first grant until every lease is due; granting all
+    /// of them must take less (minus --calm).
+    #[arg(long, default_value_t = 120)]
+    ttl: u64,
     /// How long the put load runs before the first lease is due.
     #[arg(long, default_value = "3s", value_parser = crate::duration::parse)]
     calm: Duration,
@@ -110,7 +115,13 @@ pub async fn run(args: &BenchArgs, channels: &[Channel], storm: &StormArgs) -> a
     let prefix = fresh_prefix("storm");
     let deletes = watch_deletes(&channels[0], &prefix, storm.leases).await?;
     let started = Instant::now();
-    let granted = grant_with_keys(channels, &prefix, storm.leases, storm.ttl).await?;
+    let due = started + Duration::from_secs(storm.ttl);
+    let left = || {
+        due.saturating_duration_since(Instant::now())
+            .as_secs_f64()
+            .ceil() as i64
+    };
+    let granted = grant_with_keys(channels, &prefix, storm.leases, || left().max(1)).await?;
     let setup = started.elapsed();
     let first_due = granted.iter().map(Granted::due).min().unwrap_or(started);
     let last_due = granted.iter().map(Granted::due).max().unwrap_or(started);
