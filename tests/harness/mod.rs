@@ -925,6 +925,11 @@ impl Cluster {
         self.nodes[i].member_id
     }
 
+    /// Process id of node `i`, if it is running.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.nodes[i].child.as_ref().map(Child::id)
+    }
+
     pub fn is_running(&self, i: usize) -> bool {
         self.nodes[i].child.is_some()
     }

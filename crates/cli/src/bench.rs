@@ -5,6 +5,10 @@
 //! connections (spread over the endpoints) for `--total` operations or
 //! `--duration`, whichever ends first, and prints throughput and latency
 //! percentiles of the operations that succeeded, plus the error count.
+//! The workloads beyond `put`, `watch` and `keepalive` live in their own
+//! modules (`bench_kv`, `bench_expiry`, `bench_storm`, `bench_failover`,
+//! `bench_scale`, and the Roster-only `bench_registry`, `bench_health`); this
+//! one holds the flags and the helpers they share.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -12,13 +16,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
+use futures::{stream, StreamExt, TryStreamExt};
 use roster_proto::etcdserverpb::kv_client::KvClient;
 use roster_proto::etcdserverpb::lease_client::LeaseClient;
+use roster_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use roster_proto::etcdserverpb::watch_client::WatchClient;
 use roster_proto::etcdserverpb::watch_request::RequestUnion;
 use roster_proto::etcdserverpb::{
-    LeaseGrantRequest, LeaseKeepAliveRequest, PutRequest, WatchCreateRequest, WatchRequest,
-    WatchResponse,
+    LeaseGrantRequest, LeaseKeepAliveRequest, PutRequest, StatusRequest, WatchCreateRequest,
+    WatchRequest, WatchResponse,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -31,13 +37,13 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct BenchArgs {
     /// Comma-separated host:port of the cluster's client endpoints.
     #[arg(long, default_value = "127.0.0.1:2379", value_delimiter = ',')]
-    endpoints: Vec<String>,
+    pub(crate) endpoints: Vec<String>,
     /// Concurrent workers.
     #[arg(long, default_value_t = 64)]
     pub(crate) clients: usize,
     /// gRPC connections shared by the workers.
     #[arg(long, default_value_t = 8)]
-    conns: usize,
+    pub(crate) conns: usize,
     /// Operations in all (the run also ends at --duration).
     #[arg(long, default_value_t = 50_000)]
     pub(crate) total: u64,
@@ -110,6 +116,24 @@ enum Workload {
         #[arg(long, default_value_t = 60)]
         ttl: i64,
     },
+    /// Range reads of single random keys out of a keyspace filled first.
+    Range(crate::bench_kv::RangeArgs),
+    /// LeaseGrant round trips.
+    LeaseGrant {
+        /// TTL of the granted leases (seconds); they are left to expire.
+        #[arg(long, default_value_t = 60)]
+        ttl: i64,
+    },
+    /// Expiry timing: leases with a key each, never kept alive; how late each
+    /// key's DELETE event comes after its TTL, and none early or missing.
+    Expiry(crate::bench_expiry::ExpiryArgs),
+    /// Put latency while many leases expire together, and how long they take.
+    Storm(crate::bench_storm::StormArgs),
+    /// Kills the leader under a put load and kept-alive leases: time until
+    /// writes work again, and no lease kept alive lost.
+    Failover(crate::bench_failover::FailoverArgs),
+    /// Many keys and leases, then the nodes' memory and database size.
+    Scale(crate::bench_scale::ScaleArgs),
 }
 
 /// Latencies of succeeded operations and the count of failed ones.
@@ -119,7 +143,7 @@ pub(crate) struct Tally {
     pub(crate) errors: u64,
 }
 
-async fn connect(args: &BenchArgs) -> anyhow::Result<Vec<Channel>> {
+pub(crate) async fn connect(args: &BenchArgs) -> anyhow::Result<Vec<Channel>> {
     if args.endpoints.is_empty() || args.conns == 0 || args.clients == 0 {
         bail!("--endpoints, --conns and --clients must not be empty or zero");
     }
@@ -185,15 +209,63 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         Workload::Keepalive { leases, ttl } => {
             let ids = grant_leases(&channels, *leases, *ttl).await?;
-            eprintln!("granted {} leases", ids.len());
             let started = Instant::now();
             let deadline = started + args.duration;
             let tallies = run_keepalives(&args, &channels, ids, deadline, &issued).await?;
             (tallies, started.elapsed())
         }
+        Workload::Range(range) => return crate::bench_kv::range(&args, &channels, range).await,
+        Workload::LeaseGrant { ttl } => {
+            return crate::bench_kv::lease_grant(&args, &channels, *ttl).await;
+        }
+        Workload::Expiry(expiry) => {
+            return crate::bench_expiry::run(&channels, expiry).await;
+        }
+        Workload::Storm(storm) => return crate::bench_storm::run(&args, &channels, storm).await,
+        Workload::Failover(failover) => {
+            return crate::bench_failover::run(&args, &channels, failover).await;
+        }
+        Workload::Scale(scale) => return crate::bench_scale::run(&args, &channels, scale).await,
     };
     report(&format!("{:?}", args.workload), tallies, elapsed);
     Ok(())
+}
+
+/// The leader as it reports itself: etcd's Maintenance.Status names the
+/// leader's member id, and the header the answering member's own.
+pub(crate) struct Leader {
+    /// As given in `--endpoints`.
+    pub(crate) endpoint: String,
+    pub(crate) id: u64,
+    pub(crate) client: MaintenanceClient<Channel>,
+}
+
+/// The member of `endpoints` that says it is the leader (endpoints that do
+/// not answer within 2 s are skipped).
+pub(crate) async fn find_leader(endpoints: &[String]) -> anyhow::Result<Leader> {
+    const WAIT: Duration = Duration::from_secs(2);
+    for endpoint in endpoints {
+        let url = format!("http://{}", endpoint.trim_start_matches("http://"));
+        let dial = Endpoint::from_shared(url)?
+            .connect_timeout(WAIT)
+            .timeout(WAIT);
+        let Ok(channel) = dial.connect().await else {
+            continue;
+        };
+        let mut client = MaintenanceClient::new(channel);
+        if let Ok(s) = client.status(StatusRequest {}).await {
+            let s = s.into_inner();
+            if s.leader != 0 && Some(s.leader) == s.header.map(|h| h.member_id) {
+                let endpoint = endpoint.clone();
+                return Ok(Leader {
+                    endpoint,
+                    id: s.leader,
+                    client,
+                });
+            }
+        }
+    }
+    bail!("no leader among --endpoints")
 }
 
 /// How long watchers wait for the events of puts that were acknowledged.
@@ -250,10 +322,10 @@ async fn run_watch(
 
 /// The request side of a watch stream (kept open while its answers are read)
 /// and the answers.
-type WatchStream = (mpsc::Sender<WatchRequest>, tonic::Streaming<WatchResponse>);
+pub(crate) type WatchStream = (mpsc::Sender<WatchRequest>, tonic::Streaming<WatchResponse>);
 
 /// One watch stream on `prefix` from now on, created.
-async fn open_watch(channel: &Channel, prefix: &str) -> anyhow::Result<WatchStream> {
+pub(crate) async fn open_watch(channel: &Channel, prefix: &str) -> anyhow::Result<WatchStream> {
     let create = WatchRequest {
         request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
             key: prefix.as_bytes().to_vec(),
@@ -339,6 +411,45 @@ pub(crate) fn claim(issued: &AtomicU64, total: u64, deadline: Instant) -> Option
     (n < total).then_some(n)
 }
 
+/// Runs `op(client, n)` for every claimed operation number on `--clients`
+/// workers, each with a client made by `client` from its channel (round robin
+/// over `channels`); `op` says whether the operation succeeded.
+pub(crate) async fn run_ops<C, F, Fut>(
+    args: &BenchArgs,
+    channels: &[Channel],
+    client: impl Fn(Channel) -> C,
+    op: F,
+) -> anyhow::Result<(Vec<Tally>, Duration)>
+where
+    C: Clone + Send + 'static,
+    F: Fn(C, u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let op = Arc::new(op);
+    let issued = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + args.duration;
+    let mut workers = Vec::new();
+    for w in 0..args.clients {
+        let client = client(channels[w % channels.len()].clone());
+        let (op, issued, total) = (op.clone(), issued.clone(), args.total);
+        workers.push(tokio::spawn(async move {
+            let mut tally = Tally::default();
+            while let Some(n) = claim(&issued, total, deadline) {
+                let t = Instant::now();
+                if op(client.clone(), n).await {
+                    tally.latencies.push(t.elapsed());
+                } else {
+                    tally.errors += 1;
+                }
+            }
+            tally
+        }));
+    }
+    let tallies = join(workers).await?;
+    Ok((tallies, started.elapsed()))
+}
+
 /// Makes the key and value of put number `n`.
 type PutMaker = Arc<dyn Fn(u64) -> (Vec<u8>, Vec<u8>) + Send + Sync>;
 
@@ -395,26 +506,39 @@ async fn run_puts(
     join(workers).await
 }
 
-/// Grants `count` leases with 64 concurrent requests (setup, not measured).
-async fn grant_leases(channels: &[Channel], count: usize, ttl: i64) -> anyhow::Result<Vec<i64>> {
-    const WORKERS: usize = 64;
-    let mut tasks = Vec::new();
-    for w in 0..WORKERS {
-        let mut lease = LeaseClient::new(channels[w % channels.len()].clone());
-        let share = count / WORKERS + usize::from(w < count % WORKERS);
-        tasks.push(tokio::spawn(async move {
-            let mut ids = Vec::with_capacity(share);
-            for _ in 0..share {
-                let resp = lease.lease_grant(LeaseGrantRequest { ttl, id: 0 }).await?;
-                ids.push(resp.into_inner().id);
-            }
-            Ok::<_, tonic::Status>(ids)
-        }));
-    }
-    let mut ids = Vec::with_capacity(count);
-    for task in tasks {
-        let granted = task.await.context("grant worker panicked")?;
-        ids.extend(granted.context("granting the benchmark's leases")?);
+/// Requests in flight while a workload sets up leases (grants are small, so
+/// many at once keep every node busy).
+pub(crate) const GRANT_CONCURRENCY: usize = 256;
+
+/// Grants `count` leases of `ttl` seconds, [`GRANT_CONCURRENCY`] at a time
+/// (setup, not measured; fails on the first error). Warns when granting took
+/// so long that the first leases may have expired before the last was granted.
+pub(crate) async fn grant_leases(
+    channels: &[Channel],
+    count: usize,
+    ttl: i64,
+) -> anyhow::Result<Vec<i64>> {
+    let started = Instant::now();
+    let grants = (0..count).map(|n| {
+        let mut lease = LeaseClient::new(channels[n % channels.len()].clone());
+        async move {
+            let granted = lease.lease_grant(LeaseGrantRequest { ttl, id: 0 }).await?;
+            Ok::<_, tonic::Status>(granted.into_inner().id)
+        }
+    });
+    let ids: Vec<i64> = stream::iter(grants)
+        .buffer_unordered(GRANT_CONCURRENCY)
+        .try_collect()
+        .await
+        .context("granting the benchmark's leases")?;
+    let took = started.elapsed();
+    eprintln!(
+        "granted {} leases (TTL {ttl} s) in {:.1} s",
+        ids.len(),
+        took.as_secs_f64()
+    );
+    if took.as_secs_f64() > ttl as f64 / 2.0 {
+        eprintln!("warning: granting took over half the TTL; raise --ttl");
     }
     Ok(ids)
 }
@@ -482,22 +606,32 @@ pub(crate) async fn join(
     Ok(tallies)
 }
 
+/// The `p` quantile (0 to 1) of `sorted`; zero if it is empty.
+pub(crate) fn quantile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(i).copied().unwrap_or_default()
+}
+
+/// `p50 .. p99 .. max ..` of `all` in milliseconds (sorts it).
+pub(crate) fn percentiles_ms(all: &mut [Duration]) -> String {
+    all.sort_unstable();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    format!(
+        "p50 {:.2} p99 {:.2} max {:.2}",
+        ms(quantile(all, 0.5)),
+        ms(quantile(all, 0.99)),
+        ms(all.last().copied().unwrap_or_default()),
+    )
+}
+
 pub(crate) fn report(name: &str, tallies: Vec<Tally>, elapsed: Duration) {
     let errors: u64 = tallies.iter().map(|t| t.errors).sum();
     let mut all: Vec<Duration> = tallies.into_iter().flat_map(|t| t.latencies).collect();
-    all.sort_unstable();
-    let pct = |p: f64| {
-        let i = ((all.len() as f64 - 1.0) * p).round() as usize;
-        all.get(i).copied().unwrap_or_default()
-    };
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let percentiles = percentiles_ms(&mut all);
     println!(
-        "{name}: {} ok, {errors} errors in {:.2} s = {:.0} ops/s; latency ms p50 {:.2} p99 {:.2} max {:.2}",
+        "{name}: {} ok, {errors} errors in {:.2} s = {:.0} ops/s; latency ms {percentiles}",
         all.len(),
         elapsed.as_secs_f64(),
         all.len() as f64 / elapsed.as_secs_f64(),
-        ms(pct(0.5)),
-        ms(pct(0.99)),
-        ms(all.last().copied().unwrap_or_default()),
     );
 }

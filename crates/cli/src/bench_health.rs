@@ -110,7 +110,11 @@ pub async fn run(
         started.elapsed().as_secs_f64()
     );
     tokio::time::sleep(bench.interval + Duration::from_secs(2)).await;
-    let (leader, leader_endpoint) = leader(endpoints).await?;
+    let crate::bench::Leader {
+        client: leader,
+        endpoint: leader_endpoint,
+        ..
+    } = crate::bench::find_leader(endpoints).await?;
     let pid = find_pid(&leader_endpoint);
     let before = (
         status(&leader).await?,
@@ -237,24 +241,6 @@ async fn mass_failure(
         times.last().map_or(0.0, Duration::as_secs_f64),
     );
     Ok(())
-}
-
-/// The leader's client endpoint and a client to it.
-async fn leader(endpoints: &[String]) -> anyhow::Result<(MaintenanceClient<Channel>, String)> {
-    for endpoint in endpoints {
-        let url = format!("http://{}", endpoint.trim_start_matches("http://"));
-        let Ok(channel) = Channel::from_shared(url)?.connect().await else {
-            continue;
-        };
-        let mut client = MaintenanceClient::new(channel);
-        if let Ok(s) = client.status(StatusRequest {}).await {
-            let s = s.into_inner();
-            if s.leader != 0 && Some(s.leader) == s.header.map(|h| h.member_id) {
-                return Ok((client, endpoint.clone()));
-            }
-        }
-    }
-    bail!("no leader among --endpoints")
 }
 
 /// (raft index, revision) of the leader.

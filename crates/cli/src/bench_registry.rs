@@ -20,7 +20,7 @@ use roster_proto::registry::{
 };
 use tonic::transport::Channel;
 
-use crate::bench::{claim, join, report, time_deliveries, BenchArgs, Tally};
+use crate::bench::{join, report, time_deliveries, BenchArgs, Tally};
 
 fn instance(service: String, id: String, sent_ns: Option<u128>) -> RegisterRequest {
     let metadata = sent_ns
@@ -41,7 +41,7 @@ fn instance(service: String, id: String, sent_ns: Option<u128>) -> RegisterReque
     }
 }
 
-/// Runs `op(client, n)` for every claimed operation number on `--clients` workers.
+/// [`crate::bench::run_ops`] with a registry client.
 async fn run_ops<F, Fut>(
     args: &BenchArgs,
     channels: &[Channel],
@@ -51,29 +51,7 @@ where
     F: Fn(RegistryClient<Channel>, u64) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = bool> + Send,
 {
-    let op = Arc::new(op);
-    let issued = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let deadline = started + args.duration;
-    let mut workers = Vec::new();
-    for w in 0..args.clients {
-        let client = RegistryClient::new(channels[w % channels.len()].clone());
-        let (op, issued, total) = (op.clone(), issued.clone(), args.total);
-        workers.push(tokio::spawn(async move {
-            let mut tally = Tally::default();
-            while let Some(n) = claim(&issued, total, deadline) {
-                let t = Instant::now();
-                if op(client.clone(), n).await {
-                    tally.latencies.push(t.elapsed());
-                } else {
-                    tally.errors += 1;
-                }
-            }
-            tally
-        }));
-    }
-    let tallies = join(workers).await?;
-    Ok((tallies, started.elapsed()))
+    crate::bench::run_ops(args, channels, RegistryClient::new, op).await
 }
 
 pub async fn register(

@@ -4,8 +4,14 @@
 
 mod agent;
 mod bench;
+mod bench_expiry;
+mod bench_failover;
 mod bench_health;
+mod bench_kv;
 mod bench_registry;
+mod bench_rotor;
+mod bench_scale;
+mod bench_storm;
 mod check;
 mod dev;
 mod duration;
