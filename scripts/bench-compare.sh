@@ -119,6 +119,7 @@ headline() { # METRIC FILE: the figure the ratio compares
     lateness) sed -n 's/.*lateness ms p50 [0-9.]* p99 \([0-9.]*\).*/\1/p' "$2" ;;
     clear) sed -n 's/.*last key gone \([0-9.]*\) s after the last deadline.*/\1/p' "$2" ;;
     back) sed -n 's/.*writes back after \([0-9.]*\) s.*/\1/p' "$2" ;;
+    watchp99) sed -n 's/^watch x[0-9]* put-to-event:.* p99 \([0-9.]*\).*/\1/p' "$2" ;;
     rss) sed -n 's/.*VmRSS \([0-9]*\) kB.*/\1/p' "$2" | awk '{s += $1} END {if (NR) printf "%.0f", s / 1024}' ;;
   esac
 }
@@ -129,6 +130,7 @@ what() { # METRIC: what the ratio is of
     lateness) echo "expiry lateness p99" ;;
     clear) echo "time to clear the storm" ;;
     back) echo "time until writes work again" ;;
+    watchp99) echo "put-to-event p99" ;;
     rss) echo "RSS of the 3 nodes (MB)" ;;
   esac
 }
@@ -174,6 +176,7 @@ if ((quick)); then
   c="--clients 16 --conns 6"
   fresh_clusters
   row put ops $c --total 2000 put
+  row "watch, 1 watcher" watchp99 $c --total 1000 watch --watchers 1
   row "range (linearizable)" ops $c --total 2000 range --keys 1000
   row "range (serializable)" ops $c --total 2000 range --keys 1000 --serializable
   row lease-grant ops $c --total 1000 lease-grant --ttl 60
@@ -188,11 +191,17 @@ if ((quick)); then
 else
   c="--clients 64 --conns 8"
   fresh_clusters
-  row put ops $c --total 40000 put
+  row "put, 1 client" ops --clients 1 --conns 3 --total 3000 --duration 15s put
+  row "put, 16 clients" ops --clients 16 --conns 8 --total 20000 --duration 15s put
+  row "put, 64 clients" ops $c --total 40000 --duration 20s put
+  row "put, 256 clients" ops --clients 256 --conns 8 --total 60000 --duration 20s put
+  row "watch, 1 watcher" watchp99 --clients 16 --conns 8 --total 10000 --duration 15s watch --watchers 1
+  row "watch, 1,000 watchers" watchp99 --clients 16 --conns 8 --total 10000 --duration 15s watch --watchers 1000
   row "range (linearizable)" ops $c --total 50000 --duration 20s range --keys 10000
   row "range (serializable)" ops $c --total 50000 --duration 20s range --keys 10000 --serializable
   row lease-grant ops $c --total 20000 --duration 20s lease-grant --ttl 60
-  row keepalive ops $c --total 300000 --duration 15s keepalive --leases 100000 --ttl 600
+  row "keepalive, 10k leases" ops $c --total 300000 --duration 15s keepalive --leases 10000 --ttl 600
+  row "keepalive, 100k leases" ops $c --total 300000 --duration 15s keepalive --leases 100000 --ttl 600
   row expiry lateness --conns 8 expiry --leases 1000 --ttl 5
   fresh_clusters
   row storm clear --clients 16 --conns 8 storm --leases 100000 --ttl 120
@@ -215,7 +224,7 @@ mkdir -p "$(dirname "$out")"
   echo "- machine: $(nproc) CPUs ($cpu), $mem; clusters and load generator on the same machine"
   echo "- Roster: $("$roster" --version) ($(git describe --always --dirty 2>/dev/null || echo 'no git')), 3 nodes: EP=$R"
   echo "- etcd: $(etcd --version 2>/dev/null | head -1), 3 members (scripts/bench-etcd.sh): EP=$E"
-  echo "- fresh clusters for: the first six rows together, then storm, failover, scale each"
+  echo "- fresh clusters for: the rows up to expiry together, then storm, failover, scale each"
   echo
   echo "| workload | command | Roster | etcd | Roster / etcd |"
   echo "|---|---|---|---|---|"

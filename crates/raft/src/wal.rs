@@ -116,15 +116,20 @@ enum Record<'a> {
 
 impl Wal {
     /// Opens the WAL in `dir` (created if missing), skipping entries at or below
-    /// `purged`. Blocking.
-    pub(crate) fn open(dir: &Path, purged: u64, segment_bytes: u64) -> Result<Wal, WalError> {
+    /// `purged` (raft's log starts at index 0: `None` is "nothing purged").
+    /// Blocking.
+    pub(crate) fn open(
+        dir: &Path,
+        purged: Option<u64>,
+        segment_bytes: u64,
+    ) -> Result<Wal, WalError> {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         let mut wal = Wal {
             dir: dir.to_path_buf(),
             segment_bytes,
             segments: VecDeque::new(),
             dropped: 0,
-            first: purged + 1,
+            first: purged.map_or(0, |p| p + 1),
             locs: VecDeque::new(),
             committed: None,
         };
@@ -373,7 +378,7 @@ impl Wal {
         &mut self,
         first: u64,
         path: PathBuf,
-        purged: u64,
+        purged: Option<u64>,
         last: bool,
     ) -> Result<(), WalError> {
         let bytes = std::fs::read(&path).map_err(io_err(&path))?;
@@ -429,11 +434,11 @@ impl Wal {
         record: Record<'_>,
         segment: u64,
         offset: usize,
-        purged: u64,
+        purged: Option<u64>,
     ) -> Result<(), String> {
         match record {
             Record::Committed(bytes) => self.committed = Some(bytes.to_vec()),
-            Record::Entry(index, _) if index <= purged => {}
+            Record::Entry(index, _) if purged.is_some_and(|p| index <= p) => {}
             Record::Entry(index, bytes) => {
                 match self.last_index() {
                     Some(last) if index <= last => {
@@ -564,34 +569,46 @@ mod tests {
     fn entries_and_committed_survive_reopen_across_segments() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let mut wal = Wal::open(dir.path(), 0, 64).unwrap();
+            let mut wal = Wal::open(dir.path(), None, 64).unwrap();
             for i in 1..=10 {
                 let committed = (i == 7).then(|| b"c7".to_vec());
                 wal.append(committed, &entries(i..=i)).unwrap();
             }
             assert!(wal.segments.len() > 2, "small segments roll over");
         }
-        let wal = Wal::open(dir.path(), 0, 64).unwrap();
+        let wal = Wal::open(dir.path(), None, 64).unwrap();
         assert_eq!(held(&wal), names(1..=10));
         assert_eq!(wal.committed(), Some(&b"c7"[..]));
+    }
+
+    #[test]
+    fn a_log_that_starts_at_index_zero_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = Wal::open(dir.path(), None, SEGMENT_BYTES).unwrap();
+        wal.append(None, &entries(0..=2)).unwrap();
+        drop(wal);
+        let wal = Wal::open(dir.path(), None, SEGMENT_BYTES).unwrap();
+        assert_eq!(held(&wal), names(0..=2), "raft's first entry is index 0");
+        let wal = Wal::open(dir.path(), Some(0), SEGMENT_BYTES).unwrap();
+        assert_eq!(held(&wal), names(1..=2), "purged up to 0");
     }
 
     #[test]
     fn a_torn_tail_is_cut_and_appends_continue() {
         let dir = tempfile::tempdir().unwrap();
         let path = {
-            let mut wal = Wal::open(dir.path(), 0, SEGMENT_BYTES).unwrap();
+            let mut wal = Wal::open(dir.path(), None, SEGMENT_BYTES).unwrap();
             wal.append(None, &entries(1..=3)).unwrap();
             wal.segments[0].path.clone()
         };
         let full = std::fs::metadata(&path).unwrap().len();
         let file = OpenOptions::new().write(true).open(&path).unwrap();
         file.set_len(full - 3).unwrap();
-        let mut wal = Wal::open(dir.path(), 0, SEGMENT_BYTES).unwrap();
+        let mut wal = Wal::open(dir.path(), None, SEGMENT_BYTES).unwrap();
         assert_eq!(held(&wal), names(1..=2), "the torn third entry is gone");
         wal.append(None, &entries(3..=4)).unwrap();
         drop(wal);
-        let wal = Wal::open(dir.path(), 0, SEGMENT_BYTES).unwrap();
+        let wal = Wal::open(dir.path(), None, SEGMENT_BYTES).unwrap();
         assert_eq!(held(&wal), names(1..=4));
     }
 
@@ -599,7 +616,7 @@ mod tests {
     fn damage_before_the_last_segment_refuses_to_open() {
         let dir = tempfile::tempdir().unwrap();
         let path = {
-            let mut wal = Wal::open(dir.path(), 0, 64).unwrap();
+            let mut wal = Wal::open(dir.path(), None, 64).unwrap();
             for i in 1..=6 {
                 wal.append(None, &entries(i..=i)).unwrap();
             }
@@ -609,14 +626,14 @@ mod tests {
         let last = bytes.len() - 1;
         bytes[last] ^= 0xff;
         std::fs::write(&path, bytes).unwrap();
-        let err = Wal::open(dir.path(), 0, 64).err().unwrap().to_string();
+        let err = Wal::open(dir.path(), None, 64).err().unwrap().to_string();
         assert!(err.contains("corrupt") && err.contains(".wal"), "{err}");
     }
 
     #[test]
     fn truncation_cuts_inside_a_segment_and_deletes_later_ones() {
         let dir = tempfile::tempdir().unwrap();
-        let mut wal = Wal::open(dir.path(), 0, 100).unwrap();
+        let mut wal = Wal::open(dir.path(), None, 100).unwrap();
         for i in 1..=12 {
             wal.append(None, &entries(i..=i)).unwrap();
         }
@@ -624,7 +641,7 @@ mod tests {
         assert_eq!(wal.last_index(), Some(4));
         wal.append(None, &[(5, b"new 5".to_vec())]).unwrap();
         drop(wal);
-        let wal = Wal::open(dir.path(), 0, 100).unwrap();
+        let wal = Wal::open(dir.path(), None, 100).unwrap();
         let mut want = names(1..=4);
         want.push("new 5".into());
         assert_eq!(held(&wal), want);
@@ -633,7 +650,7 @@ mod tests {
     #[test]
     fn an_append_must_come_after_the_last_entry_and_may_leave_a_gap() {
         let dir = tempfile::tempdir().unwrap();
-        let mut wal = Wal::open(dir.path(), 0, SEGMENT_BYTES).unwrap();
+        let mut wal = Wal::open(dir.path(), None, SEGMENT_BYTES).unwrap();
         wal.append(None, &entries(1..=2)).unwrap();
         let err = wal.append(None, &entries(2..=3)).err().unwrap();
         assert!(matches!(err, WalError::NotAscending { last: 2, got: 2 }));
@@ -645,7 +662,7 @@ mod tests {
         };
         assert_eq!(read(&wal), [true, true, false, true], "3 is a hole");
         drop(wal);
-        let mut wal = Wal::open(dir.path(), 0, SEGMENT_BYTES).unwrap();
+        let mut wal = Wal::open(dir.path(), None, SEGMENT_BYTES).unwrap();
         assert_eq!(
             read(&wal),
             [true, true, false, true],
@@ -658,7 +675,7 @@ mod tests {
     #[test]
     fn purging_deletes_old_segments_and_reopen_skips_purged_entries() {
         let dir = tempfile::tempdir().unwrap();
-        let mut wal = Wal::open(dir.path(), 0, 64).unwrap();
+        let mut wal = Wal::open(dir.path(), None, 64).unwrap();
         for i in 1..=10 {
             wal.append(None, &entries(i..=i)).unwrap();
         }
@@ -667,7 +684,7 @@ mod tests {
         assert!(wal.segments.len() < before, "whole purged segments deleted");
         assert_eq!(held(&wal), names(7..=10));
         drop(wal);
-        let wal = Wal::open(dir.path(), 6, 64).unwrap();
+        let wal = Wal::open(dir.path(), Some(6), 64).unwrap();
         assert_eq!(held(&wal), names(7..=10));
         assert_eq!(wal.first_index(), 7);
     }
@@ -675,13 +692,13 @@ mod tests {
     #[test]
     fn purging_everything_keeps_the_next_index() {
         let dir = tempfile::tempdir().unwrap();
-        let mut wal = Wal::open(dir.path(), 0, SEGMENT_BYTES).unwrap();
+        let mut wal = Wal::open(dir.path(), None, SEGMENT_BYTES).unwrap();
         wal.append(None, &entries(1..=3)).unwrap();
         wal.purge(3).unwrap();
         assert_eq!((wal.first_index(), wal.last_index()), (4, None));
         wal.append(None, &entries(4..=4)).unwrap();
         drop(wal);
-        let wal = Wal::open(dir.path(), 3, SEGMENT_BYTES).unwrap();
+        let wal = Wal::open(dir.path(), Some(3), SEGMENT_BYTES).unwrap();
         assert_eq!(held(&wal), names(4..=4));
     }
 }

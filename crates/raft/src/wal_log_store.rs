@@ -103,7 +103,7 @@ impl WalLogStore {
     /// Opens (or creates) the log in `dir` and starts its flusher thread. Blocking.
     pub(crate) fn open(dir: &Path) -> Result<Self, WalStoreError> {
         let meta = read_meta(dir)?;
-        let purged = meta.last_purged.map_or(0, |l| l.index);
+        let purged = meta.last_purged.map(|l| l.index);
         let wal = Wal::open(dir, purged, SEGMENT_BYTES)?;
         let committed = wal.committed().map(bincode::deserialize).transpose()?;
         let last_log_id = match wal.last_index() {
