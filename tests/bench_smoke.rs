@@ -137,7 +137,9 @@ fn reads_grants_expiry_storm_and_scale() {
     );
     let out = bench(&c, &args);
     assert!(line(&out, "scale: 1000 keys").contains("Txns of 64 puts"));
-    number_after(line(&out, "scale: 1000 leases"), "whole load");
+    let leases = line(&out, "scale: 1000 leases");
+    assert!(leases.contains(" 0 grants failed"), "{leases}");
+    number_after(leases, "whole load");
     for pid in &pids {
         let rss = number_after(line(&out, &format!("scale: pid {pid} ")), "VmRSS");
         assert!(rss > 0.0, "{out}");
