@@ -44,6 +44,12 @@ use crate::proposer::Proposer;
 const EXPIRE_BATCH: usize = 1_000;
 /// Most leases checkpointed by one log entry.
 const CHECKPOINT_BATCH: usize = 1_000;
+/// Pause between two checkpoint entries of one pass: at most 10,000 lease
+/// checkpoints a second (DESIGN.md rule 5: bounded rate). With more leases than
+/// the interval allows at that rate, a pass takes longer than the interval and
+/// the next starts when it ends: an idle cluster with 1M leases spent both
+/// cores of the benchmark machine checkpointing back to back.
+const CHECKPOINT_PAUSE: Duration = Duration::from_millis(100);
 /// Most keepalives acknowledged after one quorum confirmation.
 const KEEPALIVE_BATCH: usize = 4_096;
 /// Keepalive batches being confirmed at once.
@@ -568,10 +574,10 @@ impl Lessor {
     }
 
     /// Every interval, records the remaining TTL of leases longer than it, a
-    /// chunk per log entry. The keepalive order lock is held for one chunk at a
-    /// time (its remaining TTLs are read under it), not for the whole pass:
-    /// with 100,000 leases a pass is a hundred commits, and keepalives held back
-    /// for all of them waited seconds.
+    /// chunk per log entry, [`CHECKPOINT_PAUSE`] apart. The keepalive order lock
+    /// is held for one chunk at a time (its remaining TTLs are read under it),
+    /// not for the whole pass: with 100,000 leases a pass is a hundred commits,
+    /// and keepalives held back for all of them waited seconds.
     async fn checkpoint_loop(self) {
         let every = self.inner.config.checkpoint_interval;
         let mut tick = tokio::time::interval(every);
@@ -581,7 +587,10 @@ impl Lessor {
             let Some((term, ids)) = self.long_leases(every) else {
                 continue;
             };
-            for chunk in ids.chunks(CHECKPOINT_BATCH) {
+            for (n, chunk) in ids.chunks(CHECKPOINT_BATCH).enumerate() {
+                if n > 0 {
+                    tokio::time::sleep(CHECKPOINT_PAUSE).await;
+                }
                 let _order = self.inner.order.write().await;
                 let Some(remaining_ms) = self.checkpoint_chunk(term, chunk) else {
                     break;
