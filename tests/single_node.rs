@@ -11,7 +11,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
 use harness::{
-    b64, etcdctl, is_etcd, json_i64, json_u64, kvs, lease_hex, parse_lease_grant,
+    b64, endpoint_healthy, etcdctl, is_etcd, json_i64, json_u64, kvs, lease_hex, parse_lease_grant,
     run_server_to_exit, wait_for, wait_until, with_flag, Cluster, NodeConfig,
 };
 use roster_proto::etcdserverpb::{
@@ -1176,4 +1176,58 @@ fn roster_cli_speaks_kv_lease_member_and_status() {
         "{status}"
     );
     assert_eq!(roster(&["kv", "del", "a"]).1, "1\n");
+}
+
+/// A base port for `roster dev` whose six ports (client and peer of base,
+/// base + 20000, base + 30000) are free now.
+fn free_dev_base() -> u16 {
+    let start = 10_000 + (std::process::id() % 5_000) as u16;
+    let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+    (0..1_000u16)
+        .map(|i| 10_000 + (start - 10_000 + i * 7) % 5_000)
+        .find(|&b| {
+            [b, b + 1, b + 20_000, b + 20_001, b + 30_000, b + 30_001]
+                .into_iter()
+                .all(free)
+        })
+        .expect("no free base port for roster dev")
+}
+
+/// `roster dev` stops its nodes on SIGTERM as on Ctrl-C. It used to wait for
+/// Ctrl-C only, so `kill` left its three nodes running on its ports.
+#[test]
+fn dev_stops_its_nodes_on_sigterm() {
+    let base = free_dev_base();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut dev = std::process::Command::new(env!("CARGO_BIN_EXE_roster"))
+        .args(["dev", "--base-port", &base.to_string(), "--dir"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start roster dev");
+    let endpoint = format!("127.0.0.1:{base}");
+    wait_until(
+        Duration::from_secs(30),
+        "roster dev's first node healthy",
+        || endpoint_healthy(&endpoint, Duration::from_secs(1)),
+    );
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &dev.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(sent.success());
+    let status = wait_for(
+        Duration::from_secs(20),
+        "roster dev to exit after SIGTERM",
+        || dev.try_wait().expect("wait for roster dev"),
+    );
+    assert!(status.success(), "roster dev after SIGTERM: {status}");
+    for port in [base, base + 20_000, base + 30_000] {
+        wait_until(
+            Duration::from_secs(10),
+            "a dev node's client port free again",
+            || std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
+        );
+    }
 }

@@ -1,6 +1,6 @@
 //! `roster dev`: a local 3-node cluster for development, as three `roster serve`
 //! processes of this same binary (client ports 2379, 22379, 32379 and peer ports
-//! 2380, 22380, 32380, etcd's Procfile layout). Ctrl-C stops all three.
+//! 2380, 22380, 32380, etcd's Procfile layout). Ctrl-C or SIGTERM stops all three.
 
 use std::path::PathBuf;
 
@@ -91,8 +91,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         endpoints.join(",")
     );
     println!("Ctrl-C stops the cluster.");
+    // SIGTERM too (`kill`, scripts, service managers): without it the nodes
+    // outlived `roster dev` and kept its ports.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("listening for SIGTERM")?;
     let outcome = tokio::select! {
         r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C").map(|_| None),
+        _ = terminate.recv() => Ok(None),
         r = first_exit(&mut children) => Ok(Some(r)),
     };
     stop_all(&mut children).await;
