@@ -156,48 +156,23 @@ impl Wal {
         self.committed.as_deref()
     }
 
-    /// Appends entries (consecutive, following the last one held, or anything
-    /// when none is held) and, first, a committed record if given, in one write.
-    /// Written, not yet durable: see [`Wal::sync_handle`].
-    pub(crate) fn append(
-        &mut self,
-        committed: Option<Vec<u8>>,
-        entries: &[(u64, Vec<u8>)],
-    ) -> Result<(), WalError> {
+    /// Appends entries (ascending, after the last one held, or anything when
+    /// none is held). Written, not yet durable: see [`Wal::sync_handle`].
+    pub(crate) fn append(&mut self, entries: &[(u64, Vec<u8>)]) -> Result<(), WalError> {
         self.check_ascending(entries)?;
-        if let Some((index, _)) = entries.first() {
-            if self.locs.is_empty() {
-                self.first = *index;
-            }
-        }
-        if self
-            .segments
-            .back()
-            .is_none_or(|s| s.len >= self.segment_bytes)
-        {
-            let next = entries
-                .first()
-                .map(|(i, _)| *i)
-                .or_else(|| self.last_index().map(|l| l + 1))
-                .unwrap_or(self.first);
-            self.roll(next)?;
+        let Some((first, _)) = entries.first() else {
+            return Ok(());
+        };
+        if self.locs.is_empty() {
+            self.first = *first;
         }
         let mut buf = Vec::new();
-        if let Some(c) = &committed {
-            push_record(&mut buf, KIND_COMMITTED, &[c]);
-        }
         let mut offsets = Vec::with_capacity(entries.len());
         for (index, bytes) in entries {
             push_record(&mut buf, KIND_ENTRY, &[&index.to_be_bytes(), bytes]);
             offsets.push((buf.len() - bytes.len(), bytes.len()));
         }
-        let segment = self.current_id();
-        let seg = self.segments.back_mut().ok_or_else(|| missing(&self.dir))?;
-        let base = seg.len;
-        seg.file
-            .write_all_at(&buf, base)
-            .map_err(io_err(&seg.path))?;
-        seg.len += buf.len() as u64;
+        let (segment, base) = self.write(*first, &buf)?;
         for ((index, _), (offset, len)) in entries.iter().zip(offsets) {
             self.fill_gap_before(*index);
             self.locs.push_back(Loc {
@@ -206,10 +181,38 @@ impl Wal {
                 len: len as u32,
             });
         }
-        if committed.is_some() {
-            self.committed = committed;
-        }
         Ok(())
+    }
+
+    /// Writes a committed record (the caller's bytes), not yet durable.
+    pub(crate) fn write_committed(&mut self, bytes: Vec<u8>) -> Result<(), WalError> {
+        let mut buf = Vec::new();
+        push_record(&mut buf, KIND_COMMITTED, &[&bytes]);
+        let next = self.last_index().map_or(self.first, |l| l + 1);
+        self.write(next, &buf)?;
+        self.committed = Some(bytes);
+        Ok(())
+    }
+
+    /// Writes `buf` at the end of the current segment, first starting one at
+    /// index `next` if there is none or it is full; returns the segment's id and
+    /// the offset `buf` went to.
+    fn write(&mut self, next: u64, buf: &[u8]) -> Result<(u64, u64), WalError> {
+        if self
+            .segments
+            .back()
+            .is_none_or(|s| s.len >= self.segment_bytes)
+        {
+            self.roll(next)?;
+        }
+        let segment = self.current_id();
+        let seg = self.segments.back_mut().ok_or_else(|| missing(&self.dir))?;
+        let base = seg.len;
+        seg.file
+            .write_all_at(buf, base)
+            .map_err(io_err(&seg.path))?;
+        seg.len += buf.len() as u64;
+        Ok((segment, base))
     }
 
     /// Holes for the indexes between the last one held and `index`.
@@ -273,10 +276,10 @@ impl Wal {
         };
         let mut deleted = false;
         while let Some(last) = self.segments.back() {
-            if self.id_of_back() < cut.segment {
+            if self.current_id() < cut.segment {
                 break;
             }
-            let whole = self.id_of_back() > cut.segment || last.first >= from;
+            let whole = self.current_id() > cut.segment || last.first >= from;
             if !whole {
                 let at = cut.offset - HEADER as u64 - 8;
                 last.file.set_len(at).map_err(io_err(&last.path))?;
@@ -297,7 +300,7 @@ impl Wal {
         }
         if let Some(c) = self.committed.clone() {
             // The cut may have taken the latest committed record with it.
-            self.append(Some(c), &[])?;
+            self.write_committed(c)?;
         }
         Ok(())
     }
@@ -327,10 +330,6 @@ impl Wal {
 
     fn current_id(&self) -> u64 {
         self.dropped + self.segments.len() as u64 - 1
-    }
-
-    fn id_of_back(&self) -> u64 {
-        self.current_id()
     }
 
     fn segment(&self, id: u64) -> Result<&Segment, WalError> {
@@ -365,10 +364,10 @@ impl Wal {
             file: Arc::new(file),
             len: MAGIC.len() as u64,
         });
-        if let Some(c) = self.committed.take() {
+        if let Some(c) = self.committed.clone() {
             // The newest segment always carries the latest committed record,
             // so purging older segments never loses it.
-            self.append(Some(c), &[])?;
+            self.write_committed(c)?;
         }
         Ok(())
     }
@@ -571,8 +570,10 @@ mod tests {
         {
             let mut wal = Wal::open(dir.path(), None, 64).unwrap();
             for i in 1..=10 {
-                let committed = (i == 7).then(|| b"c7".to_vec());
-                wal.append(committed, &entries(i..=i)).unwrap();
+                if i == 7 {
+                    wal.write_committed(b"c7".to_vec()).unwrap();
+                }
+                wal.append(&entries(i..=i)).unwrap();
             }
             assert!(wal.segments.len() > 2, "small segments roll over");
         }
@@ -585,7 +586,7 @@ mod tests {
     fn a_log_that_starts_at_index_zero_keeps_it() {
         let dir = tempfile::tempdir().unwrap();
         let mut wal = Wal::open(dir.path(), None, SEGMENT_BYTES).unwrap();
-        wal.append(None, &entries(0..=2)).unwrap();
+        wal.append(&entries(0..=2)).unwrap();
         drop(wal);
         let wal = Wal::open(dir.path(), None, SEGMENT_BYTES).unwrap();
         assert_eq!(held(&wal), names(0..=2), "raft's first entry is index 0");
@@ -598,7 +599,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = {
             let mut wal = Wal::open(dir.path(), None, SEGMENT_BYTES).unwrap();
-            wal.append(None, &entries(1..=3)).unwrap();
+            wal.append(&entries(1..=3)).unwrap();
             wal.segments[0].path.clone()
         };
         let full = std::fs::metadata(&path).unwrap().len();
@@ -606,7 +607,7 @@ mod tests {
         file.set_len(full - 3).unwrap();
         let mut wal = Wal::open(dir.path(), None, SEGMENT_BYTES).unwrap();
         assert_eq!(held(&wal), names(1..=2), "the torn third entry is gone");
-        wal.append(None, &entries(3..=4)).unwrap();
+        wal.append(&entries(3..=4)).unwrap();
         drop(wal);
         let wal = Wal::open(dir.path(), None, SEGMENT_BYTES).unwrap();
         assert_eq!(held(&wal), names(1..=4));
@@ -618,7 +619,7 @@ mod tests {
         let path = {
             let mut wal = Wal::open(dir.path(), None, 64).unwrap();
             for i in 1..=6 {
-                wal.append(None, &entries(i..=i)).unwrap();
+                wal.append(&entries(i..=i)).unwrap();
             }
             wal.segments[0].path.clone()
         };
@@ -635,11 +636,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut wal = Wal::open(dir.path(), None, 100).unwrap();
         for i in 1..=12 {
-            wal.append(None, &entries(i..=i)).unwrap();
+            wal.append(&entries(i..=i)).unwrap();
         }
         wal.truncate(5).unwrap();
         assert_eq!(wal.last_index(), Some(4));
-        wal.append(None, &[(5, b"new 5".to_vec())]).unwrap();
+        wal.append(&[(5, b"new 5".to_vec())]).unwrap();
         drop(wal);
         let wal = Wal::open(dir.path(), None, 100).unwrap();
         let mut want = names(1..=4);
@@ -651,10 +652,10 @@ mod tests {
     fn an_append_must_come_after_the_last_entry_and_may_leave_a_gap() {
         let dir = tempfile::tempdir().unwrap();
         let mut wal = Wal::open(dir.path(), None, SEGMENT_BYTES).unwrap();
-        wal.append(None, &entries(1..=2)).unwrap();
-        let err = wal.append(None, &entries(2..=3)).err().unwrap();
+        wal.append(&entries(1..=2)).unwrap();
+        let err = wal.append(&entries(2..=3)).err().unwrap();
         assert!(matches!(err, WalError::NotAscending { last: 2, got: 2 }));
-        wal.append(None, &entries(4..=4)).unwrap();
+        wal.append(&entries(4..=4)).unwrap();
         let read = |wal: &Wal| {
             (1..=4)
                 .map(|i| wal.read(i).unwrap().is_some())
@@ -677,7 +678,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut wal = Wal::open(dir.path(), None, 64).unwrap();
         for i in 1..=10 {
-            wal.append(None, &entries(i..=i)).unwrap();
+            wal.append(&entries(i..=i)).unwrap();
         }
         let before = wal.segments.len();
         wal.purge(6).unwrap();
@@ -693,10 +694,10 @@ mod tests {
     fn purging_everything_keeps_the_next_index() {
         let dir = tempfile::tempdir().unwrap();
         let mut wal = Wal::open(dir.path(), None, SEGMENT_BYTES).unwrap();
-        wal.append(None, &entries(1..=3)).unwrap();
+        wal.append(&entries(1..=3)).unwrap();
         wal.purge(3).unwrap();
         assert_eq!((wal.first_index(), wal.last_index()), (4, None));
-        wal.append(None, &entries(4..=4)).unwrap();
+        wal.append(&entries(4..=4)).unwrap();
         drop(wal);
         let wal = Wal::open(dir.path(), Some(3), SEGMENT_BYTES).unwrap();
         assert_eq!(held(&wal), names(4..=4));

@@ -77,8 +77,17 @@ struct Shared {
     meta: Meta,
     committed: Option<LogId<NodeId>>,
     last_log_id: Option<LogId<NodeId>>,
-    cache: BTreeMap<u64, (Entry<TypeConfig>, usize)>,
-    cache_bytes: usize,
+    cache: EntryCache,
+}
+
+/// The most recent entries, decoded, with their encoded sizes: at most
+/// [`CACHE_ENTRIES`] and about [`CACHE_BYTES`]. It holds every entry from its
+/// first on (appends add at the end, truncation cuts the end, purging and
+/// eviction the front), so it can answer a range that starts inside it.
+#[derive(Default)]
+struct EntryCache {
+    entries: BTreeMap<u64, (Entry<TypeConfig>, usize)>,
+    bytes: usize,
 }
 
 /// The WAL-backed raft log and vote store. Clones share everything; a clone is
@@ -91,7 +100,7 @@ pub(crate) struct WalLogStore {
 }
 
 /// What the log held when an older version kept it in sled (see
-/// `storage::migrate_sled_log`).
+/// `sled_log_import`).
 pub(crate) struct Imported {
     pub(crate) vote: Option<Vote<NodeId>>,
     pub(crate) committed: Option<LogId<NodeId>>,
@@ -106,17 +115,13 @@ impl WalLogStore {
         let purged = meta.last_purged.map(|l| l.index);
         let wal = Wal::open(dir, purged, SEGMENT_BYTES)?;
         let committed = wal.committed().map(bincode::deserialize).transpose()?;
-        let last_log_id = match wal.last_index() {
-            Some(i) => read_entry(&wal, i)?.map(|e| e.log_id),
-            None => None,
-        };
+        let last_log_id = last_log_id(&wal)?;
         let shared = Arc::new(Mutex::new(Shared {
             wal,
             meta,
             committed,
             last_log_id,
-            cache: BTreeMap::new(),
-            cache_bytes: 0,
+            cache: EntryCache::default(),
         }));
         let flusher =
             GroupCommit::spawn("wal-flusher", sync_fn(shared.clone())).map_err(|source| {
@@ -140,25 +145,34 @@ impl WalLogStore {
 
     /// Writes what an older version's sled log held, durably. Blocking.
     pub(crate) fn import(&self, old: Imported) -> Result<(), WalStoreError> {
-        {
-            let mut s = self.lock()?;
-            s.meta.vote = old.vote;
-            s.meta.last_purged = old.last_purged;
-            write_meta(&self.dir, &s.meta)?;
-            if let Some(p) = old.last_purged {
-                s.wal.purge(p.index)?;
-            }
+        let mut s = self.update_meta(|meta| {
+            meta.vote = old.vote;
+            meta.last_purged = old.last_purged;
+        })?;
+        if let Some(p) = old.last_purged {
+            s.wal.purge(p.index)?;
         }
+        drop(s);
         self.write_entries(old.entries)?;
-        {
-            let mut s = self.lock()?;
-            if let Some(c) = old.committed {
-                s.wal.append(Some(bincode::serialize(&c)?), &[])?;
-            }
-            s.committed = old.committed;
+        if let Some(c) = old.committed {
+            self.lock()?.write_committed(c)?;
         }
         self.flusher.flush_blocking()?;
         Ok(())
+    }
+
+    /// Changes the meta file's contents and replaces the file durably; returns
+    /// the lock, held throughout.
+    fn update_meta(
+        &self,
+        change: impl FnOnce(&mut Meta),
+    ) -> Result<MutexGuard<'_, Shared>, WalStoreError> {
+        let mut s = self.lock()?;
+        let mut meta = s.meta.clone();
+        change(&mut meta);
+        write_meta(&self.dir, &meta)?;
+        s.meta = meta;
+        Ok(s)
     }
 
     fn lock(&self) -> Result<MutexGuard<'_, Shared>, WalStoreError> {
@@ -172,10 +186,10 @@ impl WalLogStore {
             .map(|e| Ok((e.log_id.index, bincode::serialize(e)?)))
             .collect::<Result<Vec<_>, WalStoreError>>()?;
         let mut s = self.lock()?;
-        s.wal.append(None, &encoded)?;
+        s.wal.append(&encoded)?;
         for (entry, (_, bytes)) in entries.into_iter().zip(&encoded) {
             s.last_log_id = Some(entry.log_id);
-            s.cache_insert(entry, bytes.len());
+            s.cache.insert(entry, bytes.len());
         }
         Ok(())
     }
@@ -187,12 +201,7 @@ impl WalLogStore {
         end: Bound<u64>,
     ) -> Result<Option<Vec<Entry<TypeConfig>>>, WalStoreError> {
         let s = self.lock()?;
-        let first_cached = s.cache.keys().next().copied();
-        if first_cached.is_none_or(|f| f > start.max(s.wal.first_index())) {
-            return Ok(None);
-        }
-        let range = s.cache.range((Bound::Included(start), end));
-        Ok(Some(range.map(|(_, (e, _))| e.clone()).collect()))
+        Ok(s.cache.covering(start.max(s.wal.first_index()), end))
     }
 
     /// Entries `[start, end)` held, read from the files.
@@ -218,41 +227,20 @@ impl WalLogStore {
     fn truncate_blocking(&self, log_id: LogId<NodeId>) -> Result<(), WalStoreError> {
         let mut s = self.lock()?;
         s.wal.truncate(log_id.index)?;
-        let dropped: usize = s
-            .cache
-            .split_off(&log_id.index)
-            .values()
-            .map(|(_, n)| n)
-            .sum();
-        s.cache_bytes -= dropped;
-        s.last_log_id = match s.wal.last_index() {
-            Some(i) => read_entry(&s.wal, i)?.map(|e| e.log_id),
-            None => None,
-        };
+        s.cache.remove_from(log_id.index);
+        s.last_log_id = last_log_id(&s.wal)?;
         Ok(())
     }
 
     fn purge_blocking(&self, log_id: LogId<NodeId>) -> Result<(), WalStoreError> {
-        let mut s = self.lock()?;
-        let mut meta = s.meta.clone();
-        meta.last_purged = Some(log_id);
-        write_meta(&self.dir, &meta)?;
-        s.meta = meta;
+        let mut s = self.update_meta(|meta| meta.last_purged = Some(log_id))?;
         s.wal.purge(log_id.index)?;
-        let kept = s.cache.split_off(&(log_id.index + 1));
-        let dropped: usize = s.cache.values().map(|(_, n)| n).sum();
-        s.cache = kept;
-        s.cache_bytes -= dropped;
+        s.cache.remove_upto(log_id.index);
         Ok(())
     }
 
     fn save_vote_blocking(&self, vote: Vote<NodeId>) -> Result<(), WalStoreError> {
-        let mut s = self.lock()?;
-        let mut meta = s.meta.clone();
-        meta.vote = Some(vote);
-        write_meta(&self.dir, &meta)?;
-        s.meta = meta;
-        Ok(())
+        self.update_meta(|meta| meta.vote = Some(vote)).map(drop)
     }
 
     async fn blocking<T, F>(&self, f: F) -> Result<T, WalStoreError>
@@ -266,15 +254,61 @@ impl WalLogStore {
 }
 
 impl Shared {
-    fn cache_insert(&mut self, entry: Entry<TypeConfig>, size: usize) {
-        self.cache.insert(entry.log_id.index, (entry, size));
-        self.cache_bytes += size;
-        while self.cache.len() > CACHE_ENTRIES || self.cache_bytes > CACHE_BYTES {
-            match self.cache.pop_first() {
-                Some((_, (_, n))) => self.cache_bytes -= n,
+    /// Writes the committed log id to the WAL (not synced) and remembers it.
+    fn write_committed(&mut self, committed: LogId<NodeId>) -> Result<(), WalStoreError> {
+        self.wal.write_committed(bincode::serialize(&committed)?)?;
+        self.committed = Some(committed);
+        Ok(())
+    }
+}
+
+impl EntryCache {
+    fn insert(&mut self, entry: Entry<TypeConfig>, size: usize) {
+        self.entries.insert(entry.log_id.index, (entry, size));
+        self.bytes += size;
+        while self.entries.len() > CACHE_ENTRIES || self.bytes > CACHE_BYTES {
+            match self.entries.pop_first() {
+                Some((_, (_, n))) => self.bytes -= n,
                 None => break,
             }
         }
+    }
+
+    /// Entries `[start, end)`, if the cache holds everything from `start` on.
+    fn covering(&self, start: u64, end: Bound<u64>) -> Option<Vec<Entry<TypeConfig>>> {
+        if matches!(end, Bound::Excluded(e) if e <= start) {
+            return Some(Vec::new());
+        }
+        let first = *self.entries.keys().next()?;
+        (first <= start).then(|| {
+            let range = self.entries.range((Bound::Included(start), end));
+            range.map(|(_, (e, _))| e.clone()).collect()
+        })
+    }
+
+    /// Forgets the entries from `index` on (a truncation).
+    fn remove_from(&mut self, index: u64) {
+        let removed = self.entries.split_off(&index);
+        self.bytes -= size_of(&removed);
+    }
+
+    /// Forgets the entries up to `index` (a purge).
+    fn remove_upto(&mut self, index: u64) {
+        let kept = self.entries.split_off(&(index + 1));
+        let removed = std::mem::replace(&mut self.entries, kept);
+        self.bytes -= size_of(&removed);
+    }
+}
+
+fn size_of(entries: &BTreeMap<u64, (Entry<TypeConfig>, usize)>) -> usize {
+    entries.values().map(|(_, n)| n).sum()
+}
+
+/// The log id of the last entry `wal` holds.
+fn last_log_id(wal: &Wal) -> Result<Option<LogId<NodeId>>, WalStoreError> {
+    match wal.last_index() {
+        Some(i) => Ok(read_entry(wal, i)?.map(|e| e.log_id)),
+        None => Ok(None),
     }
 }
 
@@ -376,13 +410,8 @@ impl RaftLogStorage<TypeConfig> for WalLogStore {
         let Some(c) = committed else {
             return Ok(());
         };
-        let encoded = bincode::serialize(&c).map_err(|e| write_logs_err(WalStoreError::from(e)))?;
         let mut s = self.lock().map_err(write_logs_err)?;
-        s.wal
-            .append(Some(encoded), &[])
-            .map_err(|e| write_logs_err(WalStoreError::from(e)))?;
-        s.committed = committed;
-        Ok(())
+        s.write_committed(c).map_err(write_logs_err)
     }
 
     async fn read_committed(&mut self) -> StorageResult<Option<LogId<NodeId>>> {
