@@ -1,6 +1,6 @@
 //! Raft for Roster, on openraft 0.9: the type config, the write-ahead log that
 //! holds the raft log and vote, the adapter that drives `roster-state`'s state
-//! machine (over sled), and the gRPC peer transport. An in-memory storage
+//! machine (in memory, made durable by snapshot files and the log), and the gRPC peer transport. An in-memory storage
 //! ([`open_memory_storage`], [`MemoryStorage`]) builds the same node for tests and
 //! simulation.
 //!
@@ -8,15 +8,17 @@
 //! openraft only once it is on disk: appends after an `fdatasync` of the WAL
 //! segment (one sync covers every append waiting at that moment: group commit,
 //! on a thread of its own), the vote by an atomic, synced file replacement. The
-//! state machine may lag the log and is caught up by replaying it.
+//! state machine is in memory: at start it is loaded from its newest snapshot
+//! file and caught up by re-applying the log after it; a snapshot is synced
+//! before the log entries it covers may be purged.
 
 mod log_store;
 mod mem_log_store;
 mod mem_storage;
 pub mod network;
 pub mod runtime;
-mod sled_engine;
-mod sled_log_import;
+mod sled_import;
+mod snapshot_files;
 mod state_backend;
 mod state_store;
 mod storage;

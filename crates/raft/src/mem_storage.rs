@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use roster_state::{Batch, Engine, EngineError, MemEngine, ScanItem};
+use roster_state::{Batch, Engine, EngineError, MemEngine, ScanItem, SnapshotData};
 
 use crate::log_store::LogStore;
 use crate::mem_log_store::{MemLogError, MemLogStore};
@@ -79,7 +79,11 @@ impl Engine for SharedMemEngine {
         self.0.write(batch)
     }
 
-    fn flush(&self) -> Result<(), EngineError> {
-        self.0.flush()
+    fn snapshot(&self) -> Result<SnapshotData, EngineError> {
+        self.0.snapshot()
+    }
+
+    fn install(&self, snap: SnapshotData) -> Result<(), EngineError> {
+        self.0.install(snap)
     }
 }

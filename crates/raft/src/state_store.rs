@@ -1,49 +1,52 @@
 //! The adapter between openraft and `roster-state`: openraft's `RaftStateMachine`
-//! and `RaftSnapshotBuilder` over `StateMachine<DynEngine>`: a sled tree on a real
-//! node, memory in tests and simulation.
+//! and `RaftSnapshotBuilder` over `StateMachine<DynEngine>`, whose map lives in
+//! memory (`roster_state::MemEngine`).
 //!
 //! Each entry is applied with its log id (and, for membership entries, the new
 //! membership) as metadata of the same atomic engine batch, so the applied position
-//! on disk always matches the state. Blank and membership entries apply
-//! `Command::Noop`, which changes no key but still records that position. The state
-//! machine is not flushed per entry: it may lag the (durable) log after a crash and
-//! is then caught up by replaying the log. It is flushed once a snapshot is built,
-//! before openraft purges the entries the snapshot covers.
+//! always matches the state. Blank and membership entries apply `Command::Noop`,
+//! which changes no key but still records that position.
 //!
-//! What the store needs besides the engine (the current snapshot, kept so that
-//! `get_current_snapshot` survives a restart; the snapshot-id counter; the durable
-//! flush after an install) is the backend's, see `state_backend`: the `snapshot`
-//! tree of the node's sled database, or memory.
+//! Durability: the state machine is not written to disk per entry. A snapshot
+//! (a frozen copy of the map, taken in O(1) under the read lock and encoded
+//! off it) is saved durably before `build_snapshot` or `install_snapshot`
+//! returns, so before openraft purges the log entries it covers. After a
+//! crash the node loads its newest snapshot and openraft re-applies the
+//! committed entries after it from the log.
+//!
+//! Where the snapshot is kept, and the snapshot-id counter, is the backend's
+//! (see `state_backend`): snapshot files on a real node, memory in tests.
 //!
 //! Calling context: openraft calls these methods from its state-machine worker, a
-//! task on the caller's tokio runtime. With sled, all storage work runs under
-//! `spawn_blocking` rather than `block_in_place`, because `block_in_place` panics
-//! on a current-thread runtime (`#[tokio::test]`, simulations) and would also stall
-//! every other task sharing the worker thread while it runs. With memory it runs
-//! inline, which keeps a simulation deterministic.
+//! task on the caller's tokio runtime. On a real node, storage work runs under
+//! `spawn_blocking` rather than `block_in_place`, because `block_in_place`
+//! panics on a current-thread runtime (`#[tokio::test]`) and would also stall
+//! every other task sharing the worker thread while it runs. With memory it
+//! runs inline, which keeps a simulation deterministic.
 
 use std::io::Cursor;
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{
     AnyError, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, StorageError,
     StorageIOError, StoredMembership,
 };
-use roster_state::{Command, DynEngine, EngineError, Response, SnapshotData, StateMachine};
+use roster_state::{
+    Command, DynEngine, Engine, EngineError, MemEngine, Response, SnapshotData, StateMachine,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::sled_engine::SledEngine;
+use crate::snapshot_files::{SnapshotFileError, SnapshotFiles};
 use crate::state_backend::StateBackend;
-use crate::storage::{FlushError, GroupCommit, OpenError};
+use crate::storage::OpenError;
 use crate::types::{ApplyObserver, Member, NodeId, TypeConfig};
 
 /// The state machine as the server reads it. Take the lock briefly, and not on an
 /// async runtime thread for long reads. The same type for every backend.
 pub type SharedState = Arc<RwLock<StateMachine<DynEngine>>>;
 
-const STATE_TREE: &str = "state";
 /// State-machine metadata names (stored by `roster-state` under `m/<name>`).
 const APPLIED_META: &[u8] = b"raft/applied";
 const MEMBERSHIP_META: &[u8] = b"raft/membership";
@@ -57,12 +60,10 @@ type Meta = SnapshotMeta<NodeId, Member>;
 pub enum StateStoreError {
     #[error(transparent)]
     Engine(#[from] EngineError),
-    #[error("sled: {0}")]
-    Sled(#[from] sled::Error),
+    #[error(transparent)]
+    SnapshotFile(#[from] SnapshotFileError),
     #[error("encoding: {0}")]
     Codec(#[from] bincode::Error),
-    #[error(transparent)]
-    Flush(#[from] FlushError),
     #[error("blocking task: {0}")]
     Task(#[from] tokio::task::JoinError),
     #[error("the state machine lock is poisoned (a panic during apply)")]
@@ -78,6 +79,10 @@ pub struct StateStore {
     sm: SharedState,
     backend: StateBackend,
     observer: Arc<dyn ApplyObserver>,
+    /// The last log id of the current snapshot. Saving takes this lock, and a
+    /// snapshot older than the current one is not saved: a build that raced an
+    /// install must not replace the installed state.
+    saved: Arc<Mutex<Option<LogId<NodeId>>>>,
 }
 
 pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StateStoreError> {
@@ -140,15 +145,17 @@ fn apply_err((log_id, e): ApplyFailure) -> StorageError<NodeId> {
 }
 
 impl StateStore {
-    /// Opens the state machine over the `state` tree of `db`. Blocking.
-    pub(crate) fn open_sled(
-        db: &sled::Db,
-        flusher: GroupCommit,
+    /// Opens the state machine of a real node from its newest snapshot file
+    /// (none: empty). Blocking.
+    pub(crate) fn open_files(
+        files: SnapshotFiles,
         observer: Arc<dyn ApplyObserver>,
     ) -> Result<Self, OpenError> {
-        let engine = SledEngine::new(db.open_tree(STATE_TREE)?, flusher.clone());
-        let backend = StateBackend::sled(db, flusher)?;
-        Self::open(Box::new(engine), backend, observer)
+        let engine = match files.load()? {
+            Some((_, bytes)) => MemEngine::from_snapshot(SnapshotData::decode(&bytes)?),
+            None => MemEngine::new(),
+        };
+        Self::open(Box::new(engine), StateBackend::Files(files), observer)
     }
 
     /// Opens the state machine over `engine`, with what `backend` keeps besides.
@@ -157,10 +164,13 @@ impl StateStore {
         backend: StateBackend,
         observer: Arc<dyn ApplyObserver>,
     ) -> Result<Self, OpenError> {
+        let sm = StateMachine::open(engine)?;
+        let (applied, _) = read_applied(&sm)?;
         Ok(StateStore {
-            sm: Arc::new(RwLock::new(StateMachine::open(engine)?)),
+            sm: Arc::new(RwLock::new(sm)),
             backend,
             observer,
+            saved: Arc::new(Mutex::new(applied)),
         })
     }
 
@@ -210,7 +220,9 @@ impl StateStore {
         read_applied(&sm)
     }
 
-    /// Takes the state and its applied position under one read lock, so they agree.
+    /// Takes the state and its applied position under one read lock, so they
+    /// agree; the copy is O(1), and encoding and saving happen after the lock
+    /// is released.
     fn build_snapshot_blocking(&self) -> Result<Snapshot<TypeConfig>, StateStoreError> {
         let (applied, membership, data) = {
             let sm = self.read()?;
@@ -218,6 +230,7 @@ impl StateStore {
             (applied, membership, sm.snapshot()?)
         };
         let bytes = data.encode();
+        drop(data);
         let meta = SnapshotMeta {
             snapshot_id: self.snapshot_id(applied.as_ref())?,
             last_log_id: applied,
@@ -230,16 +243,24 @@ impl StateStore {
         })
     }
 
-    /// `<term>-<index>-<counter>`; the backend's counter (sled's persisted id
-    /// generator) keeps two snapshots at the same log id apart, also across restarts.
+    /// `<term>-<index>-<counter>`; the backend's counter (above every snapshot
+    /// file's on disk) keeps two snapshots at the same log id apart, also across restarts.
     fn snapshot_id(&self, applied: Option<&LogId<NodeId>>) -> Result<String, StateStoreError> {
         let counter = self.backend.next_snapshot_counter()?;
         let (term, index) = applied.map_or((0, 0), |id| (id.leader_id.term, id.index));
         Ok(format!("{term}-{index}-{counter}"))
     }
 
+    /// Saves the snapshot as the current one, durably, unless the current one
+    /// is newer.
     fn save_current(&self, meta: &Meta, bytes: &[u8]) -> Result<(), StateStoreError> {
-        self.backend.save_current(meta, bytes)
+        let mut saved = self.saved.lock().map_err(|_| StateStoreError::Poisoned)?;
+        if meta.last_log_id < *saved {
+            return Ok(());
+        }
+        self.backend.save_current(meta, bytes)?;
+        *saved = meta.last_log_id;
+        Ok(())
     }
 
     fn load_current(&self) -> Result<Option<Snapshot<TypeConfig>>, StateStoreError> {
@@ -250,15 +271,19 @@ impl StateStore {
         }))
     }
 
+    /// Decodes the snapshot, saves it durably, then replaces the state.
     fn install_blocking(&self, meta: &Meta, bytes: Vec<u8>) -> Result<(), StateStoreError> {
         let data = SnapshotData::decode(&bytes)?;
+        self.save_current(meta, &bytes)?;
+        drop(bytes);
         self.write()?.install(data)?;
-        self.save_current(meta, &bytes)
+        Ok(())
     }
 }
 
-fn read_applied(
-    sm: &StateMachine<DynEngine>,
+/// The applied log id and membership recorded in the state.
+pub(crate) fn read_applied<E: Engine>(
+    sm: &StateMachine<E>,
 ) -> Result<(Option<LogId<NodeId>>, Membership), StateStoreError> {
     let applied = sm.meta(APPLIED_META)?.map(|v| decode(&v)).transpose()?;
     let membership = sm
@@ -270,16 +295,14 @@ fn read_applied(
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateStore {
-    /// Builds the snapshot, then makes the state machine durable: openraft
-    /// purges the log entries a snapshot covers once it is built, and after a
-    /// crash the state machine must not lag behind what the log still holds.
+    /// Builds the snapshot and saves it durably: openraft purges the log
+    /// entries a snapshot covers once it is built.
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
         let err = |e: StateStoreError| StorageIOError::write_snapshot(None, AnyError::new(&e));
         let snapshot = self
             .blocking(|this| this.build_snapshot_blocking())
             .await
             .map_err(err)?;
-        self.backend.flush().await.map_err(|e| err(e.into()))?;
         Ok(snapshot)
     }
 }
@@ -319,8 +342,8 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
-    /// Replaces the state with the snapshot and makes it durable before returning:
-    /// the leader counts an installed snapshot as replicated.
+    /// Replaces the state with the snapshot, durable before returning: the
+    /// leader counts an installed snapshot as replicated.
     async fn install_snapshot(
         &mut self,
         meta: &Meta,
@@ -331,10 +354,6 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         self.blocking(move |this| this.install_blocking(&owned_meta, bytes))
             .await
             .map_err(|e| write_snapshot_err(meta, e))?;
-        self.backend
-            .flush()
-            .await
-            .map_err(|e| write_snapshot_err(meta, e.into()))?;
         self.observer.installed_snapshot();
         Ok(())
     }

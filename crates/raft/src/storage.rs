@@ -1,29 +1,22 @@
 //! Opens a node's storage and makes its writes durable.
 //!
-//! A node keeps two things on disk: the raft log and vote in the write-ahead log
-//! (`<dir>/wal`, see `wal` and `wal_log_store`), and the state machine with its
-//! current snapshot in one sled database (`<dir>/sled`). Durability of what
-//! raft acknowledges rests on the WAL alone: an append is reported only after
-//! an `fdatasync` of it. The state machine is not synced per entry: it may lag
-//! the log after a crash and is caught up by replaying the log. Its sled
-//! database is synced when a snapshot is built, before openraft may purge the
-//! log entries the snapshot covers (`StateStore::build_snapshot`), when a
-//! snapshot is installed, and by sled's own background flush.
+//! A node keeps two things on disk under its storage root: the raft log and
+//! vote in the write-ahead log (`wal/`, see `wal` and `wal_log_store`), and
+//! the newest snapshot of the state machine (`snap/`, see `snapshot_files`).
+//! The state machine itself lives in memory. Durability of what raft
+//! acknowledges rests on the WAL alone: an append is reported only after an
+//! `fdatasync` of it. At start a node loads its newest snapshot and openraft
+//! re-applies the committed entries after it from the WAL; a snapshot is
+//! synced before openraft may purge the entries it covers.
 //!
-//! "Durable" for sled means more than sled's `flush`: sled 0.34 syncs its data
-//! file with `sync_file_range`, which covers neither the drive cache nor file
-//! metadata, writes large values to `blobs/<lsn>` files without syncing them, and
-//! never syncs its `conf` file or the directory. [`DurableFlush`] follows sled's
-//! flush with an `fsync` of the data file (`<dir>/sled/db`), of every blob not
-//! synced before, and of the directories, through handles of our own.
+//! A data dir of an older version, which kept log and state in sled
+//! (`sled/`), is moved into this layout once when opened (`sled_import`).
 //!
-//! [`GroupCommit`] runs flushes on a dedicated thread (one for the WAL, one for
-//! sled): every waiter queued while one flush runs is covered by the next single
-//! flush (group commit), and no waiter is told "durable" before the flush that
-//! covers it returned.
+//! [`GroupCommit`] runs the WAL's fsyncs on a dedicated thread: every waiter
+//! queued while one flush runs is covered by the next single flush (group
+//! commit), and no waiter is told "durable" before the flush that covers it
+//! returned.
 
-use std::collections::BTreeSet;
-use std::ffi::OsString;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -33,33 +26,32 @@ use std::thread::{self, JoinHandle};
 use roster_state::EngineError;
 
 use crate::log_store::LogStore;
-use crate::sled_log_import::{import_sled_log, ImportError};
-use crate::state_store::StateStore;
+use crate::sled_import::{import_sled, ImportError};
+use crate::snapshot_files::{SnapshotFileError, SnapshotFiles};
+use crate::state_store::{StateStore, StateStoreError};
 use crate::types::ApplyObserver;
 use crate::wal_log_store::{WalLogStore, WalStoreError};
 
-/// The cache size callers should use unless they know better: sled's own default
-/// (1 GiB) costs several GiB of RSS.
+/// The page cache sled gets when an older version's database is imported.
 pub const DEFAULT_CACHE_CAPACITY: u64 = 64 * 1024 * 1024;
 
-/// The state machine's sled database, under the storage root.
+/// An older version's sled database, under the storage root.
 const SLED_DIR: &str = "sled";
 /// The raft log's WAL, under the storage root.
 const WAL_DIR: &str = "wal";
-/// sled 0.34 keeps all its pages in this one file inside its dir.
-const SLED_DATA_FILE: &str = "db";
-/// sled's config file, written once at creation and never synced by sled.
-const SLED_CONF_FILE: &str = "conf";
-/// sled writes values too large for a log segment here, one file per LSN, unsynced.
-const SLED_BLOB_DIR: &str = "blobs";
+/// The state machine's snapshot files, under the storage root.
+const SNAP_DIR: &str = "snap";
+/// Locked while a process has the storage open.
+const LOCK_FILE: &str = "LOCK";
 
 /// Where and how to open a node's storage.
 #[derive(Debug, Clone)]
 pub struct StorageOptions {
-    /// The node's storage root; created if missing. Holds `sled/` (state
-    /// machine) and `wal/` (raft log and vote), nothing else.
+    /// The node's storage root; created if missing. Holds `wal/` (raft log
+    /// and vote), `snap/` (state machine snapshots) and `LOCK`, nothing else.
     pub dir: PathBuf,
-    /// sled's page cache, in bytes. See [`DEFAULT_CACHE_CAPACITY`].
+    /// sled's page cache, in bytes, used only while importing an older
+    /// version's sled database. See [`DEFAULT_CACHE_CAPACITY`].
     pub cache_capacity: u64,
 }
 
@@ -73,9 +65,9 @@ impl StorageOptions {
     }
 }
 
-/// A node's storage: the two halves openraft drives, over the same backend (the
-/// node's sled database from [`open_storage`], or memory from
-/// [`crate::open_memory_storage`] / [`crate::MemoryStorage`]).
+/// A node's storage: the two halves openraft drives (on disk from
+/// [`open_storage`], or memory from [`crate::open_memory_storage`] /
+/// [`crate::MemoryStorage`]).
 pub struct Storage {
     pub log: LogStore,
     pub state: StateStore,
@@ -86,19 +78,21 @@ pub struct Storage {
 pub enum OpenError {
     #[error("creating data dir {}: {source}", path.display())]
     CreateDir { path: PathBuf, source: io::Error },
-    #[error("opening sled database in {}: {source}", path.display())]
-    Sled { path: PathBuf, source: sled::Error },
-    #[error("syncing {}: {source}", path.display())]
-    Sync { path: PathBuf, source: io::Error },
+    #[error("locking {}: {source}", path.display())]
+    Lock { path: PathBuf, source: io::Error },
+    #[error("data dir {} is in use by another process (it holds {})", dir.display(), lock.display())]
+    InUse { dir: PathBuf, lock: PathBuf },
     #[error("starting the flusher thread: {0}")]
     Thread(io::Error),
-    #[error("opening a sled tree: {0}")]
-    Tree(#[from] sled::Error),
     #[error("opening the state machine: {0}")]
     State(#[from] EngineError),
+    #[error("opening the state machine: {0}")]
+    StateStore(#[from] StateStoreError),
+    #[error("opening the snapshot: {0}")]
+    Snapshot(#[from] SnapshotFileError),
     #[error("opening the raft log: {0}")]
     Wal(#[from] WalStoreError),
-    #[error("moving the raft log out of sled: {0}")]
+    #[error("moving an older version's data out of sled: {0}")]
     Import(#[from] ImportError),
 }
 
@@ -122,117 +116,61 @@ impl FlushError {
     }
 }
 
+/// Takes the data dir's lock (an exclusive `flock` of `<dir>/LOCK`), held as
+/// long as the returned file is open: two processes writing one WAL would
+/// corrupt it.
+fn lock_dir(dir: &Path) -> Result<File, OpenError> {
+    let path = dir.join(LOCK_FILE);
+    let lock_err = |source| OpenError::Lock {
+        path: path.clone(),
+        source,
+    };
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(lock_err)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(OpenError::InUse {
+            dir: dir.to_path_buf(),
+            lock: path.clone(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(lock_err(e)),
+    }
+}
+
 /// Opens (or creates) the storage in `opts.dir`. Blocking: call it before the
 /// runtime starts or from `spawn_blocking`.
 pub fn open_storage(
     opts: StorageOptions,
     observer: Arc<dyn ApplyObserver>,
 ) -> Result<Storage, OpenError> {
-    let sled_dir = opts.dir.join(SLED_DIR);
-    let db = open_db(&sled_dir, opts.cache_capacity)?;
-    let mut durable = DurableFlush::open(db.clone(), &sled_dir)?;
-    let flusher =
-        GroupCommit::spawn("sled-flusher", move || durable.flush()).map_err(OpenError::Thread)?;
+    std::fs::create_dir_all(&opts.dir).map_err(|source| OpenError::CreateDir {
+        path: opts.dir.clone(),
+        source,
+    })?;
+    let lock = lock_dir(&opts.dir)?;
     let wal = WalLogStore::open(&opts.dir.join(WAL_DIR))?;
-    import_sled_log(&db, &wal)?;
-    let state = StateStore::open_sled(&db, flusher, observer)?;
+    let snapshots = SnapshotFiles::open(&opts.dir.join(SNAP_DIR))?.holding(lock);
+    import_sled(
+        &opts.dir.join(SLED_DIR),
+        opts.cache_capacity,
+        &wal,
+        &snapshots,
+    )?;
+    let state = StateStore::open_files(snapshots, observer)?;
     Ok(Storage {
         log: LogStore::wal(wal),
         state,
     })
 }
 
-fn open_db(dir: &Path, cache_capacity: u64) -> Result<sled::Db, OpenError> {
-    std::fs::create_dir_all(dir).map_err(|source| OpenError::CreateDir {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    // Never `temporary(true)`: sled skips syncing in that mode.
-    sled::Config::new()
-        .path(dir)
-        .cache_capacity(cache_capacity)
-        .open()
-        .map_err(|source| OpenError::Sled {
-            path: dir.to_path_buf(),
-            source,
-        })
-}
-
-/// sled's flush plus the fsyncs sled leaves out. Owned by the flusher thread.
-pub(crate) struct DurableFlush {
-    db: sled::Db,
-    /// Our own handle of `<dir>/db`. sled locks that file with `flock` (fs2), which
-    /// belongs to sled's open file description, so opening and closing another
-    /// handle does not touch the lock (unlike POSIX `fcntl` locks).
-    data_file: File,
-    dir: File,
-    blob_dir: PathBuf,
-    /// Blob files already fsynced; blobs are written once and never modified.
-    synced_blobs: BTreeSet<OsString>,
-}
-
-impl DurableFlush {
-    /// Opens the handles and syncs, once, what sled created without syncing: the
-    /// config file, the data dir and the data dir's own entry in its parent.
-    fn open(db: sled::Db, dir: &Path) -> Result<Self, OpenError> {
-        let sync_err = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| OpenError::Sync { path, source }
-        };
-        let data_path = dir.join(SLED_DATA_FILE);
-        let data_file = File::open(&data_path).map_err(sync_err(&data_path))?;
-        let conf_path = dir.join(SLED_CONF_FILE);
-        fsync_path(&conf_path).map_err(sync_err(&conf_path))?;
-        let dir_file = File::open(dir).map_err(sync_err(dir))?;
-        dir_file.sync_all().map_err(sync_err(dir))?;
-        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            fsync_path(parent).map_err(sync_err(parent))?;
-        }
-        Ok(DurableFlush {
-            db,
-            data_file,
-            dir: dir_file,
-            blob_dir: dir.join(SLED_BLOB_DIR),
-            synced_blobs: BTreeSet::new(),
-        })
-    }
-
-    /// Returns once every write made to the database before the call is on disk.
-    /// Blocking.
-    pub(crate) fn flush(&mut self) -> io::Result<()> {
-        self.db.flush().map_err(io::Error::other)?;
-        self.data_file.sync_all()?;
-        self.sync_new_blobs()?;
-        // Covers entries sled added or renamed in the dir (snapshot files).
-        self.dir.sync_all()
-    }
-
-    fn sync_new_blobs(&mut self) -> io::Result<()> {
-        let mut present = BTreeSet::new();
-        let mut synced_any = false;
-        for entry in std::fs::read_dir(&self.blob_dir)? {
-            let entry = entry?;
-            let name = entry.file_name();
-            if !self.synced_blobs.contains(&name) {
-                match fsync_path(&entry.path()) {
-                    Ok(()) => synced_any = true,
-                    // sled's GC removed it meanwhile: nothing left to sync.
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(e),
-                }
-            }
-            present.insert(name);
-        }
-        self.synced_blobs = present;
-        if synced_any {
-            fsync_path(&self.blob_dir)?;
-        }
-        Ok(())
-    }
-}
-
-fn fsync_path(path: &Path) -> io::Result<()> {
-    File::open(path)?.sync_all()
+/// fsyncs a directory, so that the files created, renamed or removed in it
+/// stay so after a crash.
+pub(crate) fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
 }
 
 /// What a flush waiter is told: `Ok` once its writes are durable.
@@ -267,7 +205,7 @@ impl Drop for FlusherThread {
 }
 
 impl GroupCommit {
-    /// Starts the flusher thread around `flush` (a [`DurableFlush`] in production,
+    /// Starts the flusher thread around `flush` (the WAL's `fdatasync` in production,
     /// an instrumented function in tests).
     pub(crate) fn spawn<F>(name: &str, flush: F) -> io::Result<Self>
     where
@@ -296,18 +234,8 @@ impl GroupCommit {
         }
     }
 
-    /// Returns once everything written before the call is durable.
-    pub(crate) async fn flush(&self) -> Result<(), FlushError> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.submit(Box::new(move |result| {
-            // The receiver is gone only if our caller was cancelled: nobody to tell.
-            let _ = tx.send(result);
-        }));
-        rx.await.unwrap_or(Err(FlushError::Stopped))
-    }
-
-    /// [`Self::flush`] for synchronous callers. Never call it on an async runtime
-    /// thread, nor from a waiter.
+    /// Returns once everything written before the call is durable. Blocking:
+    /// never call it on an async runtime thread, nor from a waiter.
     pub(crate) fn flush_blocking(&self) -> Result<(), FlushError> {
         let (tx, rx) = mpsc::sync_channel(1);
         self.submit(Box::new(move |result| {
@@ -437,23 +365,6 @@ mod tests {
         .unwrap();
         assert!(matches!(gc.flush_blocking(), Err(FlushError::Io(_))));
         assert!(matches!(gc.flush_blocking(), Err(FlushError::Io(_))));
-    }
-
-    #[test]
-    fn durable_flush_syncs_the_blobs_sled_leaves_unsynced() {
-        let dir = tempfile::TempDir::new().unwrap();
-        let db = open_db(dir.path(), DEFAULT_CACHE_CAPACITY).unwrap();
-        let mut durable = DurableFlush::open(db.clone(), dir.path()).unwrap();
-        // Over sled's blob threshold (segment size 512 KiB / 4): stored in blobs/.
-        db.insert(b"big", vec![7u8; 256 * 1024]).unwrap();
-        durable.flush().unwrap();
-        assert!(
-            !durable.synced_blobs.is_empty(),
-            "the blob was found and synced"
-        );
-        let synced = durable.synced_blobs.clone();
-        durable.flush().unwrap();
-        assert_eq!(durable.synced_blobs, synced, "blobs are synced once");
     }
 
     #[test]

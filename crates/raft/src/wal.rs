@@ -535,9 +535,7 @@ fn parse_record(bytes: &[u8]) -> Result<Option<(Record<'_>, usize)>, String> {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), WalError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
+    crate::storage::fsync_dir(dir).map_err(io_err(dir))
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! What is written survives closing and reopening the same directory: log entries
 //! with their full log ids, vote, committed and purge point, and the state machine
-//! (applied position, membership, keys) with its current snapshot.
+//! (applied position, membership, keys) as of its current snapshot.
 
 #![allow(clippy::unwrap_used)]
 
@@ -11,7 +11,7 @@ use std::sync::Arc;
 use common::{blank, log_id, membership, normal, open, put, Recorder};
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::{EntryPayload, RaftLogReader, RaftSnapshotBuilder, Vote};
-use roster_state::{RangeRequest, Response};
+use roster_state::{MemEngine, RangeRequest, Response, SnapshotData, StateMachine};
 use tempfile::TempDir;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -221,10 +221,11 @@ async fn entries_survive_bincode_round_trip_with_membership() {
     assert!(matches!(read[0].payload, EntryPayload::Membership(_)));
 }
 
-/// A data dir of an older version, which kept the raft log in sled trees, opens
-/// with its log moved into the WAL, and the old trees gone.
+/// A data dir of an older version, which kept the raft log and the state
+/// machine in sled trees, opens with its log moved into the WAL, its state in a
+/// snapshot file at the state's applied position, and the sled directory gone.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_raft_log_kept_in_sled_by_an_older_version_moves_into_the_wal() {
+async fn a_data_dir_kept_in_sled_by_an_older_version_moves_into_wal_and_snapshot() {
     let dir = TempDir::new().unwrap();
     let written: Vec<_> = (1..=8)
         .map(|i| normal(2, i, put(&format!("k{i}"), "v")))
@@ -244,10 +245,16 @@ async fn a_raft_log_kept_in_sled_by_an_older_version_moves_into_the_wal() {
         );
         put_meta("committed", bincode::serialize(&log_id(2, 1, 6)).unwrap());
         put_meta("last_purged", bincode::serialize(&log_id(2, 1, 2)).unwrap());
+        // The state as the older version stored it: entries 1..=4 applied.
+        let state = db.open_tree("state").unwrap();
+        for (k, v) in old_state_after(&written[..4]).pairs() {
+            state.insert(k, v).unwrap();
+        }
         db.flush().unwrap();
     }
     for _reopen in 0..2 {
         let mut s = open(dir.path(), Arc::default()).await;
+        assert!(!dir.path().join("sled").exists(), "the sled dir is gone");
         assert_eq!(
             s.log.read_vote().await.unwrap(),
             Some(Vote::new_committed(2, 1))
@@ -258,13 +265,50 @@ async fn a_raft_log_kept_in_sled_by_an_older_version_moves_into_the_wal() {
         assert_eq!(state.last_log_id, Some(log_id(2, 1, 8)));
         let read = s.log.try_get_log_entries(..).await.unwrap();
         assert_eq!(read, written[2..].to_vec(), "entries 3..=8");
+        let (applied, _) = s.state.applied_state().await.unwrap();
+        assert_eq!(applied, Some(log_id(2, 1, 4)));
+        let sm = s.state.shared();
+        let kvs = sm.read().unwrap().range(&range_all()).unwrap().kvs;
+        let keys: Vec<_> = kvs.into_iter().map(|kv| kv.key).collect();
+        assert_eq!(keys, [b"k1", b"k2", b"k3", b"k4"]);
+        let current = s.state.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta.last_log_id, Some(log_id(2, 1, 4)));
     }
-    let db = sled::open(dir.path().join("sled")).unwrap();
-    let names = db.tree_names();
+}
+
+/// The engine pairs an older version's sled `state` tree held after applying
+/// `entries` (the applied log id under `m/raft/applied`).
+fn old_state_after(entries: &[openraft::Entry<roster_raft::TypeConfig>]) -> SnapshotData {
+    let mut sm = StateMachine::open(MemEngine::new()).unwrap();
+    for e in entries {
+        let EntryPayload::Normal(command) = &e.payload else {
+            unreachable!("normal entries only")
+        };
+        let applied = vec![(
+            b"raft/applied".to_vec(),
+            bincode::serialize(&e.log_id).unwrap(),
+        )];
+        sm.apply(e.log_id.leader_id.term, command, applied).unwrap();
+    }
+    sm.snapshot().unwrap()
+}
+
+/// A second process cannot open a data dir in use: two writers would corrupt
+/// the WAL.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_data_dir_in_use_is_refused() {
+    let dir = TempDir::new().unwrap();
+    let _first = open(dir.path(), Arc::default()).await;
+    let opts = roster_raft::StorageOptions::new(dir.path());
+    let err = tokio::task::spawn_blocking(move || {
+        roster_raft::open_storage(opts, Arc::new(common::Recorder::default()))
+    })
+    .await
+    .unwrap()
+    .err()
+    .expect("the second open fails");
     assert!(
-        !names
-            .iter()
-            .any(|n| &n[..] == b"raft_log" || &n[..] == b"raft_meta"),
-        "the old trees are dropped"
+        err.to_string().contains("is in use by another process"),
+        "{err}"
     );
 }

@@ -109,7 +109,10 @@ impl NodeConfig {
             election_timeout_min: (et / 2).max(2),
             election_timeout_max: et.max(3),
             max_payload_entries: 512,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(20_000),
+            // etcd's default `--snapshot-count`. A snapshot encodes the whole
+            // state (off the apply path, but a full pass over it), and a
+            // restart re-applies at most this many entries after it.
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(100_000),
             max_in_snapshot_log_to_keep: 1_000,
             ..Default::default()
         }

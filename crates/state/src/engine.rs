@@ -1,12 +1,26 @@
 //! The storage seam: the state machine reads and writes through [`Engine`], so the
-//! same apply logic runs over sled on a real node and over memory in tests.
+//! apply logic does not care how the map is held, and tests can wrap the engine
+//! to count or fail writes.
 //!
 //! An engine is an ordered map of byte strings with atomic batches. `write` applies
-//! a whole [`Batch`] or none of it; `flush` returns once everything written before
-//! it is durable.
+//! a whole [`Batch`] or none of it. `snapshot` takes a frozen copy of the whole
+//! map that later writes do not change.
+//!
+//! The one engine, [`MemEngine`], keeps the map in memory as a persistent
+//! B-tree (`imbl::OrdMap`): a copy shares every node with the original and a
+//! write copies only the path it changes, so a snapshot costs one reference
+//! count however large the state, and is encoded and written to disk while
+//! apply goes on. Durability is not the engine's: a node writes snapshot
+//! files and replays its write-ahead log after them (see `roster-raft`).
+//! Keys and values are reference-counted slices so that copying a shared node
+//! copies pointers, not bytes.
 
-use std::collections::BTreeMap;
-use std::sync::RwLock;
+use std::ops::Bound;
+use std::sync::{Arc, RwLock};
+
+use imbl::OrdMap;
+
+use crate::snapshot::SnapshotData;
 
 /// A failure of the storage below the state machine. Never a logical error.
 #[derive(Debug, thiserror::Error)]
@@ -46,8 +60,10 @@ pub trait Engine: Send + Sync + 'static {
     fn scan(&self, start: &[u8], end: Option<&[u8]>) -> Box<dyn Iterator<Item = ScanItem> + '_>;
     /// Applies the whole batch atomically.
     fn write(&self, batch: Batch) -> Result<(), EngineError>;
-    /// Returns once every write made before the call is durable.
-    fn flush(&self) -> Result<(), EngineError>;
+    /// Every pair as of the call, unchanged by later writes.
+    fn snapshot(&self) -> Result<SnapshotData, EngineError>;
+    /// Replaces every pair by the snapshot's, atomically.
+    fn install(&self, snap: SnapshotData) -> Result<(), EngineError>;
 }
 
 /// A type-erased engine, so that callers (and the types they name) need not be
@@ -67,59 +83,53 @@ impl Engine for Box<dyn Engine> {
         (**self).write(batch)
     }
 
-    fn flush(&self) -> Result<(), EngineError> {
-        (**self).flush()
+    fn snapshot(&self) -> Result<SnapshotData, EngineError> {
+        (**self).snapshot()
+    }
+
+    fn install(&self, snap: SnapshotData) -> Result<(), EngineError> {
+        (**self).install(snap)
     }
 }
 
-/// An in-memory engine for tests and simulation. `flush` is a no-op.
+/// A byte string as the map holds it: cloning one is a reference count.
+pub(crate) type Bytes = Arc<[u8]>;
+
+/// The map itself; clones share their nodes.
+pub(crate) type Map = OrdMap<Bytes, Bytes>;
+
+/// The engine: a persistent ordered map in memory (see the module doc).
 #[derive(Debug, Default)]
 pub struct MemEngine {
-    map: RwLock<BTreeMap<Vec<u8>, Vec<u8>>>,
+    map: RwLock<Map>,
 }
 
-/// How many pairs a [`MemEngine`] scan copies per lock acquisition: bounded memory
-/// for a bounded read, and no lock held while the caller consumes the iterator.
+/// The most pairs a scan copies out at once. A scan starts with a few (most
+/// reads want one key or a handful) and doubles up to this.
 const SCAN_CHUNK: usize = 256;
+const FIRST_SCAN_CHUNK: usize = 8;
 
 impl MemEngine {
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Copies up to [`SCAN_CHUNK`] pairs of `(after, end)` (or from `start` when
-    /// `after` is `None`) under the read lock.
-    fn chunk(
-        &self,
-        start: &[u8],
-        after: Option<&[u8]>,
-        end: Option<&[u8]>,
-    ) -> Result<Pairs, EngineError> {
-        use std::ops::Bound;
-        let map = self.map.read().map_err(|_| poisoned())?;
-        let lower = match after {
-            Some(k) => Bound::Excluded(k),
-            None => Bound::Included(start),
-        };
-        let upper = match end {
-            Some(e) => Bound::Excluded(e),
-            None => Bound::Unbounded,
-        };
-        if !bounds_ordered(lower, upper) {
-            return Ok(Vec::new());
+    /// The engine holding exactly the snapshot's pairs.
+    pub fn from_snapshot(snap: SnapshotData) -> Self {
+        MemEngine {
+            map: RwLock::new(snap.into_map()),
         }
-        let pairs = map
-            .range::<[u8], _>((lower, upper))
-            .take(SCAN_CHUNK)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        Ok(pairs)
+    }
+
+    /// A copy of the map: one reference count, under the read lock.
+    fn current(&self) -> Result<Map, EngineError> {
+        Ok(self.map.read().map_err(|_| poisoned())?.clone())
     }
 }
 
 /// `BTreeMap::range` panics on an inverted or empty-excluded range; such a range
 /// simply holds nothing.
-fn bounds_ordered(lower: std::ops::Bound<&[u8]>, upper: std::ops::Bound<&[u8]>) -> bool {
+fn bounds_ordered(lower: Bound<&[u8]>, upper: Bound<&[u8]>) -> bool {
     use std::ops::Bound::{Excluded, Included, Unbounded};
     match (lower, upper) {
         (_, Unbounded) | (Unbounded, _) => true,
@@ -131,78 +141,99 @@ fn bounds_ordered(lower: std::ops::Bound<&[u8]>, upper: std::ops::Bound<&[u8]>) 
 }
 
 fn poisoned() -> EngineError {
-    EngineError("memory engine lock poisoned".into())
+    EngineError("engine lock poisoned".into())
 }
 
 impl Engine for MemEngine {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
         let map = self.map.read().map_err(|_| poisoned())?;
-        Ok(map.get(key).cloned())
+        Ok(map.get(key).map(|v| v.to_vec()))
     }
 
     fn scan(&self, start: &[u8], end: Option<&[u8]>) -> Box<dyn Iterator<Item = ScanItem> + '_> {
-        Box::new(MemScan {
-            engine: self,
-            start: start.to_vec(),
-            end: end.map(<[u8]>::to_vec),
-            last: None,
-            buf: std::collections::VecDeque::new(),
-            done: false,
-        })
+        match self.current() {
+            Ok(map) => Box::new(MapScan {
+                map,
+                start: start.to_vec(),
+                end: end.map(<[u8]>::to_vec),
+                last: None,
+                buf: std::collections::VecDeque::new(),
+                chunk: FIRST_SCAN_CHUNK,
+                done: false,
+            }),
+            Err(e) => Box::new(std::iter::once(Err(e))),
+        }
     }
 
     fn write(&self, batch: Batch) -> Result<(), EngineError> {
         let mut map = self.map.write().map_err(|_| poisoned())?;
         for (key, value) in batch.ops {
             match value {
-                Some(v) => map.insert(key, v),
-                None => map.remove(&key),
+                Some(v) => map.insert(Bytes::from(key), Bytes::from(v)),
+                None => map.remove(key.as_slice()),
             };
         }
         Ok(())
     }
 
-    fn flush(&self) -> Result<(), EngineError> {
+    fn snapshot(&self) -> Result<SnapshotData, EngineError> {
+        Ok(SnapshotData::from_map(self.current()?))
+    }
+
+    fn install(&self, snap: SnapshotData) -> Result<(), EngineError> {
+        *self.map.write().map_err(|_| poisoned())? = snap.into_map();
         Ok(())
     }
 }
 
-/// A [`MemEngine`] scan: refills a small buffer, one chunk per lock acquisition,
-/// resuming after the last key it returned.
-struct MemScan<'a> {
-    engine: &'a MemEngine,
+/// A scan over a copy of the map taken when it began: it sees one state
+/// whatever is written meanwhile, and holds no lock. Pairs are copied out a
+/// chunk at a time, resuming after the last key returned.
+struct MapScan {
+    map: Map,
     start: Vec<u8>,
     end: Option<Vec<u8>>,
     last: Option<Vec<u8>>,
     buf: std::collections::VecDeque<(Vec<u8>, Vec<u8>)>,
+    chunk: usize,
     done: bool,
 }
 
-impl MemScan<'_> {
-    fn refill(&mut self) -> Result<(), EngineError> {
-        let chunk = self
-            .engine
-            .chunk(&self.start, self.last.as_deref(), self.end.as_deref())?;
-        if chunk.len() < SCAN_CHUNK {
+impl MapScan {
+    fn refill(&mut self) {
+        let lower = match &self.last {
+            Some(k) => Bound::Excluded(k.as_slice()),
+            None => Bound::Included(self.start.as_slice()),
+        };
+        let upper = match &self.end {
+            Some(e) => Bound::Excluded(e.as_slice()),
+            None => Bound::Unbounded,
+        };
+        if !bounds_ordered(lower, upper) {
+            self.done = true;
+            return;
+        }
+        let before = self.buf.len();
+        let pairs = self.map.range::<_, [u8]>((lower, upper)).take(self.chunk);
+        self.buf
+            .extend(pairs.map(|(k, v)| (k.to_vec(), v.to_vec())));
+        let copied = self.buf.len() - before;
+        if copied < self.chunk {
             self.done = true;
         }
-        if let Some((k, _)) = chunk.last() {
-            self.last = Some(k.clone());
+        if copied > 0 {
+            self.last = self.buf.back().map(|(k, _)| k.clone());
         }
-        self.buf.extend(chunk);
-        Ok(())
+        self.chunk = (self.chunk * 2).min(SCAN_CHUNK);
     }
 }
 
-impl Iterator for MemScan<'_> {
+impl Iterator for MapScan {
     type Item = ScanItem;
 
     fn next(&mut self) -> Option<ScanItem> {
         if self.buf.is_empty() && !self.done {
-            if let Err(e) = self.refill() {
-                self.done = true;
-                return Some(Err(e));
-            }
+            self.refill();
         }
         self.buf.pop_front().map(Ok)
     }
@@ -255,16 +286,21 @@ mod tests {
     }
 
     #[test]
-    fn scan_does_not_hold_the_lock_while_iterating() {
+    fn scan_sees_the_state_it_began_in_and_holds_no_lock() {
         let engine = engine_with((0..600u32).map(|i| i.to_be_bytes().to_vec()));
         let mut seen = 0;
         for item in engine.scan(&[], None) {
             item.expect("scan");
-            // A writer between items would deadlock if the scan held the lock.
-            engine.write(Batch::default()).expect("write");
+            // A writer between items would deadlock if the scan held the lock,
+            // and the scan would see the new keys if it read the live map.
+            let mut batch = Batch::default();
+            batch.put(vec![0xff, seen as u8], Vec::new());
+            batch.delete(599u32.to_be_bytes().to_vec());
+            engine.write(batch).expect("write");
             seen += 1;
         }
         assert_eq!(seen, 600);
+        assert_eq!(engine.get(&599u32.to_be_bytes()).expect("get"), None);
     }
 
     #[test]
@@ -282,7 +318,34 @@ mod tests {
             .collect::<Result<_, _>>()
             .expect("scan");
         assert_eq!(keys, vec![b"b".to_vec()]);
-        engine.flush().expect("flush");
+        let snap = engine.snapshot().expect("snapshot");
+        engine.install(SnapshotData::default()).expect("install");
+        assert_eq!(engine.get(b"c").expect("get"), None);
+        engine.install(snap).expect("install");
+        assert_eq!(engine.get(b"c").expect("get"), Some(b"3".to_vec()));
+    }
+
+    #[test]
+    fn a_snapshot_is_not_changed_by_later_writes() {
+        let engine = engine_with([b"a".to_vec(), b"b".to_vec()]);
+        let snap = engine.snapshot().expect("snapshot");
+        let mut batch = Batch::default();
+        batch.put(b"a".to_vec(), b"changed".to_vec());
+        batch.delete(b"b".to_vec());
+        batch.put(b"c".to_vec(), b"new".to_vec());
+        engine.write(batch).expect("write");
+        let pairs: Vec<_> = snap
+            .pairs()
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect();
+        assert_eq!(
+            pairs,
+            vec![
+                (b"a".to_vec(), b"a".to_vec()),
+                (b"b".to_vec(), b"b".to_vec())
+            ]
+        );
+        assert_eq!(snap.len(), 2);
     }
 
     #[test]
@@ -296,6 +359,5 @@ mod tests {
         engine.write(batch).expect("write");
         assert_eq!(engine.get(b"k").expect("get"), Some(b"2".to_vec()));
         assert_eq!(engine.get(b"gone").expect("get"), None);
-        engine.flush().expect("flush");
     }
 }

@@ -8,7 +8,7 @@
 //! last applied entry.
 
 use crate::command::{Command, Response};
-use crate::engine::{Batch, Engine, EngineError};
+use crate::engine::{Engine, EngineError};
 use crate::error::Fail;
 use crate::handlers::{self, DeliveryFailure, EventType, HandlerDef, HandlerEvent};
 use crate::history;
@@ -250,23 +250,15 @@ impl<E: Engine> StateMachine<E> {
         self.decode_all(layout::MEMBER, usize::MAX)
     }
 
-    /// Every pair of the engine, in key order.
+    /// Every pair of the engine, frozen: later applies do not change it.
     pub fn snapshot(&self) -> Result<SnapshotData, EngineError> {
-        let pairs = self.engine.scan(&[], None).collect::<Result<_, _>>()?;
-        Ok(SnapshotData { pairs })
+        self.engine.snapshot()
     }
 
     /// Replaces the whole engine content by `snap`, atomically.
     pub fn install(&mut self, snap: SnapshotData) -> Result<(), EngineError> {
         let revision = layout::read_revision(snap.get(layout::REVISION))?;
-        let mut batch = Batch::default();
-        for item in self.engine.scan(&[], None) {
-            batch.delete(item?.0);
-        }
-        for (key, value) in snap.pairs {
-            batch.put(key, value);
-        }
-        self.engine.write(batch)?;
+        self.engine.install(snap)?;
         self.revision = revision;
         Ok(())
     }

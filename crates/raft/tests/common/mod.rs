@@ -28,10 +28,10 @@ impl ApplyObserver for Recorder {
     }
 }
 
-/// Opens the storage in `dir` (a real directory, never sled's temporary mode) on
-/// the blocking pool, with a small cache. A store dropped just before may
-/// still hold sled's file lock for a moment (its flusher threads end on their
-/// own), so a busy lock is tried again for up to 10 s.
+/// Opens the storage in `dir` (a real directory) on the blocking pool. A store
+/// dropped just before may still hold the data dir's lock for a moment (a
+/// task of it may not have ended yet), so a busy lock is tried again for up
+/// to 10 s.
 pub async fn open(dir: &Path, observer: Arc<Recorder>) -> Storage {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
@@ -46,7 +46,7 @@ pub async fn open(dir: &Path, observer: Arc<Recorder>) -> Storage {
         {
             Ok(storage) => return storage,
             Err(e)
-                if e.to_string().contains("could not acquire lock")
+                if e.to_string().contains("in use by another process")
                     && std::time::Instant::now() < deadline =>
             {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;

@@ -22,7 +22,7 @@ pub const API_VERSION: &str = "3.5.0";
 type SnapshotStream =
     Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send + 'static>>;
 
-/// Bytes used by the files below `dir` (sled's data, log and snapshots).
+/// Bytes used by the files below `dir` (the WAL and the snapshot files).
 fn dir_size(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;

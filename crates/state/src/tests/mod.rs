@@ -210,9 +210,8 @@ fn keys(list: &[&str]) -> Vec<Vec<u8>> {
 /// Engine keys under `prefix` (to check indexes are cleaned up).
 fn engine_keys(sm: &Machine, prefix: &[u8]) -> Vec<Vec<u8>> {
     let snap = sm.snapshot().expect("snapshot");
-    snap.pairs
-        .into_iter()
-        .map(|(k, _)| k)
+    snap.pairs()
+        .map(|(k, _)| k.to_vec())
         .filter(|k| k.starts_with(prefix))
         .collect()
 }
@@ -838,8 +837,11 @@ impl Engine for Watched {
         self.writes.fetch_add(1, Ordering::SeqCst);
         self.inner.write(batch)
     }
-    fn flush(&self) -> Result<(), EngineError> {
-        self.inner.flush()
+    fn snapshot(&self) -> Result<SnapshotData, EngineError> {
+        self.inner.snapshot()
+    }
+    fn install(&self, snap: SnapshotData) -> Result<(), EngineError> {
+        self.inner.install(snap)
     }
 }
 
@@ -874,7 +876,11 @@ fn meta_is_written_also_on_an_error_response() {
     );
     assert_eq!(sm.meta(b"applied").expect("meta"), Some(b("7")));
     let snap = sm.snapshot().expect("snapshot");
-    assert_eq!(snap.pairs, vec![(b("m/applied"), b("7"))]);
+    let pairs: Vec<_> = snap
+        .pairs()
+        .map(|(k, v)| (k.to_vec(), v.to_vec()))
+        .collect();
+    assert_eq!(pairs, vec![(b("m/applied"), b("7"))]);
 }
 
 #[test]
