@@ -643,6 +643,70 @@ fn repeated_failovers_do_not_keep_a_dead_lease_alive() {
 /// Leases granted concurrently through every node reach the leader together and
 /// are committed in shared log entries: each must still get its own clock (be
 /// renewable) and expire with its keys.
+/// Concurrent writes through a follower travel to the leader together; each
+/// still gets its own revision and its own answer, an error included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_through_a_follower_get_their_own_revisions_and_answers() {
+    const PUTS: usize = 200;
+    let c = Cluster::start(3);
+    let ch = c.channel(c.followers()[0]).await;
+    let start = KvClient::new(ch.clone())
+        .range(RangeRequest {
+            key: b"x".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("range")
+        .into_inner()
+        .header
+        .expect("header")
+        .revision;
+    let put = |key: String, lease: i64| {
+        let mut kv = KvClient::new(ch.clone());
+        tokio::spawn(async move {
+            kv.put(PutRequest {
+                key: key.into_bytes(),
+                value: b"v".to_vec(),
+                lease,
+                ..Default::default()
+            })
+            .await
+        })
+    };
+    let puts: Vec<_> = (0..PUTS).map(|n| put(format!("/fb/{n:03}"), 0)).collect();
+    // Among them, one put on a lease that does not exist.
+    let bad = put("/fb/bad".into(), 0x7eadbeef);
+    let mut revisions = BTreeSet::new();
+    for p in puts {
+        let r = p.await.expect("task").expect("put").into_inner();
+        revisions.insert(r.header.expect("header").revision);
+    }
+    let err = bad
+        .await
+        .expect("task")
+        .expect_err("a put on an unknown lease");
+    assert_eq!(err.message(), "etcdserver: requested lease not found");
+    let want: BTreeSet<i64> = (start + 1..=start + PUTS as i64).collect();
+    assert_eq!(
+        revisions, want,
+        "one revision per put, none shared or skipped"
+    );
+    let all = KvClient::new(ch)
+        .range(RangeRequest {
+            key: b"/fb/".to_vec(),
+            range_end: b"/fb0".to_vec(),
+            count_only: true,
+            ..Default::default()
+        })
+        .await
+        .expect("range")
+        .into_inner();
+    assert_eq!(
+        all.count, PUTS as i64,
+        "every put is there, the bad one is not"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_granted_concurrently_are_kept_alive_and_expire() {
     const LEASES: usize = 60;

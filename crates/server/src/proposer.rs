@@ -127,7 +127,7 @@ async fn write(raft: &Raft, command: Command) -> Result<Response, ProposeError> 
 }
 
 /// Bytes a command adds to an entry, roughly: what dominates is keys and values.
-fn approx_size(command: &Command) -> usize {
+pub(crate) fn approx_size(command: &Command) -> usize {
     match command {
         Command::Put(put) => put.key.len() + put.value.len() + 32,
         Command::Txn(txn) => bincode::serialized_size(txn).map_or(64, |n| n as usize),

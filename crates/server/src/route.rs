@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use crate::batch::next_batch;
 use crate::health::{HealthChecker, Report, ReportError};
 use crate::lessor::{Lessor, LessorError};
-use crate::proposer::{ProposeError, Proposer};
+use crate::proposer::{approx_size, ProposeError, Proposer};
 
 /// How long a request waits for a leader before answering "no leader".
 const LEADER_WAIT: Duration = Duration::from_secs(5);
@@ -71,6 +71,10 @@ pub enum Forwarded {
         report: Report,
         output: String,
     },
+    /// Proposals gathered on one node, answered one by one
+    /// ([`ForwardReply::Each`]). Not idempotent, like `Propose`. Last, so the
+    /// variants before it keep their encoding.
+    Proposals(Vec<Command>),
 }
 
 /// The leader's answer to a [`Forwarded`] request.
@@ -85,6 +89,11 @@ enum ForwardReply {
     /// The receiver is not the leader (any more): try again.
     NotLeader,
     Failed(RouteError),
+    /// One reply per command of `Proposals`, in order: `Applied`, or
+    /// `NotLeader` for a command the leader did not take (it lost leadership
+    /// first; the command was not appended, so it may be sent again), or
+    /// `Failed`.
+    Each(Vec<ForwardReply>),
 }
 
 /// Routes requests to the leader. Cheap to clone.
@@ -96,10 +105,19 @@ pub struct Router {
     proposer: Proposer,
     health: HealthChecker,
     keepalives: mpsc::UnboundedSender<PendingKeepalive>,
+    proposals: mpsc::UnboundedSender<PendingProposal>,
     peers: PeerClients,
 }
 
 type PendingKeepalive = (i64, oneshot::Sender<Result<i64, RouteError>>);
+type PendingProposal = (Command, oneshot::Sender<Result<Response, RouteError>>);
+
+/// Batches of proposals on their way from a follower to the leader at once.
+const PROPOSALS_IN_FLIGHT: usize = 4;
+/// Most proposals carried by one forward.
+const PROPOSAL_BATCH: usize = 1_000;
+/// Rough byte budget of one forward of proposals.
+const PROPOSAL_BATCH_BYTES: usize = 1024 * 1024;
 
 /// Keepalive batches on their way to the leader at once.
 const KEEPALIVES_IN_FLIGHT: usize = 8;
@@ -113,7 +131,7 @@ enum Leader {
 }
 
 impl Router {
-    /// Creates the router and starts its keepalive batching task.
+    /// Creates the router and starts its keepalive and proposal batching tasks.
     pub fn new(
         id: NodeId,
         raft: Raft,
@@ -123,6 +141,7 @@ impl Router {
         transport: Arc<dyn Transport>,
     ) -> Self {
         let (keepalives, queue) = mpsc::unbounded_channel();
+        let (proposals, proposal_queue) = mpsc::unbounded_channel();
         let router = Router {
             id,
             proposer,
@@ -130,15 +149,33 @@ impl Router {
             raft,
             lessor,
             keepalives,
+            proposals,
             peers: PeerClients::new(transport),
         };
         tokio::spawn(router.clone().forward_keepalives(queue));
+        tokio::spawn(router.clone().forward_proposals(proposal_queue));
         router
     }
 
     /// Commits `command` through the leader and returns its applied response.
+    /// On a follower, proposals of concurrent callers travel to the leader
+    /// together.
     pub async fn propose(&self, command: Command) -> Result<Response, RouteError> {
-        self.route(Forwarded::Propose(command))
+        if !matches!(self.leader(), Some(Leader::Remote(..))) {
+            return self.propose_one(command).await;
+        }
+        let (reply, answer) = oneshot::channel();
+        self.proposals
+            .send((command, reply))
+            .map_err(|_| RouteError::Unavailable("router stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| RouteError::Unavailable("router stopped".into()))?
+    }
+
+    /// Routes one proposal on its own.
+    async fn propose_one(&self, command: Command) -> Result<Response, RouteError> {
+        self.route(&Forwarded::Propose(command))
             .await
             .and_then(|r| match r {
                 ForwardReply::Applied(resp) => Ok(resp),
@@ -146,9 +183,64 @@ impl Router {
             })
     }
 
+    /// Sends queued proposals to the leader in batches, a few batches at once.
+    async fn forward_proposals(self, mut queue: mpsc::UnboundedReceiver<PendingProposal>) {
+        let slots = Arc::new(Semaphore::new(PROPOSALS_IN_FLIGHT));
+        let size = |p: &PendingProposal| approx_size(&p.0);
+        loop {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let batch = next_batch(&mut queue, PROPOSAL_BATCH, PROPOSAL_BATCH_BYTES, size).await;
+            let Some(batch) = batch else {
+                return;
+            };
+            let router = self.clone();
+            tokio::spawn(async move {
+                router.forward_batch(batch).await;
+                drop(slot);
+            });
+        }
+    }
+
+    /// Forwards one batch of proposals and answers each. A single proposal
+    /// goes as `Propose`; a command the leader did not take (`NotLeader`) is
+    /// routed again on its own.
+    async fn forward_batch(&self, mut batch: Vec<PendingProposal>) {
+        if batch.len() == 1 {
+            if let Some((command, reply)) = batch.pop() {
+                let _ = reply.send(self.propose_one(command).await);
+            }
+            return;
+        }
+        let (commands, replies): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
+        let request = Forwarded::Proposals(commands);
+        let answers = match self.route(&request).await {
+            Ok(ForwardReply::Each(answers)) if answers.len() == replies.len() => answers,
+            Ok(other) => return fail_all(replies, unexpected(other)),
+            Err(e) => return fail_all(replies, e),
+        };
+        let Forwarded::Proposals(commands) = request else {
+            return fail_all(replies, RouteError::Unknown("request changed".into()));
+        };
+        let results = answers
+            .into_iter()
+            .zip(commands)
+            .map(|(answer, command)| async move {
+                match answer {
+                    ForwardReply::Applied(response) => Ok(response),
+                    ForwardReply::NotLeader => self.propose_one(command).await,
+                    other => Err(unexpected(other)),
+                }
+            });
+        for (reply, result) in replies.into_iter().zip(join_all(results).await) {
+            let _ = reply.send(result);
+        }
+    }
+
     /// Returns once a read of the local state machine is linearizable.
     pub async fn linearize(&self) -> Result<(), RouteError> {
-        let index = match self.route(Forwarded::ReadIndex).await? {
+        let index = match self.route(&Forwarded::ReadIndex).await? {
             ForwardReply::ReadIndex(index) => index,
             other => return Err(unexpected(other)),
         };
@@ -175,7 +267,7 @@ impl Router {
             report,
             output: output.to_string(),
         };
-        match self.route(request).await? {
+        match self.route(&request).await? {
             ForwardReply::Health(answer) => Ok(answer),
             other => Err(unexpected(other)),
         }
@@ -208,7 +300,7 @@ impl Router {
             tokio::spawn(async move {
                 let (ids, replies): (Vec<i64>, Vec<_>) = batch.into_iter().unzip();
                 let count = ids.len();
-                let answers = match router.route(Forwarded::KeepAlives(ids)).await {
+                let answers = match router.route(&Forwarded::KeepAlives(ids)).await {
                     Ok(ForwardReply::Ttls(ttls)) if ttls.len() == count => {
                         ttls.into_iter().map(Ok).collect()
                     }
@@ -225,7 +317,7 @@ impl Router {
 
     /// Remaining and granted TTL of a lease, from the leader's clock.
     pub async fn remaining(&self, id: i64) -> Result<Option<(i64, i64)>, RouteError> {
-        match self.route(Forwarded::Remaining(id)).await? {
+        match self.route(&Forwarded::Remaining(id)).await? {
             ForwardReply::Remaining(r) => Ok(r),
             other => Err(unexpected(other)),
         }
@@ -233,10 +325,10 @@ impl Router {
 
     /// Sends `request` to the leader (or serves it here), retrying while the
     /// leadership moves, until [`LEADER_WAIT`] has passed.
-    async fn route(&self, request: Forwarded) -> Result<ForwardReply, RouteError> {
+    async fn route(&self, request: &Forwarded) -> Result<ForwardReply, RouteError> {
         let deadline = tokio::time::Instant::now() + LEADER_WAIT;
-        let payload = encode(&request)?;
-        let idempotent = !matches!(request, Forwarded::Propose(_));
+        let payload = encode(request)?;
+        let idempotent = !matches!(request, Forwarded::Propose(_) | Forwarded::Proposals(_));
         let timeout = if idempotent {
             RETRY_TIMEOUT
         } else {
@@ -244,7 +336,7 @@ impl Router {
         };
         loop {
             let reply = match self.leader() {
-                Some(Leader::Local) => self.serve(&request).await,
+                Some(Leader::Local) => self.serve(request).await,
                 Some(Leader::Remote(id, member)) => self.send(id, &member, &payload, timeout).await,
                 None => ForwardReply::NotLeader,
             };
@@ -295,6 +387,11 @@ impl Router {
     async fn serve(&self, request: &Forwarded) -> ForwardReply {
         match request {
             Forwarded::Propose(command) => self.write_local(command.clone()).await,
+            Forwarded::Proposals(commands) => {
+                // Queued together, they land in one proposer batch.
+                let writes = commands.iter().map(|c| self.write_local(c.clone()));
+                ForwardReply::Each(join_all(writes).await)
+            }
             Forwarded::KeepAlives(ids) => {
                 // Queued together, they land in one lessor batch.
                 let answers = join_all(ids.iter().map(|id| self.lessor.keepalive(*id))).await;
@@ -371,6 +468,13 @@ impl Router {
 /// What a routed request waits to change before it tries again.
 fn leadership(m: &RaftMetrics<NodeId, Member>) -> (Option<NodeId>, u64, ServerState) {
     (m.current_leader, m.current_term, m.state)
+}
+
+/// Answers every waiting caller with the same error.
+fn fail_all<T>(replies: Vec<oneshot::Sender<Result<T, RouteError>>>, e: RouteError) {
+    for reply in replies {
+        let _ = reply.send(Err(e.clone()));
+    }
 }
 
 fn lessor_reply(e: LessorError) -> ForwardReply {
