@@ -5,11 +5,14 @@
 # markdown table (workload, command, Roster, etcd, ratio) with the machine,
 # the versions and the date, to stdout and to OUT.
 #
-#   scripts/bench-compare.sh [--quick] [OUT]    # OUT: target/bench-compare.md
+#   scripts/bench-compare.sh [--quick] [--only REGEX] [OUT]
+#                                               # OUT: target/bench-compare.md
 #
 # --quick runs tiny totals (a smoke run of a minute or two); the figures mean
 # little. Without it a run takes the better part of an hour (scale grants a
-# million leases on each cluster).
+# million leases on each cluster). --only runs just the rows whose name
+# matches the extended regex (e.g. 'put, 64|keepalive'); the groups without
+# such a row start no clusters.
 #
 # Environment:
 #   ROSTER_BASE_PORT  Roster client ports P, P+20000, P+30000, peers +1 (14379)
@@ -25,10 +28,13 @@
 # reads the leader's pid from BENCH_DIR/pids/<client port>.pid.
 set -euo pipefail
 
-quick=0 out=
-for arg in "$@"; do
+quick=0 out= only=
+while (($#)); do
+  arg=$1
+  shift
   case $arg in
     --quick) quick=1 ;;
+    --only) only=${1:?--only needs a regex}; shift ;;
     -h | --help) sed -n '2,/^set -e/p' "$0" | sed 's/^# \{0,1\}//;$d'; exit 0 ;;
     -*) echo "unknown flag $arg" >&2; exit 2 ;;
     *) out=$arg ;;
@@ -109,7 +115,9 @@ stop_clusters() {
   fi
 }
 trap stop_clusters EXIT
-fresh_clusters() { stop_clusters; start_roster; start_etcd; }
+# Fresh clusters for the next row that runs (none if no row of the group runs).
+need_fresh=0
+fresh_clusters() { need_fresh=1; }
 
 # --- measuring --------------------------------------------------------------
 
@@ -161,6 +169,13 @@ rows=()
 row() { # NAME METRIC ARGS...: one workload on both clusters
   local name=$1 metric=$2 r e hr he ratio
   shift 2
+  [[ -z $only || $name =~ $only ]] || return 0
+  if ((need_fresh)); then
+    stop_clusters
+    start_roster
+    start_etcd
+    need_fresh=0
+  fi
   r=$(measure "$name" roster "$R" "$(IFS=,; echo "${roster_pids[*]}")" "$@")
   e=$(measure "$name" etcd "$E" "$(cat "$work"/etcd/e?.pid | paste -sd,)" "$@")
   hr=$(headline "$metric" "$work/out/$name.roster.txt")

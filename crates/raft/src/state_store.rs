@@ -18,7 +18,9 @@
 //! (see `state_backend`): snapshot files on a real node, memory in tests.
 //!
 //! Calling context: openraft calls these methods from its state-machine worker, a
-//! task on the caller's tokio runtime. On a real node, storage work runs under
+//! task on the caller's tokio runtime. Apply runs inline there: it changes the
+//! map in memory and writes nothing. On a real node, the other storage work
+//! (encoding, saving and loading snapshots) runs under
 //! `spawn_blocking` rather than `block_in_place`, because `block_in_place`
 //! panics on a current-thread runtime (`#[tokio::test]`) and would also stall
 //! every other task sharing the worker thread while it runs. With memory it
@@ -95,10 +97,6 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StateStoreE
 
 fn read_sm_err(e: StateStoreError) -> StorageError<NodeId> {
     StorageIOError::read_state_machine(AnyError::new(&e)).into()
-}
-
-fn write_sm_err(e: StateStoreError) -> StorageError<NodeId> {
-    StorageIOError::write_state_machine(AnyError::new(&e)).into()
 }
 
 fn read_snapshot_err(e: StateStoreError) -> StorageError<NodeId> {
@@ -321,16 +319,12 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let entries: Vec<_> = entries.into_iter().collect();
-        let this = self.clone();
-        let task = self.backend.run(move || {
-            entries
-                .into_iter()
-                .map(|entry| this.apply_one(entry))
-                .collect::<Result<Vec<_>, _>>()
-        });
-        task.await
-            .map_err(|e| write_sm_err(StateStoreError::Task(e)))?
+        // Inline on the state-machine worker: applying is a few map updates
+        // in memory, cheaper than handing the batch to another thread.
+        entries
+            .into_iter()
+            .map(|entry| self.apply_one(entry))
+            .collect::<Result<Vec<_>, _>>()
             .map_err(apply_err)
     }
 

@@ -18,8 +18,11 @@
 //!   it while this node loses leadership and wins again, and under the new
 //!   term's clocks (which may have renewed the lease since) it must change
 //!   nothing. Answers about a past term never touch the current clocks.
-//! - Long leases are checkpointed through the log every interval (rule 5), so
-//!   repeated failovers cannot keep a dead holder's lease alive.
+//! - Long leases are checkpointed through the log (rule 5), so repeated
+//!   failovers cannot keep a dead holder's lease alive: every half interval,
+//!   those no keepalive renewed for half an interval, so a stopped holder's
+//!   lease is checkpointed within one interval, and a lease kept alive often
+//!   never is (nor do its keepalives wait for a renewal record).
 //!
 //! Deadlines are never extended past their passing: a keepalive for a lease whose
 //! deadline has passed answers TTL 0 (it is expiring), as etcd answers for an
@@ -82,6 +85,11 @@ pub struct LessorConfig {
 struct Clock {
     ttl: i64,
     deadline: Instant,
+    /// When the lease's one heap entry is due: at or before `deadline`. A
+    /// renewal only moves `deadline`; the entry is pushed again, at the new
+    /// deadline, when it comes up (so the heap holds one entry per lease,
+    /// however many keepalives arrive).
+    scheduled: Instant,
     /// The log holds a checkpoint of this lease not followed by `LeaseRenewed`.
     checkpointed: bool,
     /// A `LeaseExpire` for it is in flight.
@@ -103,6 +111,7 @@ impl Clocks {
             Clock {
                 ttl,
                 deadline,
+                scheduled: deadline,
                 checkpointed,
                 expiring: false,
             },
@@ -110,11 +119,30 @@ impl Clocks {
         self.heap.push(Reverse((deadline, id)));
     }
 
-    /// The earliest live deadline, dropping heap entries that no longer match.
+    /// Puts a live lease back on the heap, due now (its expiry did not commit).
+    fn due_now(&mut self, id: i64, now: Instant) {
+        if let Some(clock) = self.leases.get_mut(&id) {
+            clock.expiring = false;
+            clock.deadline = now;
+            clock.scheduled = now;
+            self.heap.push(Reverse((now, id)));
+        }
+    }
+
+    /// The earliest live deadline. Drops heap entries that no longer belong to
+    /// a lease, and moves those of renewed leases to their new deadline.
     fn next_deadline(&mut self) -> Option<Instant> {
         while let Some(Reverse((at, id))) = self.heap.peek().copied() {
-            match self.leases.get(&id) {
-                Some(clock) if clock.deadline == at && !clock.expiring => return Some(at),
+            match self.leases.get_mut(&id) {
+                Some(clock) if clock.scheduled == at && !clock.expiring => {
+                    if clock.deadline == at {
+                        return Some(at);
+                    }
+                    clock.scheduled = clock.deadline;
+                    let moved = clock.deadline;
+                    self.heap.pop();
+                    self.heap.push(Reverse((moved, id)));
+                }
                 _ => {
                     self.heap.pop();
                 }
@@ -455,11 +483,7 @@ impl Lessor {
         };
         let now = Instant::now();
         for id in ids {
-            if let Some(clock) = clocks.leases.get_mut(&id) {
-                clock.expiring = false;
-                clock.deadline = now;
-                clocks.heap.push(Reverse((now, id)));
-            }
+            clocks.due_now(id, now);
         }
     }
 
@@ -573,18 +597,26 @@ impl Lessor {
         }
     }
 
-    /// Every interval, records the remaining TTL of leases longer than it, a
-    /// chunk per log entry, [`CHECKPOINT_PAUSE`] apart. The keepalive order lock
-    /// is held for one chunk at a time (its remaining TTLs are read under it),
-    /// not for the whole pass: with 100,000 leases a pass is a hundred commits,
-    /// and keepalives held back for all of them waited seconds.
+    /// Every half interval, records the remaining TTL of the leases longer
+    /// than the interval that no keepalive renewed for half an interval, a
+    /// chunk per log entry, [`CHECKPOINT_PAUSE`] apart. A holder that stopped
+    /// is so checkpointed within one interval of its last keepalive, the bound
+    /// of rule 5, while a lease kept alive more often than every half interval
+    /// is never checkpointed and its keepalives never wait for a `LeaseRenewed`
+    /// commit. (A live lease needs no checkpoint: a new leader giving it its
+    /// full TTL is what its holder was promised anyway.)
+    ///
+    /// The keepalive order lock is held for one chunk at a time (its remaining
+    /// TTLs are read under it), not for the whole pass: with 100,000 leases a
+    /// pass is a hundred commits, and keepalives held back for all of them
+    /// waited seconds.
     async fn checkpoint_loop(self) {
         let every = self.inner.config.checkpoint_interval;
-        let mut tick = tokio::time::interval(every);
+        let mut tick = tokio::time::interval(every / 2);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let Some((term, ids)) = self.long_leases(every) else {
+            let Some((term, ids)) = self.idle_long_leases(every) else {
                 continue;
             };
             for (n, chunk) in ids.chunks(CHECKPOINT_BATCH).enumerate() {
@@ -607,15 +639,21 @@ impl Lessor {
         }
     }
 
-    /// The leases longer than `every` (in id order), with the term of the
-    /// clocks they come from; `None` when not primary.
-    fn long_leases(&self, every: Duration) -> Option<(u64, Vec<i64>)> {
+    /// The leases longer than `every` not renewed for `every / 2` (in id
+    /// order), with the term of the clocks they come from; `None` when not
+    /// primary.
+    fn idle_long_leases(&self, every: Duration) -> Option<(u64, Vec<i64>)> {
         let clocks = self.clocks();
         let term = clocks.term?;
+        let now = Instant::now();
         let mut ids: Vec<i64> = clocks
             .leases
             .iter()
-            .filter(|(_, c)| !c.expiring && ttl_duration(c.ttl) > every)
+            .filter(|(_, c)| {
+                let ttl = ttl_duration(c.ttl);
+                // Last renewed at `deadline - ttl` (or started then, at takeover).
+                !c.expiring && ttl > every && c.deadline + every / 2 <= now + ttl
+            })
             .map(|(id, _)| *id)
             .collect();
         ids.sort_unstable();
@@ -647,11 +685,8 @@ fn renew(clocks: &mut Clocks, id: i64, now: Instant) -> i64 {
     if clock.expiring || clock.deadline <= now {
         return 0;
     }
-    let ttl = clock.ttl;
-    clock.deadline = now + ttl_duration(ttl);
-    let deadline = clock.deadline;
-    clocks.heap.push(Reverse((deadline, id)));
-    ttl
+    clock.deadline = now + ttl_duration(clock.ttl);
+    clock.ttl
 }
 
 fn ttl_duration(ttl: i64) -> Duration {
@@ -661,4 +696,60 @@ fn ttl_duration(ttl: i64) -> Duration {
 fn ceil_secs(d: Duration) -> i64 {
     let ms = d.as_millis() as i64;
     (ms + 999) / 1000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clocks_with(leases: &[(i64, u64)], start: Instant) -> Clocks {
+        let mut clocks = Clocks {
+            term: Some(1),
+            ..Clocks::default()
+        };
+        for &(id, ttl) in leases {
+            clocks.set(id, ttl as i64, start + Duration::from_secs(ttl), false);
+        }
+        clocks
+    }
+
+    #[test]
+    fn renewals_keep_one_heap_entry_per_lease() {
+        let start = Instant::now();
+        let mut clocks = clocks_with(&[(1, 10), (2, 20)], start);
+        for n in 1..=1_000u64 {
+            let at = start + Duration::from_millis(n);
+            assert_eq!(renew(&mut clocks, 1, at), 10);
+            assert_eq!(renew(&mut clocks, 2, at), 20);
+        }
+        assert_eq!(clocks.heap.len(), 2, "renewals push nothing");
+        // The entry of lease 1 comes up at its first deadline and moves to the
+        // renewed one.
+        let renewed_1 = start + Duration::from_millis(1_000) + Duration::from_secs(10);
+        assert_eq!(clocks.next_deadline(), Some(renewed_1));
+        assert_eq!(clocks.heap.len(), 2);
+        assert!(clocks
+            .take_due(renewed_1 - Duration::from_millis(1))
+            .is_empty());
+        assert_eq!(clocks.take_due(renewed_1), vec![1]);
+        assert_eq!(renew(&mut clocks, 1, renewed_1), 0, "expiring: not renewed");
+    }
+
+    #[test]
+    fn due_leases_come_out_in_deadline_order_and_a_failed_expiry_comes_back() {
+        let start = Instant::now();
+        let mut clocks = clocks_with(&[(3, 30), (1, 10), (2, 20)], start);
+        let later = start + Duration::from_secs(25);
+        assert_eq!(clocks.take_due(later), vec![1, 2]);
+        assert_eq!(
+            clocks.next_deadline(),
+            Some(start + Duration::from_secs(30))
+        );
+        clocks.due_now(2, later);
+        assert_eq!(clocks.take_due(later), vec![2]);
+        // A revoked lease's entry is dropped when it comes up.
+        clocks.leases.remove(&3);
+        assert_eq!(clocks.next_deadline(), None);
+        assert!(clocks.heap.is_empty());
+    }
 }
