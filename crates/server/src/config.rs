@@ -2,11 +2,14 @@
 //! it), and how those settings become openraft's.
 //!
 //! Timing: etcd's `--election-timeout E` becomes openraft's randomized election
-//! timeout in `[E/2, E)`; openraft's leader lease (a follower refuses to vote for
-//! another candidate for `election_timeout_max = E` after a leader's heartbeat)
-//! is what makes rule 2 of DESIGN.md sound. A follower that stops hearing from its
-//! leader campaigns after `E + [E/2, E)`, so with E = 1000 ms failover takes about
-//! 1.5-2 s plus one election round.
+//! timeout in `[E/3, 2E/3)`. openraft's leader lease (a follower refuses to vote
+//! for another candidate for `election_timeout_max = 2E/3` after a leader's
+//! heartbeat) is what makes rule 2 of DESIGN.md sound. A follower that stops
+//! hearing from its leader campaigns after that lease plus its election
+//! timeout, `2E/3 + [E/3, 2E/3)`: between E and 4E/3 after the last heartbeat,
+//! where an etcd follower campaigns between E and 2E. (Until Dec 2026 the
+//! bounds were `[E/2, E)`, so a follower waited 1.5E to 2E and failover took
+//! about twice etcd's.)
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -92,22 +95,29 @@ impl NodeConfig {
         (ms + 999) / 1000
     }
 
+    /// openraft's election timeout bounds, ms: `[E/3, 2E/3)` (see the module doc).
+    fn election_bounds(&self) -> (u64, u64) {
+        let et = self.election_timeout.as_millis() as u64;
+        ((et / 3).max(2), (et * 2 / 3).max(3))
+    }
+
     /// How long after a quorum confirmed our leadership we may still act as leader:
-    /// followers that confirmed will not vote for anyone else for the election
-    /// timeout after the heartbeat; keep a margin for clock drift and scheduling.
+    /// followers that confirmed will not vote for anyone else for openraft's
+    /// leader lease (`election_timeout_max`) after the heartbeat; keep a margin
+    /// for clock drift and scheduling.
     pub fn leader_lease_window(&self) -> Duration {
-        let et = self.election_timeout;
-        (et.saturating_sub(et / 5)).saturating_sub(Duration::from_millis(20))
+        let lease = Duration::from_millis(self.election_bounds().1);
+        (lease.saturating_sub(lease / 5)).saturating_sub(Duration::from_millis(20))
     }
 
     /// The openraft configuration these settings imply.
     pub fn raft_config(&self) -> openraft::Config {
-        let et = self.election_timeout.as_millis() as u64;
+        let (election_min, election_max) = self.election_bounds();
         openraft::Config {
             cluster_name: self.initial_cluster_token.clone(),
             heartbeat_interval: self.heartbeat_interval.as_millis() as u64,
-            election_timeout_min: (et / 2).max(2),
-            election_timeout_max: et.max(3),
+            election_timeout_min: election_min,
+            election_timeout_max: election_max,
             max_payload_entries: 512,
             // etcd's default `--snapshot-count`. A snapshot encodes the whole
             // state (off the apply path, but a full pass over it), and a
@@ -115,6 +125,37 @@ impl NodeConfig {
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(100_000),
             max_in_snapshot_log_to_keep: 1_000,
             ..Default::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A follower campaigns `max + [min, max)` after its leader's last
+    /// heartbeat: between E and 4E/3, as early as etcd's (E to 2E). The
+    /// keepalive window stays inside openraft's leader lease (`max`).
+    #[test]
+    fn followers_campaign_between_one_and_four_thirds_election_timeouts() {
+        let mut config = NodeConfig::single("n", PathBuf::from("unused"));
+        for (et, hb) in [(1000, 100), (500, 50), (300, 60)] {
+            config.election_timeout = Duration::from_millis(et);
+            config.heartbeat_interval = Duration::from_millis(hb);
+            let raft = config.raft_config();
+            let (min, max) = (raft.election_timeout_min, raft.election_timeout_max);
+            assert!(max + min >= et * 99 / 100, "{et}: {min}..{max}");
+            assert!(max + max <= et * 4 / 3, "{et}: {min}..{max}");
+            assert!(raft.heartbeat_interval < min, "{et}: heartbeat {hb}");
+            let window = config.leader_lease_window();
+            assert!(
+                window < Duration::from_millis(max),
+                "{et}: window {window:?}"
+            );
+            assert!(
+                window >= Duration::from_millis(max / 2),
+                "{et}: window {window:?}"
+            );
         }
     }
 }
