@@ -82,6 +82,16 @@ start_roster() {
     echo $! >"$work/pids/$p.pid"
   done
   wait_ready "$R"
+  alive "${roster_pids[@]}"
+}
+
+alive() { # PID...: fail if one exited (e.g. its port was taken: another
+  # cluster would then answer in its place and be measured instead)
+  local pid
+  for pid in "$@"; do
+    kill -0 "$pid" 2>/dev/null ||
+      { echo "process $pid exited at start (logs in $work)" >&2; exit 1; }
+  done
 }
 
 start_etcd() {
@@ -94,6 +104,7 @@ start_etcd() {
     cp "$work/etcd/e$n.pid" "$work/pids/${ep}${n}379.pid"
   done
   wait_ready "$E"
+  alive $(cat "$work"/etcd/e?.pid)
 }
 
 stop_pids() { # PID...: SIGTERM, and SIGKILL to whatever still runs after 10 s
