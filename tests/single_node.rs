@@ -1231,3 +1231,54 @@ fn dev_stops_its_nodes_on_sigterm() {
         );
     }
 }
+
+/// A node whose storage fails under it stops raft, and the process then exits
+/// with an error rather than going on answering from a state it no longer
+/// advances (a status still naming it leader of a term long over). The
+/// failure here: its WAL directory is deleted, so when the 64 MiB segment
+/// fills, the next one cannot be created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_storage_fails_exits_with_an_error() {
+    if is_etcd() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cfg = NodeConfig::new(dir.path(), "n1");
+    let args = cfg.serve_args(&format!("n1={}", cfg.peer_url()), "storage-fails");
+    let mut node = harness::spawn_server(&harness::binary(), &args, &cfg.log_path);
+    let endpoint = format!("127.0.0.1:{}", cfg.client_port);
+    wait_until(Duration::from_secs(20), "the node healthy", || {
+        endpoint_healthy(&endpoint, Duration::from_secs(1))
+    });
+    std::fs::remove_dir_all(cfg.data_dir.join("wal")).expect("delete the WAL dir");
+    let channel = harness::grpc_channel(cfg.client_url(), Some(Duration::from_secs(5))).await;
+    let mut kv = KvClient::new(channel);
+    let value = vec![b'x'; 1 << 20];
+    for n in 0..100 {
+        let put = PutRequest {
+            key: format!("big/{n}").into_bytes(),
+            value: value.clone(),
+            ..Default::default()
+        };
+        if kv.put(put).await.is_err() {
+            break;
+        }
+    }
+    let status = harness::poll_for(Duration::from_secs(20), || {
+        node.try_wait().expect("wait for the node")
+    });
+    let Some(status) = status else {
+        let _ = node.kill();
+        panic!(
+            "the node still runs after its storage failed:\n{}",
+            harness::tail(&cfg.log_path, 20)
+        );
+    };
+    assert!(!status.success(), "exit status {status}");
+    let log = std::fs::read_to_string(&cfg.log_path).expect("read the log");
+    assert!(
+        log.contains("raft stopped"),
+        "{}",
+        harness::tail(&cfg.log_path, 20)
+    );
+}

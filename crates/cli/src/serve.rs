@@ -197,10 +197,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let node = RunningNode::start(config)
         .await
         .context("cannot start the node")?;
-    wait_for_signal().await?;
-    tracing::info!("stopping on signal");
-    node.shutdown().await;
-    Ok(())
+    tokio::select! {
+        signal = wait_for_signal() => {
+            signal?;
+            tracing::info!("stopping on signal");
+            node.shutdown().await;
+            Ok(())
+        }
+        why = node.raft_stopped() => {
+            tracing::error!(%why, "raft stopped on its own; exiting");
+            node.shutdown().await;
+            anyhow::bail!("raft stopped: {why}")
+        }
+    }
 }
 
 /// Returns on SIGTERM or SIGINT.

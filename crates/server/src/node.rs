@@ -293,6 +293,24 @@ impl RunningNode {
         })
     }
 
+    /// Resolves if raft stops on its own: openraft stops a node on a storage
+    /// failure it cannot recover from (a write to the data dir failed). Such
+    /// a node takes no further part in the cluster, while its services would
+    /// still answer from its last state (a status saying "leader" of a term
+    /// long over), so the process should exit and be restarted or replaced.
+    /// The answer says why raft stopped.
+    pub async fn raft_stopped(&self) -> String {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if let Err(fatal) = &metrics.borrow_and_update().running_state {
+                return fatal.to_string();
+            }
+            if metrics.changed().await.is_err() {
+                return "raft stopped".into();
+            }
+        }
+    }
+
     /// Stops serving, then stops raft (which flushes nothing it has not already
     /// made durable: every acknowledged write is on disk already).
     pub async fn shutdown(self) {
