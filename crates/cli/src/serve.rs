@@ -106,6 +106,20 @@ impl ServeArgs {
                 self.heartbeat_interval
             );
         }
+        for (flag, every) in [
+            (
+                "--lease-checkpoint-interval",
+                self.lease_checkpoint_interval,
+            ),
+            (
+                "--experimental-watch-progress-notify-interval",
+                self.watch_progress_notify_interval,
+            ),
+        ] {
+            if every.is_zero() {
+                bail!("{flag} must be longer than 0");
+            }
+        }
         let state = match self.initial_cluster_state.as_str() {
             "new" => ClusterState::New,
             "existing" => ClusterState::Existing,
@@ -227,6 +241,33 @@ async fn wait_for_signal() -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn config(args: &[&str]) -> anyhow::Result<NodeConfig> {
+        use clap::Parser;
+        let args = std::iter::once("roster").chain(args.iter().copied());
+        Cli::try_parse_from(args)?.serve.into_config()
+    }
+
+    /// A zero interval would panic the task that ticks at it (tokio's
+    /// `interval`), leaving the node running without it.
+    #[test]
+    fn a_zero_interval_is_an_error_naming_the_flag() {
+        assert!(config(&[]).is_ok());
+        for flag in [
+            "--lease-checkpoint-interval",
+            "--experimental-watch-progress-notify-interval",
+        ] {
+            let err = config(&[flag, "0s"]).expect_err("zero");
+            assert_eq!(err.to_string(), format!("{flag} must be longer than 0"));
+            assert!(config(&[flag, "1ms"]).is_ok());
+        }
+    }
 
     #[test]
     fn initial_cluster_parses_and_rejects_garbage() {
