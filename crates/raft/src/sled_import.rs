@@ -16,13 +16,12 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use openraft::storage::SnapshotMeta;
 use openraft::{Entry, LogId, Vote};
 use roster_state::{MemEngine, SnapshotData, StateMachine};
 use serde::de::DeserializeOwned;
 
 use crate::snapshot_files::{SnapshotFileError, SnapshotFiles};
-use crate::state_store::{read_applied, StateStoreError};
+use crate::state_store::{snapshot_meta, StateStoreError};
 use crate::types::{NodeId, TypeConfig};
 use crate::wal_log_store::{Imported, WalLogStore, WalStoreError};
 
@@ -106,14 +105,8 @@ fn import_sled_state(db: &sled::Db, snapshots: &SnapshotFiles) -> Result<(), Imp
     let data = SnapshotData::from_pairs(pairs);
     let sm = StateMachine::open(MemEngine::from_snapshot(data.clone()))
         .map_err(StateStoreError::from)?;
-    let (applied, membership) = read_applied(&sm)?;
-    let (term, index) = applied.map_or((0, 0), |id| (id.leader_id.term, id.index));
-    let meta = SnapshotMeta {
-        snapshot_id: format!("{term}-{index}-{}", snapshots.next_counter()),
-        last_log_id: applied,
-        last_membership: membership,
-    };
-    tracing::info!("moving the state machine from sled into a snapshot at {index}");
+    let meta = snapshot_meta(&sm, snapshots.next_counter())?;
+    tracing::info!(applied = ?meta.last_log_id, "moving the state machine from sled into a snapshot");
     snapshots.save(&meta, &data.encode())?;
     Ok(())
 }

@@ -218,35 +218,21 @@ impl StateStore {
         read_applied(&sm)
     }
 
-    /// Takes the state and its applied position under one read lock, so they
-    /// agree; the copy is O(1), and encoding and saving happen after the lock
-    /// is released.
+    /// Takes the state and its meta under one read lock, so they agree; the
+    /// copy is O(1), and encoding and saving happen after the lock is released.
     fn build_snapshot_blocking(&self) -> Result<Snapshot<TypeConfig>, StateStoreError> {
-        let (applied, membership, data) = {
+        let (meta, data) = {
             let sm = self.read()?;
-            let (applied, membership) = read_applied(&sm)?;
-            (applied, membership, sm.snapshot()?)
+            let counter = self.backend.next_snapshot_counter()?;
+            (snapshot_meta(&sm, counter)?, sm.snapshot()?)
         };
         let bytes = data.encode();
         drop(data);
-        let meta = SnapshotMeta {
-            snapshot_id: self.snapshot_id(applied.as_ref())?,
-            last_log_id: applied,
-            last_membership: membership,
-        };
         self.save_current(&meta, &bytes)?;
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(bytes)),
         })
-    }
-
-    /// `<term>-<index>-<counter>`; the backend's counter (above every snapshot
-    /// file's on disk) keeps two snapshots at the same log id apart, also across restarts.
-    fn snapshot_id(&self, applied: Option<&LogId<NodeId>>) -> Result<String, StateStoreError> {
-        let counter = self.backend.next_snapshot_counter()?;
-        let (term, index) = applied.map_or((0, 0), |id| (id.leader_id.term, id.index));
-        Ok(format!("{term}-{index}-{counter}"))
     }
 
     /// Saves the snapshot as the current one, durably, unless the current one
@@ -280,7 +266,7 @@ impl StateStore {
 }
 
 /// The applied log id and membership recorded in the state.
-pub(crate) fn read_applied<E: Engine>(
+fn read_applied<E: Engine>(
     sm: &StateMachine<E>,
 ) -> Result<(Option<LogId<NodeId>>, Membership), StateStoreError> {
     let applied = sm.meta(APPLIED_META)?.map(|v| decode(&v)).transpose()?;
@@ -290,6 +276,23 @@ pub(crate) fn read_applied<E: Engine>(
         .transpose()?
         .unwrap_or_default();
     Ok((applied, membership))
+}
+
+/// The meta of a snapshot of `sm`: its applied log id and membership, and the
+/// id `<term>-<index>-<counter>`, where `counter` (one the backend never handed
+/// out before, also across restarts) keeps two snapshots at the same log id
+/// apart.
+pub(crate) fn snapshot_meta<E: Engine>(
+    sm: &StateMachine<E>,
+    counter: u64,
+) -> Result<Meta, StateStoreError> {
+    let (applied, membership) = read_applied(sm)?;
+    let (term, index) = applied.map_or((0, 0), |id| (id.leader_id.term, id.index));
+    Ok(SnapshotMeta {
+        snapshot_id: format!("{term}-{index}-{counter}"),
+        last_log_id: applied,
+        last_membership: membership,
+    })
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateStore {

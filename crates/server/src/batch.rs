@@ -1,11 +1,15 @@
 //! Gathering requests into batches: wait for one, then take every other one
 //! already queued, up to a count and a weight. The proposer (commands into one
 //! log entry), the lessor (keepalives under one leadership confirmation) and the
-//! keepalive forwarder (keepalives into one RPC to the leader) all batch this way:
-//! under no load a request goes alone at once; under load batches grow by
-//! themselves while the previous one is in flight.
+//! router's forwarders (keepalives, and proposals, into one RPC to the leader)
+//! all batch this way, through [`spawn_batches`]: under no load a request goes
+//! alone at once; under load batches grow by themselves while the previous ones
+//! are in flight.
 
-use tokio::sync::mpsc;
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, Semaphore};
 
 /// A queue's receiving end, bounded or not.
 pub(crate) trait Queue<T> {
@@ -52,6 +56,35 @@ pub(crate) async fn next_batch<T>(
         }
     }
     Some(batch)
+}
+
+/// Serves `queue` in batches ([`next_batch`]), each handed to `handle` and run
+/// on a task of its own, at most `in_flight` at once: while they run, what
+/// queues up forms the next, larger batch. Returns once the queue is closed.
+pub(crate) async fn spawn_batches<T, Fut>(
+    mut queue: impl Queue<T>,
+    in_flight: usize,
+    max_items: usize,
+    max_weight: usize,
+    weight: impl Fn(&T) -> usize,
+    handle: impl Fn(Vec<T>) -> Fut,
+) where
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(in_flight));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(batch) = next_batch(&mut queue, max_items, max_weight, &weight).await else {
+            return;
+        };
+        let work = handle(batch);
+        tokio::spawn(async move {
+            work.await;
+            drop(slot);
+        });
+    }
 }
 
 #[cfg(test)]

@@ -40,7 +40,7 @@ use roster_state::{Command, Response};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
-use crate::batch::next_batch;
+use crate::batch::spawn_batches;
 use crate::proposer::Proposer;
 
 /// Most leases expired by one log entry.
@@ -489,25 +489,26 @@ impl Lessor {
 
     /// Collects keepalives into batches, one quorum confirmation per batch, a few
     /// batches at once.
-    async fn keepalive_loop(self, mut rx: mpsc::Receiver<KeepaliveRequest>) {
-        let slots = Arc::new(tokio::sync::Semaphore::new(KEEPALIVE_BATCHES_IN_FLIGHT));
-        loop {
-            let Ok(slot) = slots.clone().acquire_owned().await else {
-                return;
-            };
-            let Some(batch) = next_batch(&mut rx, KEEPALIVE_BATCH, usize::MAX, |_| 1).await else {
-                return;
-            };
-            let lessor = self.clone();
-            tokio::spawn(async move {
-                let ids: Vec<i64> = batch.iter().map(|r| r.id).collect();
-                let result = lessor.renew_batch(&ids).await;
-                for (req, answer) in batch.into_iter().zip(result) {
-                    let _ = req.reply.send(answer);
+    async fn keepalive_loop(self, rx: mpsc::Receiver<KeepaliveRequest>) {
+        let in_flight = KEEPALIVE_BATCHES_IN_FLIGHT;
+        spawn_batches(
+            rx,
+            in_flight,
+            KEEPALIVE_BATCH,
+            usize::MAX,
+            |_| 1,
+            |batch| {
+                let lessor = self.clone();
+                async move {
+                    let ids: Vec<i64> = batch.iter().map(|r| r.id).collect();
+                    let result = lessor.renew_batch(&ids).await;
+                    for (req, answer) in batch.into_iter().zip(result) {
+                        let _ = req.reply.send(answer);
+                    }
                 }
-                drop(slot);
-            });
-        }
+            },
+        )
+        .await;
     }
 
     /// Renews `ids` after confirming leadership; one answer per id.

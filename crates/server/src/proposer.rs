@@ -8,14 +8,12 @@
 //! gets its own revision and response. A few entries may be in flight at once;
 //! while they are, new commands queue up and form the next, larger, batch.
 
-use std::sync::Arc;
-
 use openraft::error::{ClientWriteError, RaftError};
 use roster_raft::Raft;
 use roster_state::{Command, Response};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 
-use crate::batch::next_batch;
+use crate::batch::spawn_batches;
 
 /// Entries proposed and not yet applied at once.
 const MAX_IN_FLIGHT: usize = 4;
@@ -68,22 +66,20 @@ impl Proposer {
 
 /// Takes the first waiting command, then everything else already queued (up
 /// to the limits), and proposes them as one entry once an in-flight slot is free.
-async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Pending>) {
-    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let size = |p: &Pending| approx_size(&p.command);
-        let Some(batch) = next_batch(&mut rx, MAX_BATCH, MAX_BATCH_BYTES, size).await else {
-            return;
-        };
-        let raft = raft.clone();
-        tokio::spawn(async move {
-            submit(&raft, batch).await;
-            drop(slot);
-        });
-    }
+async fn run(raft: Raft, rx: mpsc::UnboundedReceiver<Pending>) {
+    let size = |p: &Pending| approx_size(&p.command);
+    spawn_batches(
+        rx,
+        MAX_IN_FLIGHT,
+        MAX_BATCH,
+        MAX_BATCH_BYTES,
+        size,
+        |batch| {
+            let raft = raft.clone();
+            async move { submit(&raft, batch).await }
+        },
+    )
+    .await;
 }
 
 /// Proposes one entry and hands each command its response.

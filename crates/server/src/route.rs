@@ -19,9 +19,9 @@ use roster_raft::{Member, NodeId, Raft};
 use roster_state::registry::Health;
 use roster_state::{Command, Response, StateError};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 
-use crate::batch::next_batch;
+use crate::batch::spawn_batches;
 use crate::health::{HealthChecker, Report, ReportError};
 use crate::lessor::{Lessor, LessorError};
 use crate::proposer::{approx_size, ProposeError, Proposer};
@@ -184,23 +184,21 @@ impl Router {
     }
 
     /// Sends queued proposals to the leader in batches, a few batches at once.
-    async fn forward_proposals(self, mut queue: mpsc::UnboundedReceiver<PendingProposal>) {
-        let slots = Arc::new(Semaphore::new(PROPOSALS_IN_FLIGHT));
+    async fn forward_proposals(self, queue: mpsc::UnboundedReceiver<PendingProposal>) {
         let size = |p: &PendingProposal| approx_size(&p.0);
-        loop {
-            let Ok(slot) = slots.clone().acquire_owned().await else {
-                return;
-            };
-            let batch = next_batch(&mut queue, PROPOSAL_BATCH, PROPOSAL_BATCH_BYTES, size).await;
-            let Some(batch) = batch else {
-                return;
-            };
-            let router = self.clone();
-            tokio::spawn(async move {
-                router.forward_batch(batch).await;
-                drop(slot);
-            });
-        }
+        let bytes = PROPOSAL_BATCH_BYTES;
+        spawn_batches(
+            queue,
+            PROPOSALS_IN_FLIGHT,
+            PROPOSAL_BATCH,
+            bytes,
+            size,
+            |batch| {
+                let router = self.clone();
+                async move { router.forward_batch(batch).await }
+            },
+        )
+        .await;
     }
 
     /// Forwards one batch of proposals and answers each. A single proposal
@@ -286,32 +284,34 @@ impl Router {
     }
 
     /// Sends queued keepalives to the leader in batches, a few batches at once.
-    async fn forward_keepalives(self, mut queue: mpsc::UnboundedReceiver<PendingKeepalive>) {
-        let slots = Arc::new(Semaphore::new(KEEPALIVES_IN_FLIGHT));
-        loop {
-            let Ok(slot) = slots.clone().acquire_owned().await else {
-                return;
-            };
-            let Some(batch) = next_batch(&mut queue, KEEPALIVE_BATCH, usize::MAX, |_| 1).await
-            else {
-                return;
-            };
-            let router = self.clone();
-            tokio::spawn(async move {
-                let (ids, replies): (Vec<i64>, Vec<_>) = batch.into_iter().unzip();
-                let count = ids.len();
-                let answers = match router.route(&Forwarded::KeepAlives(ids)).await {
-                    Ok(ForwardReply::Ttls(ttls)) if ttls.len() == count => {
-                        ttls.into_iter().map(Ok).collect()
-                    }
-                    Ok(other) => vec![Err(unexpected(other)); count],
-                    Err(e) => vec![Err(e); count],
-                };
-                for (reply, answer) in replies.into_iter().zip(answers) {
-                    let _ = reply.send(answer);
-                }
-                drop(slot);
-            });
+    async fn forward_keepalives(self, queue: mpsc::UnboundedReceiver<PendingKeepalive>) {
+        spawn_batches(
+            queue,
+            KEEPALIVES_IN_FLIGHT,
+            KEEPALIVE_BATCH,
+            usize::MAX,
+            |_| 1,
+            |batch| {
+                let router = self.clone();
+                async move { router.forward_keepalive_batch(batch).await }
+            },
+        )
+        .await;
+    }
+
+    /// Forwards one batch of keepalives and answers each.
+    async fn forward_keepalive_batch(&self, batch: Vec<PendingKeepalive>) {
+        let (ids, replies): (Vec<i64>, Vec<_>) = batch.into_iter().unzip();
+        let count = ids.len();
+        let answers = match self.route(&Forwarded::KeepAlives(ids)).await {
+            Ok(ForwardReply::Ttls(ttls)) if ttls.len() == count => {
+                ttls.into_iter().map(Ok).collect()
+            }
+            Ok(other) => vec![Err(unexpected(other)); count],
+            Err(e) => vec![Err(e); count],
+        };
+        for (reply, answer) in replies.into_iter().zip(answers) {
+            let _ = reply.send(answer);
         }
     }
 

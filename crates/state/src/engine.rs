@@ -127,8 +127,9 @@ impl MemEngine {
     }
 }
 
-/// `BTreeMap::range` panics on an inverted or empty-excluded range; such a range
-/// simply holds nothing.
+/// Whether a range can hold anything: an inverted or empty-excluded one holds
+/// nothing, answered here rather than left to the map (std's `BTreeMap::range`
+/// panics on one).
 fn bounds_ordered(lower: Bound<&[u8]>, upper: Bound<&[u8]>) -> bool {
     use std::ops::Bound::{Excluded, Included, Unbounded};
     match (lower, upper) {
