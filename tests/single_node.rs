@@ -17,8 +17,9 @@ use harness::{
 use roster_proto::etcdserverpb::{
     cluster_client::ClusterClient, kv_client::KvClient, lease_client::LeaseClient,
     maintenance_client::MaintenanceClient, DeleteRangeRequest, LeaseGrantRequest,
-    LeaseKeepAliveRequest, LeaseLeasesRequest, LeaseRevokeRequest, LeaseTimeToLiveRequest,
-    MemberListRequest, PutRequest, RangeRequest, ResponseHeader, StatusRequest,
+    LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest, LeaseRevokeRequest,
+    LeaseTimeToLiveRequest, MemberListRequest, PutRequest, RangeRequest, ResponseHeader,
+    StatusRequest,
 };
 use tonic::transport::Channel;
 use tonic::Code;
@@ -803,6 +804,71 @@ async fn grpc_kv_headers_and_options() {
     assert!(st.db_size > 0 && !st.version.is_empty(), "{st:?}");
 }
 
+/// A keepalive stream whose first request, for `first`, is queued before the
+/// call is awaited (etcd sends the response headers with the first answer).
+async fn keepalive_stream(
+    lease: &mut LeaseClient<Channel>,
+    first: i64,
+) -> (
+    tokio::sync::mpsc::Sender<LeaseKeepAliveRequest>,
+    tonic::Streaming<LeaseKeepAliveResponse>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tx.send(LeaseKeepAliveRequest { id: first })
+        .await
+        .expect("send");
+    let answers = lease
+        .lease_keep_alive(tonic::codegen::tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        ))
+        .await
+        .expect("keepalive stream")
+        .into_inner();
+    (tx, answers)
+}
+
+async fn next_keepalive_answer(
+    answers: &mut tonic::Streaming<LeaseKeepAliveResponse>,
+) -> LeaseKeepAliveResponse {
+    tokio::time::timeout(Duration::from_secs(5), answers.message())
+        .await
+        .expect("keepalive answer within 5 s")
+        .expect("stream ok")
+        .expect("stream open")
+}
+
+/// Rule 2 under the default settings: a holder that renews every third of its
+/// TTL, as etcd's and Roster's clients do, writes nothing to the log. With a
+/// checkpoint interval shorter than such a lease's TTL (the old default of 5 s
+/// against a TTL of 15 s), the lease was checkpointed while idle and each
+/// keepalive then waited for a renewal record: two log entries per keepalive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalives_at_a_third_of_the_ttl_write_nothing_to_the_log() {
+    let c = Cluster::start(1);
+    let mut lease = LeaseClient::new(channel(&c, 0).await);
+    let id = lease
+        .lease_grant(LeaseGrantRequest { ttl: 15, id: 0 })
+        .await
+        .expect("grant")
+        .into_inner()
+        .id;
+    let before = c.status(0).expect("status").raft_index;
+    // The holder's cadence, not a wait for a condition. (Under the old
+    // default a checkpoint pass every 2.5 s found the lease idle for 2.5 s
+    // within these 5 s.)
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (_tx, mut answers) = keepalive_stream(&mut lease, id).await;
+    let answer = next_keepalive_answer(&mut answers).await;
+    assert_eq!((answer.id, answer.ttl), (id, 15));
+    let after = c.status(0).expect("status").raft_index;
+    assert_eq!(
+        after,
+        before,
+        "keepalives wrote {} log entries",
+        after - before
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_leases_and_keepalive_stream() {
     let c = Cluster::start(1);
@@ -860,26 +926,14 @@ async fn grpc_leases_and_keepalive_stream() {
     // granted TTL; an unknown lease answers TTL 0 on the same stream.
     // (etcd sends the response headers with the first message, so the
     // first request must be queued before the call is awaited.)
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
-    tx.send(LeaseKeepAliveRequest { id }).await.expect("send");
-    let mut responses = lease
-        .lease_keep_alive(tonic::codegen::tokio_stream::wrappers::ReceiverStream::new(
-            rx,
-        ))
-        .await
-        .expect("keepalive stream")
-        .into_inner();
+    let (tx, mut responses) = keepalive_stream(&mut lease, id).await;
     for (n, want) in [id, id, 0x77, 0x1234_abcd, id].into_iter().enumerate() {
         if n > 0 {
             tx.send(LeaseKeepAliveRequest { id: want })
                 .await
                 .expect("send");
         }
-        let resp = tokio::time::timeout(Duration::from_secs(5), responses.message())
-            .await
-            .expect("keepalive response within 5 s")
-            .expect("stream ok")
-            .expect("stream open");
+        let resp = next_keepalive_answer(&mut responses).await;
         header(resp.header);
         assert_eq!(resp.id, want);
         let ttl = if want == 0x1234_abcd { 0 } else { 30 };

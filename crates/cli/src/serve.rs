@@ -46,8 +46,11 @@ pub struct ServeArgs {
     /// Time (ms) for an election to time out.
     #[arg(long, default_value_t = 1000)]
     election_timeout: u64,
-    /// How often the leader checkpoints the remaining TTL of long leases (e.g. 5s).
-    #[arg(long, default_value = "5s", value_parser = crate::duration::parse)]
+    /// How often the leader checkpoints the remaining TTL of long leases: a
+    /// failover extends a dead holder's lease by at most this (plus the
+    /// election), and a holder renewing less often than every half of it has
+    /// each keepalive wait for a log write.
+    #[arg(long, default_value = "60s", value_parser = crate::duration::parse)]
     lease_checkpoint_interval: Duration,
     /// How often watchers that asked for progress notifications get one.
     #[arg(long = "experimental-watch-progress-notify-interval", default_value = "10m", value_parser = crate::duration::parse)]

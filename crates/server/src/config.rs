@@ -79,7 +79,7 @@ impl NodeConfig {
             initial_cluster_token: "etcd-cluster".into(),
             heartbeat_interval: Duration::from_millis(100),
             election_timeout: Duration::from_millis(1000),
-            lease_checkpoint_interval: Duration::from_secs(5),
+            lease_checkpoint_interval: Duration::from_secs(60),
             watch_progress_notify_interval: Duration::from_secs(600),
             auto_compaction: crate::compactor::AutoCompaction::Off,
             cache_capacity: roster_raft::DEFAULT_CACHE_CAPACITY,

@@ -9,8 +9,9 @@
 //! - Keepalives are not log writes (rule 2). They are collected in batches; each
 //!   batch is acknowledged only after a quorum confirmed our leadership, and only
 //!   while less than the leader-lease window has passed since that confirmation
-//!   began. A lease whose log holds a checkpoint first gets a `LeaseRenewed` record
-//!   committed (rule 5), once per lease per checkpoint.
+//!   began (batches share confirmations: `confirm`). A lease whose log holds a
+//!   checkpoint first gets a `LeaseRenewed` record committed (rule 5), once per
+//!   lease per checkpoint.
 //! - Expiry goes through the log (rule 3): due leases are proposed in batches as
 //!   `LeaseExpire`; a batch that fails to commit is retried, never forgotten.
 //! - Every command the clocks decide (expiry, checkpoint, renewal record) is
@@ -42,6 +43,8 @@ use tokio::time::Instant;
 
 use crate::batch::spawn_batches;
 use crate::proposer::Proposer;
+
+mod confirm;
 
 /// Most leases expired by one log entry.
 const EXPIRE_BATCH: usize = 1_000;
@@ -189,6 +192,8 @@ struct Inner {
     state: SharedState,
     config: LessorConfig,
     clocks: Mutex<Clocks>,
+    /// Quorum confirmations of leadership, shared by keepalive batches.
+    confirmations: confirm::Confirmations,
     wake: Notify,
     keepalives: mpsc::Sender<KeepaliveRequest>,
     /// Keeps keepalive batches (readers, several at once) and checkpoint passes
@@ -220,6 +225,7 @@ impl Lessor {
                 raft,
                 proposer,
                 state,
+                confirmations: confirm::Confirmations::new(config.leader_lease_window),
                 config,
                 clocks: Mutex::new(Clocks::default()),
                 wake: Notify::new(),
@@ -361,6 +367,7 @@ impl Lessor {
             tracing::info!(term = ?clocks.term, "lessor: no longer primary");
         }
         *clocks = Clocks::default();
+        self.inner.confirmations.clear();
     }
 
     /// Starts every lease's clock for `term` once the state machine is current.
@@ -513,23 +520,27 @@ impl Lessor {
 
     /// Renews `ids` after confirming leadership; one answer per id.
     async fn renew_batch(&self, ids: &[i64]) -> Vec<Result<i64, LessorError>> {
-        if !self.is_primary() {
+        let Some(term) = self.clocks().term else {
             return vec![Err(LessorError::NotPrimary); ids.len()];
-        }
+        };
         let _order = self.inner.order.read().await;
         // The renewal record and the leadership confirmation are independent:
-        // both must be done before the answer, and the window counts from before
-        // either began, so they run at once.
-        let began = Instant::now();
-        let (renewed, confirmed) =
-            tokio::join!(self.record_renewals(ids), self.inner.raft.get_read_log_id());
+        // both must be done before the answer, so they run at once.
+        let (renewed, confirmed) = tokio::join!(self.record_renewals(ids), self.confirmed(term));
         if let Err(e) = renewed {
             return vec![Err(e); ids.len()];
         }
-        if let Err(e) = confirmed {
-            tracing::debug!(error = %e, "lessor: keepalive batch not confirmed");
-            self.demote_if_not_leader();
-            return vec![Err(LessorError::NotPrimary); ids.len()];
+        let mut began = match confirmed {
+            Ok(began) => began,
+            Err(e) => return vec![Err(e); ids.len()],
+        };
+        let window = self.inner.config.leader_lease_window;
+        if began.elapsed() >= window {
+            // The renewal record took longer than what was left of the window.
+            began = match self.confirmed(term).await {
+                Ok(began) => began,
+                Err(e) => return vec![Err(e); ids.len()],
+            };
         }
         let mut clocks = self.clocks();
         let now = Instant::now();
@@ -542,7 +553,7 @@ impl Lessor {
         if clocks.term != Some(m.current_term) || m.state != ServerState::Leader {
             return vec![Err(LessorError::NotPrimary); ids.len()];
         }
-        if now.duration_since(began) >= self.inner.config.leader_lease_window {
+        if now.duration_since(began) >= window {
             let reason = "leadership confirmation took longer than the leader lease window";
             return vec![Err(LessorError::Unavailable(reason.into())); ids.len()];
         }
@@ -553,7 +564,30 @@ impl Lessor {
         tracing::debug!(term = m.current_term, ?ids, ?answers, "lessor: renewed");
         drop(clocks);
         self.inner.wake.notify_one();
+        if self.inner.confirmations.aging(began) {
+            let lessor = self.clone();
+            tokio::spawn(async move {
+                let raft = &lessor.inner.raft;
+                let round = || async { raft.get_read_log_id().await.map(|_| ()) };
+                lessor.inner.confirmations.refresh(term, round).await;
+            });
+        }
         answers
+    }
+
+    /// When a quorum confirmation of our leadership in `term`, usable now,
+    /// began (shared with other batches; a new round if none is young enough).
+    async fn confirmed(&self, term: u64) -> Result<Instant, LessorError> {
+        let raft = &self.inner.raft;
+        let round = || async { raft.get_read_log_id().await.map(|_| ()) };
+        match self.inner.confirmations.confirmed(term, round).await {
+            Ok(began) => Ok(began),
+            Err(e) => {
+                tracing::debug!(error = %e, "lessor: keepalive batch not confirmed");
+                self.demote_if_not_leader();
+                Err(LessorError::NotPrimary)
+            }
+        }
     }
 
     /// Commits a `LeaseRenewed` record for the leases of `ids` whose log holds a

@@ -4,6 +4,7 @@
 
 use std::pin::Pin;
 
+use futures::stream::FuturesUnordered;
 use futures::{Stream, StreamExt};
 use roster_proto::etcdserverpb::lease_server::Lease;
 use roster_proto::etcdserverpb::{
@@ -84,7 +85,10 @@ impl Lease for EtcdApi {
     type LeaseKeepAliveStream = KeepAliveStream;
 
     /// Each request on the stream is renewed concurrently, so that many leases
-    /// sharing one stream are confirmed in one leader batch.
+    /// sharing one stream are confirmed in one leader batch. One task per
+    /// stream polls them all (a task per keepalive cost a spawn and a wakeup
+    /// each); answers go out as they come, and those still pending when the
+    /// client closes its side are still sent.
     async fn lease_keep_alive(
         &self,
         req: Request<Streaming<LeaseKeepAliveRequest>>,
@@ -93,15 +97,20 @@ impl Lease for EtcdApi {
         let (tx, rx) = mpsc::channel(KEEPALIVE_BUFFER);
         let api = self.clone();
         tokio::spawn(async move {
-            while let Some(next) = incoming.next().await {
-                let id = match next {
-                    Ok(req) => req.id,
-                    Err(_) => break,
-                };
-                let (api, tx) = (api.clone(), tx.clone());
-                tokio::spawn(async move {
-                    let _ = tx.send(api.keepalive_once(id).await).await;
-                });
+            let mut pending = FuturesUnordered::new();
+            let mut open = true;
+            while open || !pending.is_empty() {
+                tokio::select! {
+                    next = incoming.next(), if open => match next {
+                        Some(Ok(req)) => pending.push(api.keepalive_once(req.id)),
+                        _ => open = false,
+                    },
+                    Some(answer) = pending.next() => {
+                        if tx.send(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                }
             }
         });
         Ok(GrpcResponse::new(Box::pin(ReceiverStream::new(rx))))
