@@ -640,9 +640,6 @@ fn repeated_failovers_do_not_keep_a_dead_lease_alive() {
     );
 }
 
-/// Leases granted concurrently through every node reach the leader together and
-/// are committed in shared log entries: each must still get its own clock (be
-/// renewable) and expire with its keys.
 /// Concurrent writes through a follower travel to the leader together; each
 /// still gets its own revision and its own answer, an error included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -707,6 +704,9 @@ async fn concurrent_writes_through_a_follower_get_their_own_revisions_and_answer
     );
 }
 
+/// Leases granted concurrently through every node reach the leader together and
+/// are committed in shared log entries: each must still get its own clock (be
+/// renewable) and expire with its keys.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_granted_concurrently_are_kept_alive_and_expire() {
     const LEASES: usize = 60;
@@ -879,4 +879,56 @@ fn a_frozen_leader_resumed_does_not_expire_leases_kept_alive_elsewhere() {
     );
     assert!(c.leader() != old_leader || new_leader_elected());
     drop(keepalive);
+}
+
+/// A follower that was down while the log moved past a snapshot, and the log
+/// under it was purged, catches up from the snapshot however long installing
+/// it takes. The RPC carrying the last chunk answers only once the follower
+/// has decoded, saved and fsynced the whole snapshot; openraft's default
+/// timeout for it (200 ms) was too short for a state of tens of MB, so the
+/// leader sent it again and again and the follower never caught up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_behind_the_purged_log_catches_up_from_a_large_snapshot() {
+    if harness::is_etcd() {
+        return; // the purge point depends on roster's own snapshot settings
+    }
+    // Entries are written one at a time, so each is its own log entry: one
+    // snapshot at 1,200 entries, the log purged up to the 1,000 entries kept
+    // behind it, so the follower (down since about entry 5) needs the
+    // snapshot, then 100 entries of 24 KB from the log.
+    const PUTS: usize = 1_300;
+    const VALUE: usize = 24 * 1024;
+    let mut opts = ClusterOptions::new(3);
+    opts.extra_args = vec!["--snapshot-count".into(), "1200".into()];
+    let mut c = Cluster::start_with(opts);
+    let follower = c.followers()[0];
+    c.kill(follower);
+    let writer = c.running()[0];
+    let mut kv = KvClient::new(c.channel(writer).await);
+    let value = vec![b'v'; VALUE];
+    let mut last = 0;
+    for n in 0..PUTS {
+        let put = kv
+            .put(PutRequest {
+                key: format!("/big/{n:05}").into_bytes(),
+                value: value.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("put");
+        last = put.into_inner().header.expect("header").revision;
+    }
+    c.restart(follower);
+    let status = |i: usize| c.status(i).map(|s| s.revision).unwrap_or(0);
+    wait_until(Duration::from_secs(60), "the follower to catch up", || {
+        status(follower) >= last
+    });
+    let log = std::fs::read_to_string(&c.config(follower).log_path).expect("the follower's log");
+    assert!(
+        log.contains("installed a snapshot from the leader"),
+        "caught up from the snapshot, not from the log"
+    );
+    let key = format!("/big/{:05}", PUTS - 1);
+    let got = local_value(&c, follower, &key).expect("the last key, read on the follower");
+    assert_eq!(got.len(), VALUE);
 }

@@ -71,6 +71,11 @@ pub struct ServeArgs {
     /// tell them apart.
     #[arg(long)]
     peer_source_ip: Option<std::net::IpAddr>,
+    /// Log entries applied between two snapshots of the state machine; a
+    /// restart re-applies at most this many, and a follower further behind
+    /// catches up from the snapshot.
+    #[arg(long, default_value_t = roster_server::NodeConfig::DEFAULT_SNAPSHOT_COUNT)]
+    snapshot_count: u64,
     /// sled page cache per node, MiB.
     #[arg(long, default_value_t = roster_server::NodeConfig::DEFAULT_CACHE_MB)]
     cache_mb: u64,
@@ -154,6 +159,10 @@ impl ServeArgs {
         config.watch_progress_notify_interval = self.watch_progress_notify_interval;
         config.auto_compaction =
             auto_compaction(&self.auto_compaction_mode, &self.auto_compaction_retention)?;
+        if self.snapshot_count == 0 {
+            bail!("--snapshot-count must be at least 1");
+        }
+        config.snapshot_count = self.snapshot_count;
         config.cache_capacity = self.cache_mb * 1024 * 1024;
         config.allow_pipe_handlers = self.allow_pipe_handlers;
         config.peer_source_ip = self.peer_source_ip;

@@ -73,6 +73,18 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Backend::Memory(m) => m.try_get_log_entries(range).await,
         }
     }
+
+    /// The backend's own limit on what one AppendEntries carries.
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> StorageResult<Vec<Entry<TypeConfig>>> {
+        match &mut self.backend {
+            Backend::Wal(s) => s.limited_get_log_entries(start, end).await,
+            Backend::Memory(m) => m.limited_get_log_entries(start, end).await,
+        }
+    }
 }
 
 impl RaftLogStorage<TypeConfig> for LogStore {

@@ -352,6 +352,11 @@ impl RaftStateMachine<TypeConfig> for StateStore {
             .await
             .map_err(|e| write_snapshot_err(meta, e))?;
         self.observer.installed_snapshot();
+        tracing::info!(
+            snapshot = %meta.snapshot_id,
+            last_log = ?meta.last_log_id.map(|l| l.index),
+            "installed a snapshot from the leader"
+        );
         Ok(())
     }
 

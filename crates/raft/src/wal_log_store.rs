@@ -44,6 +44,10 @@ const META_TEMP: &str = "meta.tmp";
 const CACHE_ENTRIES: usize = 4_096;
 /// ...and about this many bytes (encoded size).
 const CACHE_BYTES: usize = 64 * 1024 * 1024;
+/// Most bytes of entries in one AppendEntries (one entry may be larger: it
+/// then goes alone). At the slowest catch-up seen here (a debug build on a
+/// loaded machine) this is well inside openraft's 100 ms for the RPC.
+const REPLICATION_BYTES: usize = 512 * 1024;
 
 /// A failure inside the log store, before it is wrapped for openraft.
 #[derive(Debug, thiserror::Error)]
@@ -199,16 +203,20 @@ impl WalLogStore {
         &self,
         start: u64,
         end: Bound<u64>,
+        budget: usize,
     ) -> Result<Option<Vec<Entry<TypeConfig>>>, WalStoreError> {
         let s = self.lock()?;
-        Ok(s.cache.covering(start.max(s.wal.first_index()), end))
+        Ok(s.cache
+            .covering(start.max(s.wal.first_index()), end, budget))
     }
 
-    /// Entries `[start, end)` held, read from the files.
+    /// Entries `[start, end)` held, read from the files, as many as fit in
+    /// `budget` bytes (at least one).
     fn read_files(
         &self,
         start: u64,
         end: Bound<u64>,
+        budget: usize,
     ) -> Result<Vec<Entry<TypeConfig>>, WalStoreError> {
         let s = self.lock()?;
         let Some(last) = s.wal.last_index() else {
@@ -219,9 +227,33 @@ impl WalLogStore {
             Bound::Excluded(e) => e.min(last + 1),
             _ => last + 1,
         };
-        (from..to)
-            .filter_map(|i| read_entry(&s.wal, i).transpose())
-            .collect()
+        let mut fits = Budget::new(budget);
+        let mut entries = Vec::new();
+        for index in from..to {
+            let Some(bytes) = s.wal.read(index)? else {
+                continue;
+            };
+            if !fits.take(bytes.len()) {
+                break;
+            }
+            entries.push(bincode::deserialize(&bytes)?);
+        }
+        Ok(entries)
+    }
+
+    /// Entries `[start, end)` up to `budget` bytes (at least one), from the
+    /// cache if it holds them all, else from the files.
+    async fn entries(
+        &self,
+        start: u64,
+        end: Bound<u64>,
+        budget: usize,
+    ) -> Result<Vec<Entry<TypeConfig>>, WalStoreError> {
+        if let Some(entries) = self.cached(start, end, budget)? {
+            return Ok(entries);
+        }
+        self.blocking(move |this| this.read_files(start, end, budget))
+            .await
     }
 
     fn truncate_blocking(&self, log_id: LogId<NodeId>) -> Result<(), WalStoreError> {
@@ -274,15 +306,25 @@ impl EntryCache {
         }
     }
 
-    /// Entries `[start, end)`, if the cache holds everything from `start` on.
-    fn covering(&self, start: u64, end: Bound<u64>) -> Option<Vec<Entry<TypeConfig>>> {
+    /// Entries `[start, end)` up to `budget` bytes (at least one), if the
+    /// cache holds everything from `start` on.
+    fn covering(
+        &self,
+        start: u64,
+        end: Bound<u64>,
+        budget: usize,
+    ) -> Option<Vec<Entry<TypeConfig>>> {
         if matches!(end, Bound::Excluded(e) if e <= start) {
             return Some(Vec::new());
         }
         let first = *self.entries.keys().next()?;
         (first <= start).then(|| {
+            let mut fits = Budget::new(budget);
             let range = self.entries.range((Bound::Included(start), end));
-            range.map(|(_, (e, _))| e.clone()).collect()
+            range
+                .take_while(|(_, (_, size))| fits.take(*size))
+                .map(|(_, (e, _))| e.clone())
+                .collect()
         })
     }
 
@@ -297,6 +339,31 @@ impl EntryCache {
         let kept = self.entries.split_off(&(index + 1));
         let removed = std::mem::replace(&mut self.entries, kept);
         self.bytes -= size_of(&removed);
+    }
+}
+
+/// Bytes left for entries read in one go: the first always fits.
+struct Budget {
+    left: usize,
+    first: bool,
+}
+
+impl Budget {
+    fn new(bytes: usize) -> Self {
+        Budget {
+            left: bytes,
+            first: true,
+        }
+    }
+
+    /// Whether an entry of `size` bytes still fits (and takes its room).
+    fn take(&mut self, size: usize) -> bool {
+        let fits = self.first || size <= self.left;
+        if fits {
+            self.left = self.left.saturating_sub(size);
+            self.first = false;
+        }
+        fits
     }
 }
 
@@ -368,10 +435,23 @@ impl RaftLogReader<TypeConfig> for WalLogStore {
         let Some((start, end)) = index_bounds(&range) else {
             return Ok(Vec::new());
         };
-        if let Some(entries) = self.cached(start, end).map_err(read_logs_err)? {
-            return Ok(entries);
-        }
-        self.blocking(move |this| this.read_files(start, end))
+        self.entries(start, end, usize::MAX)
+            .await
+            .map_err(read_logs_err)
+    }
+
+    /// What replication sends in one AppendEntries: at most
+    /// [`REPLICATION_BYTES`] of entries (at least one). openraft gives that
+    /// RPC one heartbeat interval (100 ms by default) and, on a timeout, sends
+    /// the same range again: a follower catching up over entries of tens of KB
+    /// was sent 512 of them at a time, never within the interval, and never
+    /// caught up.
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> StorageResult<Vec<Entry<TypeConfig>>> {
+        self.entries(start, Bound::Excluded(end), REPLICATION_BYTES)
             .await
             .map_err(read_logs_err)
     }

@@ -312,3 +312,33 @@ async fn a_data_dir_in_use_is_refused() {
         "{err}"
     );
 }
+
+/// What replication reads for one AppendEntries stops at about 512 KiB (at
+/// least one entry, however large), from the cache and from the files alike;
+/// a plain read still returns the whole range. openraft gives that RPC one
+/// heartbeat interval, and 512 entries of 100 KB never made it.
+#[tokio::test(flavor = "multi_thread")]
+async fn replication_reads_are_bounded_in_bytes() {
+    let dir = TempDir::new().unwrap();
+    let value = "v".repeat(100 * 1024);
+    let written: Vec<_> = (1..=20)
+        .map(|i| normal(1, i, put(&format!("k{i}"), &value)))
+        .collect();
+    let huge = normal(1, 21, put("huge", &"h".repeat(2 * 1024 * 1024)));
+    {
+        let mut s = open(dir.path(), Arc::default()).await;
+        s.log.blocking_append(written.clone()).await.unwrap();
+        s.log.blocking_append([huge.clone()]).await.unwrap();
+        // Cached (just appended).
+        let sent = s.log.limited_get_log_entries(1, 21).await.unwrap();
+        assert_eq!(sent, written[..5].to_vec(), "five 100 KB entries fit");
+    }
+    // From the files (a fresh cache).
+    let mut s = open(dir.path(), Arc::default()).await;
+    let sent = s.log.limited_get_log_entries(3, 21).await.unwrap();
+    assert_eq!(sent, written[2..7].to_vec());
+    let alone = s.log.limited_get_log_entries(21, 22).await.unwrap();
+    assert_eq!(alone, vec![huge], "an entry over the budget goes alone");
+    let all = s.log.try_get_log_entries(1..21).await.unwrap();
+    assert_eq!(all, written);
+}

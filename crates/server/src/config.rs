@@ -48,6 +48,8 @@ pub struct NodeConfig {
     pub watch_progress_notify_interval: Duration,
     /// What history the leader compacts away by itself (default: none, as etcd).
     pub auto_compaction: crate::compactor::AutoCompaction,
+    /// Log entries applied between two snapshots (etcd's `--snapshot-count`).
+    pub snapshot_count: u64,
     /// sled page cache budget, bytes.
     pub cache_capacity: u64,
     /// This node may run `pipe` handlers (commands on the server). A pipe
@@ -58,6 +60,19 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
+    /// etcd's default `--snapshot-count`. A snapshot encodes the whole state
+    /// (off the apply path, but a full pass over it), and a restart re-applies
+    /// at most this many entries after it.
+    pub const DEFAULT_SNAPSHOT_COUNT: u64 = 100_000;
+
+    /// How long the RPC that carries a snapshot's last chunk may take: the
+    /// follower installs the whole snapshot (decodes it, saves and fsyncs its
+    /// file) before answering. openraft's default, 200 ms, is far too short
+    /// for a state of tens of megabytes: the leader timed out, sent the
+    /// snapshot again from the start, and a follower behind the purged log
+    /// never caught up.
+    const INSTALL_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(120);
+
     /// The default sled page cache, MiB (the CLI's `--cache-mb`).
     pub const DEFAULT_CACHE_MB: u64 = roster_raft::DEFAULT_CACHE_CAPACITY / (1024 * 1024);
 
@@ -82,6 +97,7 @@ impl NodeConfig {
             lease_checkpoint_interval: Duration::from_secs(60),
             watch_progress_notify_interval: Duration::from_secs(600),
             auto_compaction: crate::compactor::AutoCompaction::Off,
+            snapshot_count: Self::DEFAULT_SNAPSHOT_COUNT,
             cache_capacity: roster_raft::DEFAULT_CACHE_CAPACITY,
             allow_pipe_handlers: false,
             peer_source_ip: None,
@@ -119,11 +135,9 @@ impl NodeConfig {
             election_timeout_min: election_min,
             election_timeout_max: election_max,
             max_payload_entries: 512,
-            // etcd's default `--snapshot-count`. A snapshot encodes the whole
-            // state (off the apply path, but a full pass over it), and a
-            // restart re-applies at most this many entries after it.
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(100_000),
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_count),
             max_in_snapshot_log_to_keep: 1_000,
+            install_snapshot_timeout: Self::INSTALL_SNAPSHOT_TIMEOUT.as_millis() as u64,
             ..Default::default()
         }
     }
