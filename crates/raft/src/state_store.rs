@@ -150,7 +150,13 @@ impl StateStore {
         observer: Arc<dyn ApplyObserver>,
     ) -> Result<Self, OpenError> {
         let engine = match files.load()? {
-            Some((_, bytes)) => MemEngine::from_snapshot(SnapshotData::decode(&bytes)?),
+            Some((meta, bytes)) => {
+                tracing::info!(
+                    last_log = ?meta.last_log_id.map(|l| l.index),
+                    "state loaded from the snapshot file"
+                );
+                MemEngine::from_snapshot(SnapshotData::decode(&bytes)?)
+            }
             None => MemEngine::new(),
         };
         Self::open(Box::new(engine), StateBackend::Files(files), observer)

@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use openraft::error::{InitializeError, RaftError};
@@ -86,6 +87,11 @@ pub enum Backend {
 }
 
 /// A running node. Dropping it does not stop it: call [`RunningNode::shutdown`].
+/// Entries applied since the last snapshot that make a clean stop save one.
+const EXIT_SNAPSHOT_AFTER: u64 = 1_000;
+/// Longest a clean stop waits for that snapshot.
+const EXIT_SNAPSHOT_WAIT: Duration = Duration::from_secs(20);
+
 pub struct RunningNode {
     pub member_id: NodeId,
     pub cluster_id: u64,
@@ -313,11 +319,41 @@ impl RunningNode {
 
     /// Stops serving, then stops raft (which flushes nothing it has not already
     /// made durable: every acknowledged write is on disk already).
-    pub async fn shutdown(self) {
+    /// On a clean stop, saves a snapshot if at least [`EXIT_SNAPSHOT_AFTER`]
+    /// entries were applied since the last one, so the next start loads it
+    /// instead of re-applying them (8.7 s after a million keys and leases).
+    /// Bounded by [`EXIT_SNAPSHOT_WAIT`]: a stop never waits longer.
+    async fn snapshot_before_exit(&self) {
+        let m = self.raft.metrics().borrow().clone();
+        let applied = m.last_applied.map_or(0, |l| l.index);
+        let snapshot = m.snapshot.map_or(0, |l| l.index);
+        if m.running_state.is_err() || applied < snapshot + EXIT_SNAPSHOT_AFTER {
+            return;
+        }
+        if let Err(e) = self.raft.trigger().snapshot().await {
+            tracing::warn!(error = %e, "no snapshot before exiting");
+            return;
+        }
+        let saved = self
+            .raft
+            .wait(Some(EXIT_SNAPSHOT_WAIT))
+            .metrics(
+                |m| m.snapshot.is_some_and(|s| s.index >= applied),
+                "a snapshot before exiting",
+            )
+            .await;
+        match saved {
+            Ok(_) => tracing::info!(last_log = applied, "saved a snapshot before exiting"),
+            Err(e) => tracing::warn!(error = %e, "no snapshot before exiting"),
+        }
+    }
+
+    pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
-        for server in self.servers {
+        for server in std::mem::take(&mut self.servers) {
             let _ = server.await;
         }
+        self.snapshot_before_exit().await;
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
