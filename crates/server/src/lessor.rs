@@ -567,8 +567,7 @@ impl Lessor {
         if self.inner.confirmations.aging(began) {
             let lessor = self.clone();
             tokio::spawn(async move {
-                let raft = &lessor.inner.raft;
-                let round = || async { raft.get_read_log_id().await.map(|_| ()) };
+                let round = || quorum_round(&lessor.inner.raft);
                 lessor.inner.confirmations.refresh(term, round).await;
             });
         }
@@ -578,8 +577,7 @@ impl Lessor {
     /// When a quorum confirmation of our leadership in `term`, usable now,
     /// began (shared with other batches; a new round if none is young enough).
     async fn confirmed(&self, term: u64) -> Result<Instant, LessorError> {
-        let raft = &self.inner.raft;
-        let round = || async { raft.get_read_log_id().await.map(|_| ()) };
+        let round = || quorum_round(&self.inner.raft);
         match self.inner.confirmations.confirmed(term, round).await {
             Ok(began) => Ok(began),
             Err(e) => {
@@ -710,6 +708,12 @@ impl Lessor {
         }
         Some(remaining)
     }
+}
+
+/// One round of heartbeats in which a quorum confirms our leadership (the
+/// round a [`confirm::Confirmations`] entry stands for).
+async fn quorum_round(raft: &Raft) -> Result<(), impl std::fmt::Display> {
+    raft.get_read_log_id().await.map(|_| ())
 }
 
 /// Extends one lease's deadline to `now + ttl`; 0 when unknown or already due.
