@@ -642,6 +642,12 @@ pub struct ClusterOptions {
     /// can cut links between nodes. Roster's own flag: not for etcd. One such
     /// cluster per machine at a time.
     pub own_ips: bool,
+    /// Each node's data dir is restored from this backup before it starts
+    /// (`roster snapshot restore`, or `etcdctl snapshot restore` for etcd),
+    /// with the node's name, URLs and the cluster's token.
+    pub restore_from: Option<PathBuf>,
+    /// Extra flags for that restore.
+    pub restore_args: Vec<String>,
 }
 
 impl ClusterOptions {
@@ -651,8 +657,50 @@ impl ClusterOptions {
             token: unique_token("roster-test"),
             extra_args: Vec::new(),
             own_ips: false,
+            restore_from: None,
+            restore_args: Vec::new(),
         }
     }
+}
+
+/// Restores `backup` into `cfg`'s data dir as a member of `initial_cluster`;
+/// panics with the tool's output if the restore fails.
+pub fn restore_data_dir(
+    binary: &Binary,
+    backup: &Path,
+    cfg: &NodeConfig,
+    initial_cluster: &str,
+    token: &str,
+    extra: &[String],
+) {
+    let mut cmd = match binary.flavor {
+        Flavor::Roster => {
+            let mut cmd = Command::new(&binary.path);
+            cmd.args(["snapshot", "restore"]);
+            cmd
+        }
+        Flavor::Etcd => {
+            let mut cmd = Command::new(etcdctl_path());
+            cmd.env("ETCDCTL_API", "3").args(["snapshot", "restore"]);
+            cmd
+        }
+    };
+    cmd.arg(backup)
+        .args(["--name", &cfg.name])
+        .arg(format!("--data-dir={}", cfg.data_dir.display()))
+        .arg(format!("--initial-cluster={initial_cluster}"))
+        .arg(format!("--initial-cluster-token={token}"))
+        .arg(format!("--initial-advertise-peer-urls={}", cfg.peer_url()))
+        .args(extra);
+    let out = cmd.output().expect("run snapshot restore");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    assert!(
+        out.status.success(),
+        "snapshot restore of {} failed: {}{}",
+        cfg.name,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
 }
 
 /// Real server processes forming one cluster. Dropping it SIGKILLs them all.
@@ -717,6 +765,16 @@ impl Cluster {
                     args.extend(["--peer-source-ip".to_string(), cfg.ip.clone()]);
                 }
                 args.extend(opts.extra_args.iter().cloned());
+                if let Some(backup) = &opts.restore_from {
+                    restore_data_dir(
+                        &binary,
+                        backup,
+                        &cfg,
+                        &initial_cluster,
+                        &opts.token,
+                        &opts.restore_args,
+                    );
+                }
                 log_marker(&cfg.log_path, &format!("start {}", args.join(" ")));
                 let child = spawn_server(&binary, &args, &cfg.log_path);
                 Node {

@@ -19,6 +19,7 @@ mod handler;
 mod ops;
 mod serve;
 mod service;
+mod snapshot;
 
 use clap::{Parser, Subcommand};
 
@@ -68,6 +69,9 @@ enum Command {
     Member(ops::MemberArgs),
     /// Status of each of --endpoints.
     Status(ops::StatusArgs),
+    /// Backups: save one from a member, show what one holds, restore one
+    /// into the data dir of a member of a new cluster.
+    Snapshot(snapshot::SnapshotArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -97,6 +101,7 @@ fn main() -> std::process::ExitCode {
             Command::Lease(args) => ops::run_lease(args).await,
             Command::Member(args) => ops::run_member(args).await,
             Command::Status(args) => ops::run_status(args).await,
+            Command::Snapshot(args) => snapshot::run_snapshot(args).await,
         };
         done.map(|()| std::process::ExitCode::SUCCESS)
     });

@@ -85,7 +85,7 @@ pub struct ServeArgs {
 }
 
 /// `name=url,name=url` (a name may repeat for several URLs).
-fn parse_initial_cluster(text: &str) -> anyhow::Result<Vec<InitialMember>> {
+pub(crate) fn parse_initial_cluster(text: &str) -> anyhow::Result<Vec<InitialMember>> {
     let mut members: Vec<InitialMember> = Vec::new();
     for part in text.split(',').filter(|p| !p.is_empty()) {
         let Some((name, url)) = part.split_once('=') else {

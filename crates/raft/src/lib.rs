@@ -12,6 +12,7 @@
 //! file and caught up by re-applying the log after it; a snapshot is synced
 //! before the log entries it covers may be purged.
 
+pub mod backup;
 mod log_store;
 mod mem_log_store;
 mod mem_storage;

@@ -166,8 +166,35 @@ impl SnapshotFiles {
     }
 }
 
+/// Appends a whole snapshot file's bytes for `meta` and `data` to `out` (a
+/// backup carries one; see `backup`).
+pub(crate) fn frame_into(
+    out: &mut Vec<u8>,
+    meta: &Meta,
+    data: &roster_state::SnapshotData,
+) -> Result<(), SnapshotFileError> {
+    let start = out.len();
+    let meta = bincode::serialize(meta)?;
+    let meta_len = u32::try_from(meta.len()).map_err(|_| SnapshotFileError::Corrupt {
+        path: PathBuf::new(),
+        what: format!("meta of {} bytes is too large", meta.len()),
+    })?;
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&meta_len.to_le_bytes());
+    out.extend_from_slice(&meta);
+    data.encode_into(out);
+    let crc = crc32fast::hash(&out[start..]);
+    out.extend_from_slice(&crc.to_le_bytes());
+    Ok(())
+}
+
+/// Whether `bytes` begin like a snapshot file.
+pub(crate) fn is_snapshot_file(bytes: &[u8]) -> bool {
+    bytes.starts_with(MAGIC)
+}
+
 /// Splits a file's bytes into meta and data, checking magic, lengths and CRC.
-fn parse(bytes: &[u8]) -> Result<(Meta, Vec<u8>), String> {
+pub(crate) fn parse(bytes: &[u8]) -> Result<(Meta, Vec<u8>), String> {
     let header = MAGIC.len() + 4;
     if bytes.len() < header + 4 {
         return Err(format!(

@@ -50,8 +50,8 @@ use crate::types::{ApplyObserver, Member, NodeId, TypeConfig};
 pub type SharedState = Arc<RwLock<StateMachine<DynEngine>>>;
 
 /// State-machine metadata names (stored by `roster-state` under `m/<name>`).
-const APPLIED_META: &[u8] = b"raft/applied";
-const MEMBERSHIP_META: &[u8] = b"raft/membership";
+pub(crate) const APPLIED_META: &[u8] = b"raft/applied";
+pub(crate) const MEMBERSHIP_META: &[u8] = b"raft/membership";
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
 type Membership = StoredMembership<NodeId, Member>;
@@ -272,7 +272,7 @@ impl StateStore {
 }
 
 /// The applied log id and membership recorded in the state.
-fn read_applied<E: Engine>(
+pub(crate) fn read_applied<E: Engine>(
     sm: &StateMachine<E>,
 ) -> Result<(Option<LogId<NodeId>>, Membership), StateStoreError> {
     let applied = sm.meta(APPLIED_META)?.map(|v| decode(&v)).transpose()?;

@@ -153,7 +153,7 @@ pub fn open_storage(
     })?;
     let lock = lock_dir(&opts.dir)?;
     let wal = WalLogStore::open(&opts.dir.join(WAL_DIR))?;
-    let snapshots = SnapshotFiles::open(&opts.dir.join(SNAP_DIR))?.holding(lock);
+    let snapshots = SnapshotFiles::open(&snapshot_dir(&opts.dir))?.holding(lock);
     import_sled(
         &opts.dir.join(SLED_DIR),
         opts.cache_capacity,
@@ -169,6 +169,11 @@ pub fn open_storage(
 
 /// fsyncs a directory, so that the files created, renamed or removed in it
 /// stay so after a crash.
+/// The snapshot directory of the storage rooted at `root`.
+pub(crate) fn snapshot_dir(root: &Path) -> std::path::PathBuf {
+    root.join(SNAP_DIR)
+}
+
 pub(crate) fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }

@@ -21,6 +21,7 @@ pub mod observer;
 pub mod proposer;
 pub mod registry_api;
 pub mod registry_watch;
+pub mod restore;
 pub mod route;
 pub mod url_authority;
 pub mod wall_clock;

@@ -35,7 +35,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::Stream;
 use tonic::transport::server::Connected;
 
-use crate::config::{ClusterState, NodeConfig};
+use crate::config::{ClusterState, InitialMember, NodeConfig};
 use crate::etcd::{EtcdApi, WatchSettings, MAX_GRPC_MESSAGE};
 use crate::handler_api::HandlerApi;
 use crate::health::HealthChecker;
@@ -128,12 +128,26 @@ async fn bind(
 
 /// The initial membership, keyed by member id, and this node's id.
 fn initial_members(config: &NodeConfig) -> Result<(BTreeMap<NodeId, Member>, NodeId), StartError> {
-    let token = &config.initial_cluster_token;
+    membership_of(
+        &config.initial_cluster,
+        &config.name,
+        &config.initial_cluster_token,
+    )
+}
+
+/// The membership a new cluster of `initial_cluster` starts with, keyed by
+/// member id, and the id of the member named `name` (which must be listed).
+/// A restored cluster starts with it too (`restore`).
+pub fn membership_of(
+    initial_cluster: &[InitialMember],
+    name: &str,
+    token: &str,
+) -> Result<(BTreeMap<NodeId, Member>, NodeId), StartError> {
     let mut members = BTreeMap::new();
     let mut own = None;
-    for m in &config.initial_cluster {
+    for m in initial_cluster {
         let id = identity::member_id(m, token);
-        if m.name == config.name {
+        if m.name == name {
             own = Some(id);
         }
         // Every member bootstraps the same membership, so it holds only what all
@@ -145,9 +159,8 @@ fn initial_members(config: &NodeConfig) -> Result<(BTreeMap<NodeId, Member>, Nod
         members.insert(id, member);
     }
     let own = own.ok_or_else(|| StartError::NotInInitialCluster {
-        name: config.name.clone(),
-        listed: config
-            .initial_cluster
+        name: name.to_string(),
+        listed: initial_cluster
             .iter()
             .map(|m| m.name.as_str())
             .collect::<Vec<_>>()

@@ -54,6 +54,7 @@ mod machine;
 mod members;
 mod mix;
 pub mod registry;
+mod restore;
 pub mod selector;
 mod snapshot;
 #[cfg(test)]
@@ -72,5 +73,6 @@ pub use lease::{Lease, MAX_LEASE_TTL};
 pub use machine::{Applied, StateMachine};
 pub use members::MemberAttrs;
 pub use mix::splitmix64;
+pub use restore::SnapshotSummary;
 pub use snapshot::SnapshotData;
 pub use txn::{Compare, CompareOp, CompareTarget, Txn, TxnOp, TxnOpResponse};

@@ -68,8 +68,23 @@ impl SnapshotData {
 
     /// The wire and file form (see the module doc).
     pub fn encode(&self) -> Vec<u8> {
-        let bytes: usize = self.pairs().map(|(k, v)| 16 + k.len() + v.len()).sum();
-        let mut out = Vec::with_capacity(8 + bytes);
+        let mut out = Vec::new();
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// The length of [`SnapshotData::encode`]'s output.
+    pub fn encoded_len(&self) -> usize {
+        8 + self
+            .pairs()
+            .map(|(k, v)| 16 + k.len() + v.len())
+            .sum::<usize>()
+    }
+
+    /// Appends [`SnapshotData::encode`]'s output to `out` (for a caller that
+    /// frames the encoding without copying it).
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        out.reserve(self.encoded_len());
         out.extend_from_slice(&(self.map.len() as u64).to_le_bytes());
         for (key, value) in self.pairs() {
             for part in [key, value] {
@@ -77,7 +92,6 @@ impl SnapshotData {
                 out.extend_from_slice(part);
             }
         }
-        out
     }
 
     /// Parses [`SnapshotData::encode`]'s output. Truncated input, trailing bytes or
