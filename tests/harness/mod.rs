@@ -1085,6 +1085,52 @@ impl Cluster {
         }
     }
 
+    /// The `--initial-cluster` of the running nodes plus a node `name` at
+    /// `peer_url`: what a member added to this cluster starts with.
+    pub fn initial_cluster_with(&self, name: &str, peer_url: &str) -> String {
+        self.nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(|n| format!("{}={}", n.cfg.name, n.cfg.peer_url()))
+            .chain(std::iter::once(format!("{name}={peer_url}")))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Starts `cfg` as a member joining this cluster (`--initial-cluster-state
+    /// existing`), with `extra` flags, without waiting; its index.
+    pub fn start_joining(&mut self, cfg: NodeConfig, extra: &[&str]) -> usize {
+        let initial = self.initial_cluster_with(&cfg.name, &cfg.peer_url());
+        let mut args = with_flag(
+            &cfg.serve_args(&initial, &self.token),
+            "--initial-cluster-state",
+            "existing",
+        );
+        args.extend(extra.iter().map(|a| a.to_string()));
+        log_marker(&cfg.log_path, &format!("start {}", args.join(" ")));
+        let child = spawn_server(&self.binary, &args, &cfg.log_path);
+        self.nodes.push(Node {
+            cfg,
+            args,
+            child: Some(child),
+            member_id: 0,
+        });
+        self.nodes.len() - 1
+    }
+
+    /// Waits up to `timeout` for node `i` to exit by itself; its status.
+    pub fn wait_exit(&mut self, i: usize, timeout: Duration) -> ExitStatus {
+        let name = self.nodes[i].cfg.name.clone();
+        let status = poll_for(timeout, || self.exited(i));
+        match status {
+            Some(status) => {
+                self.nodes[i].child = None;
+                status
+            }
+            None => panic!("{name} still running after {timeout:?}"),
+        }
+    }
+
     /// Starts node `i` again with the same flags and data dir (it must have been
     /// killed), without waiting.
     pub fn restart_no_wait(&mut self, i: usize) {

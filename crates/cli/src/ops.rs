@@ -14,7 +14,8 @@ use roster_proto::etcdserverpb::watch_client::WatchClient;
 use roster_proto::etcdserverpb::watch_request::RequestUnion;
 use roster_proto::etcdserverpb::{
     DeleteRangeRequest, LeaseGrantRequest, LeaseKeepAliveRequest, LeaseLeasesRequest,
-    LeaseRevokeRequest, LeaseTimeToLiveRequest, MemberListRequest, PutRequest, RangeRequest,
+    LeaseRevokeRequest, LeaseTimeToLiveRequest, MemberAddRequest, MemberListRequest,
+    MemberPromoteRequest, MemberRemoveRequest, MemberUpdateRequest, PutRequest, RangeRequest,
     StatusRequest, WatchCreateRequest, WatchRequest,
 };
 use roster_proto::mvccpb::event::EventType;
@@ -115,6 +116,37 @@ enum LeaseCommand {
 #[derive(Subcommand, Debug)]
 enum MemberCommand {
     List,
+    /// Add a member; then start it with `roster serve` and the flags printed.
+    Add {
+        /// The new member's name (for the flags printed; the cluster learns
+        /// it when the member starts).
+        name: String,
+        /// Its peer URLs (comma-separated).
+        #[arg(long, value_delimiter = ',', required = true)]
+        peer_urls: Vec<String>,
+        /// Add it as a learner: it catches up without voting; promote it after.
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Remove a member (hex id); it stops once it learns of it.
+    Remove {
+        id: String,
+    },
+    /// Make a learner (hex id) that has caught up a voter.
+    Promote {
+        id: String,
+    },
+    /// Change a member's (hex id) peer URLs; then restart it on them.
+    Update {
+        id: String,
+        #[arg(long, value_delimiter = ',', required = true)]
+        peer_urls: Vec<String>,
+    },
+}
+
+fn member_id(text: &str) -> anyhow::Result<u64> {
+    u64::from_str_radix(text.trim_start_matches("0x"), 16)
+        .with_context(|| format!("{text:?} is not a hex member id"))
 }
 
 fn hex_id(text: &str) -> anyhow::Result<i64> {
@@ -153,28 +185,116 @@ pub async fn run_lease(args: LeaseArgs) -> anyhow::Result<()> {
 pub async fn run_member(args: MemberArgs) -> anyhow::Result<()> {
     let output = args.connection.output;
     let channel = connect_channel(&args.connection).await?;
-    let MemberCommand::List = args.command;
-    let answer = ClusterClient::new(channel)
-        .member_list(MemberListRequest { linearizable: true })
-        .await
-        .map_err(status_error)?
-        .into_inner();
-    for m in answer.members {
+    let mut client = ClusterClient::new(channel);
+    match args.command {
+        MemberCommand::List => {
+            let answer = client
+                .member_list(MemberListRequest { linearizable: true })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            print_members(output, &answer.members);
+        }
+        MemberCommand::Add {
+            name,
+            peer_urls,
+            learner,
+        } => {
+            let request = MemberAddRequest {
+                peer_ur_ls: peer_urls.clone(),
+                is_learner: learner,
+            };
+            let answer = client
+                .member_add(request)
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let id = answer.member.map_or(0, |m| m.id);
+            let initial_cluster: Vec<String> = answer
+                .members
+                .iter()
+                .flat_map(|m| {
+                    let name = if m.id == id {
+                        name.as_str()
+                    } else {
+                        m.name.as_str()
+                    };
+                    m.peer_ur_ls.iter().map(move |u| format!("{name}={u}"))
+                })
+                .collect();
+            let flags = format!(
+                "--name {name} --initial-advertise-peer-urls {} --initial-cluster {} --initial-cluster-state existing",
+                peer_urls.join(","),
+                initial_cluster.join(",")
+            );
+            print(
+                output,
+                json!({"id": format!("{id:x}"), "learner": learner, "serve_flags": flags}),
+                || {
+                    let role = if learner { "learner" } else { "voter" };
+                    format!(
+                        "added {name} ({id:x}) as a {role}; start it with:\n  roster serve {flags}"
+                    )
+                },
+            );
+        }
+        MemberCommand::Remove { id } => {
+            let id = member_id(&id)?;
+            client
+                .member_remove(MemberRemoveRequest { id })
+                .await
+                .map_err(status_error)?;
+            member_changed(output, "removed", id);
+        }
+        MemberCommand::Promote { id } => {
+            let id = member_id(&id)?;
+            client
+                .member_promote(MemberPromoteRequest { id })
+                .await
+                .map_err(status_error)?;
+            member_changed(output, "promoted", id);
+        }
+        MemberCommand::Update { id, peer_urls } => {
+            let id = member_id(&id)?;
+            let request = MemberUpdateRequest {
+                id,
+                peer_ur_ls: peer_urls,
+            };
+            client.member_update(request).await.map_err(status_error)?;
+            member_changed(output, "updated", id);
+        }
+    }
+    Ok(())
+}
+
+/// `<what> <hex id>`, or `{"<what>": "<hex id>"}`.
+fn member_changed(output: crate::service::Output, what: &str, id: u64) {
+    let hex = format!("{id:x}");
+    print(output, json!({ what: hex }), || format!("{what} {hex}"));
+}
+
+fn print_members(output: crate::service::Output, members: &[roster_proto::etcdserverpb::Member]) {
+    for m in members {
+        let name = if m.name.is_empty() {
+            "unstarted"
+        } else {
+            &m.name
+        };
         print(
             output,
-            json!({"id": format!("{:x}", m.id), "name": m.name, "peer_urls": m.peer_ur_ls, "client_urls": m.client_ur_ls}),
+            json!({"id": format!("{:x}", m.id), "name": m.name, "peer_urls": m.peer_ur_ls,
+                   "client_urls": m.client_ur_ls, "learner": m.is_learner}),
             || {
+                let role = if m.is_learner { "learner" } else { "voter" };
                 format!(
-                    "{:x}, {}, {}, {}",
+                    "{:x}, {name}, {role}, {}, {}",
                     m.id,
-                    m.name,
                     m.peer_ur_ls.join(","),
                     m.client_ur_ls.join(",")
                 )
             },
         );
     }
-    Ok(())
 }
 
 /// The status of every endpoint given (each asked on its own).

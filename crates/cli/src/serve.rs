@@ -230,6 +230,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             node.shutdown().await;
             Ok(())
         }
+        why = node.removed() => {
+            tracing::warn!(%why, "the member has been permanently removed from the cluster; exiting");
+            // A moment for the answer to the removal to reach its client.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            node.shutdown().await;
+            Ok(())
+        }
         why = node.raft_stopped() => {
             tracing::error!(%why, "raft stopped on its own; exiting");
             node.shutdown().await;

@@ -42,12 +42,35 @@ pub fn cluster_id(member_ids: &[u64], token: &str) -> u64 {
     hash_parts(parts).max(1)
 }
 
+/// The id of a member added to a running cluster (`MemberAdd`): from its
+/// peer URLs, the cluster, the time and a nonce the caller bumps while the id
+/// is taken, like etcd's (which salts with the time). Never 0.
+pub fn added_member_id(peer_urls: &[String], cluster_id: u64, now_ms: u64, nonce: u64) -> u64 {
+    let mut urls = peer_urls.to_vec();
+    urls.sort();
+    let numbers = [
+        cluster_id.to_be_bytes(),
+        now_ms.to_be_bytes(),
+        nonce.to_be_bytes(),
+    ];
+    let parts = urls
+        .iter()
+        .map(|u| u.as_bytes())
+        .chain(numbers.iter().map(|n| n.as_slice()));
+    hash_parts(parts).max(1)
+}
+
 /// What the data dir records about whose data it is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
     pub name: String,
     pub member_id: u64,
     pub cluster_id: u64,
+    /// The member joined a running cluster (`--initial-cluster-state
+    /// existing` after `MemberAdd`): its ids came from the cluster, not from
+    /// `--initial-cluster`, so a restart takes them from this file.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub joined: bool,
 }
 
 /// Errors of reading or checking the identity file.
@@ -154,6 +177,12 @@ mod tests {
         assert_ne!(a, member_id(&member("n1", "http://127.0.0.1:2381"), "t"));
         assert_ne!(a, member_id(&member("n1", "http://127.0.0.1:2380"), "u"));
         assert_eq!(cluster_id(&[1, 2], "t"), cluster_id(&[2, 1], "t"));
+        let urls = vec!["http://127.0.0.1:2380".to_string()];
+        let added = added_member_id(&urls, 7, 1000, 0);
+        assert_eq!(added, added_member_id(&urls, 7, 1000, 0));
+        assert_ne!(added, added_member_id(&urls, 7, 1001, 0));
+        assert_ne!(added, added_member_id(&urls, 7, 1000, 1));
+        assert_ne!(added, added_member_id(&urls, 8, 1000, 0));
         assert_ne!(cluster_id(&[1, 2], "t"), cluster_id(&[1, 2], "u"));
     }
 
@@ -164,6 +193,7 @@ mod tests {
             name: "n1".into(),
             member_id: 1,
             cluster_id: 10,
+            joined: false,
         };
         assert!(check_and_store(dir.path(), &ours).expect("fresh"));
         assert!(!check_and_store(dir.path(), &ours).expect("same"));

@@ -44,7 +44,8 @@ use crate::lessor::{Lessor, LessorConfig};
 use crate::observer::NodeObserver;
 use crate::proposer::Proposer;
 use crate::registry_api::RegistryApi;
-use crate::route::Router;
+use crate::removal;
+use crate::route::{ClusterContext, Router};
 use crate::url_authority::AuthorityRewrite;
 use crate::watch::WatchHub;
 use crate::{compactor, drainer, handlers};
@@ -68,12 +69,8 @@ pub enum StartError {
     Storage { dir: String, reason: String },
     #[error("raft: {0}")]
     Raft(String),
-    #[error(
-        "--initial-cluster-state existing with an empty data dir ({dir}) means joining a \
-         running cluster, which needs MemberAdd: not supported yet. Start the cluster's \
-         members together with --initial-cluster-state new"
-    )]
-    JoinUnsupported { dir: String },
+    #[error("joining a running cluster: {0}")]
+    Join(String),
 }
 
 /// Where a node keeps its raft log and state machine.
@@ -96,6 +93,8 @@ pub struct RunningNode {
     pub member_id: NodeId,
     pub cluster_id: u64,
     pub raft: Raft,
+    router: Router,
+    election_timeout: Duration,
     stop: watch::Sender<bool>,
     servers: Vec<JoinHandle<Result<(), tonic::transport::Error>>>,
 }
@@ -187,15 +186,17 @@ impl RunningNode {
     ) -> Result<Self, StartError> {
         let (members, member_id) = initial_members(&config)?;
         let ids: Vec<NodeId> = members.keys().copied().collect();
-        let cluster_id = identity::cluster_id(&ids, &config.initial_cluster_token);
-        if matches!(backend, Backend::Sled) {
-            let ident = Identity {
-                name: config.name.clone(),
-                member_id,
-                cluster_id,
-            };
-            check_data_dir(&config, &ident)?;
-        }
+        let computed = Identity {
+            name: config.name.clone(),
+            member_id,
+            cluster_id: identity::cluster_id(&ids, &config.initial_cluster_token),
+            joined: false,
+        };
+        let ident = match backend {
+            Backend::Sled => crate::join::resolve(&config, computed, transport.clone()).await?,
+            Backend::Memory(_) => computed,
+        };
+        let (member_id, cluster_id) = (ident.member_id, ident.cluster_id);
         let peer_listeners =
             bind_all(&*transport, "--listen-peer-urls", &config.listen_peer_urls).await?;
         let client_listeners = bind_all(
@@ -231,7 +232,10 @@ impl RunningNode {
             .is_initialized()
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
-        if !initialized && config.initial_cluster_state == ClusterState::New {
+        // A member that joined a running cluster never bootstraps one, even
+        // when restarted with `new` before it received anything: its id is
+        // not among those `--initial-cluster` gives.
+        if !initialized && config.initial_cluster_state == ClusterState::New && !ident.joined {
             bootstrap(&raft, members).await?;
         }
 
@@ -261,7 +265,19 @@ impl RunningNode {
         );
         let health =
             HealthChecker::start(raft.clone(), proposer.clone(), shared.clone(), hub.clone());
-        let router = Router::new(member_id, raft.clone(), lessor, proposer, health, transport);
+        let cluster = ClusterContext {
+            cluster_id,
+            state: shared.clone(),
+        };
+        let router = Router::new(
+            member_id,
+            raft.clone(),
+            lessor,
+            proposer,
+            health,
+            transport.clone(),
+            cluster,
+        );
         let api = EtcdApi {
             raft: raft.clone(),
             state: shared,
@@ -307,6 +323,8 @@ impl RunningNode {
             member_id,
             cluster_id,
             raft,
+            router,
+            election_timeout: config.election_timeout,
             stop,
             servers,
         })
@@ -328,6 +346,19 @@ impl RunningNode {
                 return "raft stopped".into();
             }
         }
+    }
+
+    /// Resolves once this member knows it was removed from the cluster (see
+    /// `removal`); says how it knows. The process should then exit.
+    pub async fn removed(&self) -> String {
+        let router = self.router.clone();
+        removal::removed(
+            self.raft.clone(),
+            router,
+            self.member_id,
+            self.election_timeout,
+        )
+        .await
     }
 
     /// Stops serving, then stops raft (which flushes nothing it has not already
@@ -384,19 +415,6 @@ async fn bind_all(
         listeners.push(bind(transport, flag, url).await?);
     }
     Ok(listeners)
-}
-
-/// Refuses a data dir of another member or cluster, and a fresh one when asked to
-/// join an existing cluster; records our identity in a fresh one.
-fn check_data_dir(config: &NodeConfig, ident: &Identity) -> Result<(), StartError> {
-    let fresh = identity::load(&config.data_dir)?.is_none();
-    if fresh && config.initial_cluster_state == ClusterState::Existing {
-        return Err(StartError::JoinUnsupported {
-            dir: config.data_dir.display().to_string(),
-        });
-    }
-    identity::check_and_store(&config.data_dir, ident)?;
-    Ok(())
 }
 
 /// Opens the raft log and state machine. Opening sled and fsyncing its files

@@ -102,6 +102,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         name: opts.name.clone(),
         member_id,
         cluster_id,
+        joined: false,
     };
     identity::check_and_store(&opts.data_dir, &ident)?;
     Ok(Restored {

@@ -15,7 +15,7 @@ use openraft::{RaftMetrics, ServerState};
 use roster_proto::raftpb::RaftRequest;
 use roster_raft::network::{never_sent, ForwardHandler, PeerClients};
 use roster_raft::transport::Transport;
-use roster_raft::{Member, NodeId, Raft};
+use roster_raft::{Member, NodeId, Raft, SharedState};
 use roster_state::registry::Health;
 use roster_state::{Command, Response, StateError};
 use serde::{Deserialize, Serialize};
@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::batch::spawn_batches;
 use crate::health::{HealthChecker, Report, ReportError};
 use crate::lessor::{Lessor, LessorError};
+use crate::membership::{self, MemberChange, MemberChanged, MemberError};
 use crate::proposer::{approx_size, ProposeError, Proposer};
 
 /// How long a request waits for a leader before answering "no leader".
@@ -72,9 +73,32 @@ pub enum Forwarded {
         output: String,
     },
     /// Proposals gathered on one node, answered one by one
-    /// ([`ForwardReply::Each`]). Not idempotent, like `Propose`. Last, so the
-    /// variants before it keep their encoding.
+    /// ([`ForwardReply::Each`]). Not idempotent, like `Propose`. New variants
+    /// go last, so the variants before them keep their encoding.
     Proposals(Vec<Command>),
+    /// A membership change (not idempotent: an add sent twice adds twice).
+    Member(MemberChange),
+    /// The cluster id and membership, answered by any member (not only the
+    /// leader): what a joining member asks before it starts.
+    ClusterInfo,
+}
+
+/// A cluster as one member sees it (`Forwarded::ClusterInfo`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    pub cluster_id: u64,
+    pub members: Vec<ClusterMember>,
+    /// The log index of the membership these members come from.
+    pub membership_index: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterMember {
+    pub id: NodeId,
+    pub member: Member,
+    pub voter: bool,
+    /// It has published its attributes: it ran.
+    pub started: bool,
 }
 
 /// The leader's answer to a [`Forwarded`] request.
@@ -94,6 +118,8 @@ enum ForwardReply {
     /// first; the command was not appended, so it may be sent again), or
     /// `Failed`.
     Each(Vec<ForwardReply>),
+    Member(Result<MemberChanged, MemberError>),
+    ClusterInfo(ClusterInfo),
 }
 
 /// Routes requests to the leader. Cheap to clone.
@@ -107,6 +133,15 @@ pub struct Router {
     keepalives: mpsc::UnboundedSender<PendingKeepalive>,
     proposals: mpsc::UnboundedSender<PendingProposal>,
     peers: PeerClients,
+    cluster: ClusterContext,
+}
+
+/// What the router needs to answer membership requests.
+#[derive(Clone)]
+pub struct ClusterContext {
+    pub cluster_id: u64,
+    /// For the members that published their attributes (started).
+    pub state: SharedState,
 }
 
 type PendingKeepalive = (i64, oneshot::Sender<Result<i64, RouteError>>);
@@ -139,6 +174,7 @@ impl Router {
         proposer: Proposer,
         health: HealthChecker,
         transport: Arc<dyn Transport>,
+        cluster: ClusterContext,
     ) -> Self {
         let (keepalives, queue) = mpsc::unbounded_channel();
         let (proposals, proposal_queue) = mpsc::unbounded_channel();
@@ -151,6 +187,7 @@ impl Router {
             keepalives,
             proposals,
             peers: PeerClients::new(transport),
+            cluster,
         };
         tokio::spawn(router.clone().forward_keepalives(queue));
         tokio::spawn(router.clone().forward_proposals(proposal_queue));
@@ -315,6 +352,63 @@ impl Router {
         }
     }
 
+    /// Makes a membership change on the leader.
+    pub async fn member_change(
+        &self,
+        change: MemberChange,
+    ) -> Result<Result<MemberChanged, MemberError>, RouteError> {
+        match self.route(&Forwarded::Member(change)).await? {
+            ForwardReply::Member(answer) => Ok(answer),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The cluster as member `id` (at `member`'s address) sees it.
+    pub async fn cluster_info_of(
+        &self,
+        id: NodeId,
+        member: &Member,
+    ) -> Result<ClusterInfo, String> {
+        let payload = encode(&Forwarded::ClusterInfo).map_err(|e| e.to_string())?;
+        ask_cluster(&self.peers, id, member, &payload).await
+    }
+
+    /// The cluster as this member sees it.
+    pub fn cluster_info(&self) -> Result<ClusterInfo, RouteError> {
+        let started = self.started_members()?;
+        let metrics = self.raft.metrics().borrow().clone();
+        let config = &metrics.membership_config;
+        let voters: std::collections::BTreeSet<NodeId> = config.membership().voter_ids().collect();
+        let members = config
+            .membership()
+            .nodes()
+            .map(|(id, member)| ClusterMember {
+                id: *id,
+                member: member.clone(),
+                voter: voters.contains(id),
+                started: started.contains(id),
+            })
+            .collect();
+        Ok(ClusterInfo {
+            cluster_id: self.cluster.cluster_id,
+            members,
+            membership_index: config.log_id().map_or(0, |l| l.index),
+        })
+    }
+
+    /// The members that published their attributes.
+    fn started_members(&self) -> Result<std::collections::BTreeSet<NodeId>, RouteError> {
+        let sm = self
+            .cluster
+            .state
+            .read()
+            .map_err(|_| RouteError::Unavailable("state lock poisoned".into()))?;
+        let members = sm
+            .members()
+            .map_err(|e| RouteError::Unavailable(e.to_string()))?;
+        Ok(members.into_iter().map(|a| a.id).collect())
+    }
+
     /// Remaining and granted TTL of a lease, from the leader's clock.
     pub async fn remaining(&self, id: i64) -> Result<Option<(i64, i64)>, RouteError> {
         match self.route(&Forwarded::Remaining(id)).await? {
@@ -328,7 +422,10 @@ impl Router {
     async fn route(&self, request: &Forwarded) -> Result<ForwardReply, RouteError> {
         let deadline = tokio::time::Instant::now() + LEADER_WAIT;
         let payload = encode(request)?;
-        let idempotent = !matches!(request, Forwarded::Propose(_) | Forwarded::Proposals(_));
+        let idempotent = !matches!(
+            request,
+            Forwarded::Propose(_) | Forwarded::Proposals(_) | Forwarded::Member(_)
+        );
         let timeout = if idempotent {
             RETRY_TIMEOUT
         } else {
@@ -371,6 +468,11 @@ impl Router {
         let _ = tokio::time::timeout(RETRY_PAUSE, changed).await;
     }
 
+    /// The leader this member knows of, if any.
+    pub fn leader_id(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
     fn leader(&self) -> Option<Leader> {
         // Borrowed, not cloned: this runs for every routed request.
         let metrics = self.raft.metrics();
@@ -408,6 +510,11 @@ impl Router {
                 Ok((read, _)) => ForwardReply::ReadIndex(read.map_or(0, |l| l.index)),
                 Err(_) => ForwardReply::NotLeader,
             },
+            Forwarded::Member(change) => self.change_membership(change).await,
+            Forwarded::ClusterInfo => match self.cluster_info() {
+                Ok(info) => ForwardReply::ClusterInfo(info),
+                Err(e) => ForwardReply::Failed(e),
+            },
             Forwarded::CheckReport {
                 service,
                 id,
@@ -419,6 +526,19 @@ impl Router {
                 Err(ReportError::NotLeader) => ForwardReply::NotLeader,
                 Err(ReportError::Failed(e)) => ForwardReply::Failed(RouteError::Unavailable(e)),
             },
+        }
+    }
+
+    async fn change_membership(&self, change: &MemberChange) -> ForwardReply {
+        let started = match self.started_members() {
+            Ok(started) => started,
+            Err(e) => return ForwardReply::Failed(e),
+        };
+        let now_ms = crate::wall_clock::now_ms();
+        let cluster_id = self.cluster.cluster_id;
+        match membership::apply(&self.raft, change, started, cluster_id, now_ms).await {
+            Err(MemberError::NotLeader) => ForwardReply::NotLeader,
+            answer => ForwardReply::Member(answer),
         }
     }
 
@@ -498,13 +618,61 @@ fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, RouteError> {
     bincode::serialize(value).map_err(|e| RouteError::Unavailable(e.to_string()))
 }
 
+/// Asks the members at `peers` (each a member's peer URLs) for the cluster,
+/// in turn, until one answers. For a member about to join, before it runs.
+pub async fn fetch_cluster(
+    transport: Arc<dyn Transport>,
+    peers: &[Vec<String>],
+) -> Result<ClusterInfo, String> {
+    let clients = PeerClients::new(transport);
+    let payload = encode(&Forwarded::ClusterInfo).map_err(|e| e.to_string())?;
+    let mut errors = Vec::new();
+    for (n, urls) in peers.iter().enumerate() {
+        let member = Member {
+            name: String::new(),
+            peer_urls: urls.clone(),
+        };
+        let asked = ask_cluster(&clients, n as NodeId, &member, &payload).await;
+        match asked {
+            Ok(info) => return Ok(info),
+            Err(e) => errors.push(format!("{}: {e}", urls.join(","))),
+        }
+    }
+    Err(errors.join("; "))
+}
+
+async fn ask_cluster(
+    clients: &PeerClients,
+    n: NodeId,
+    member: &Member,
+    payload: &[u8],
+) -> Result<ClusterInfo, String> {
+    let (mut client, _) = clients.get(n, member)?;
+    let mut req = tonic::Request::new(RaftRequest {
+        payload: payload.to_vec(),
+    });
+    req.set_timeout(RETRY_TIMEOUT);
+    let reply = client
+        .forward(req)
+        .await
+        .map_err(|s| s.message().to_string())?
+        .into_inner();
+    if !reply.error.is_empty() {
+        return Err(reply.error);
+    }
+    match bincode::deserialize(&reply.payload).map_err(|e| e.to_string())? {
+        ForwardReply::ClusterInfo(info) => Ok(info),
+        other => Err(format!("unexpected answer {other:?}")),
+    }
+}
+
 /// The leader's side of `Forward`: decode, serve locally, encode.
 #[tonic::async_trait]
 impl ForwardHandler for Router {
     async fn forward(&self, payload: Vec<u8>) -> Result<Vec<u8>, String> {
         let request: Forwarded = bincode::deserialize(&payload).map_err(|e| e.to_string())?;
-        let reply = match self.leader() {
-            Some(Leader::Local) => self.serve(&request).await,
+        let reply = match (&request, self.leader()) {
+            (Forwarded::ClusterInfo, _) | (_, Some(Leader::Local)) => self.serve(&request).await,
             _ => ForwardReply::NotLeader,
         };
         bincode::serialize(&reply).map_err(|e| e.to_string())

@@ -1,5 +1,5 @@
-//! etcd `Cluster`: the member list, from the raft membership. Membership changes
-//! (add, remove, promote, update) arrive with issue 9.
+//! etcd `Cluster`: the member list, from the raft membership, and membership
+//! changes (add, remove, promote, update), made on the leader (`membership`).
 
 use roster_proto::etcdserverpb::cluster_server::Cluster;
 use roster_proto::etcdserverpb::{
@@ -7,9 +7,13 @@ use roster_proto::etcdserverpb::{
     MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse,
     MemberUpdateRequest, MemberUpdateResponse,
 };
+use std::time::Duration;
+
 use tonic::{Request, Response, Status};
 
+use super::errors::route_status;
 use super::EtcdApi;
+use crate::membership::{MemberChange, MemberChanged, MemberError};
 
 impl EtcdApi {
     /// Members of the current membership, voters and learners, by id, with the
@@ -36,31 +40,106 @@ impl EtcdApi {
     }
 }
 
-fn later(what: &str) -> Status {
-    Status::unimplemented(format!("roster: {what} is not supported yet"))
+/// Longest a change's answer waits for this member to see the change, so
+/// that the `MemberList` a client sends next to the same member shows it.
+const SEEN_WAIT: Duration = Duration::from_secs(5);
+
+/// etcd's status for each refusal.
+fn member_status(e: MemberError) -> Status {
+    let message = e.to_string();
+    match e {
+        MemberError::NotFound => Status::not_found(message),
+        MemberError::BadUrls => Status::invalid_argument(message),
+        MemberError::PeerUrlExists
+        | MemberError::NotLearner
+        | MemberError::LearnerNotReady
+        | MemberError::TooManyLearners
+        | MemberError::NotEnoughStarted => Status::failed_precondition(message),
+        MemberError::InProgress => Status::unavailable(message),
+        MemberError::NotLeader => Status::unavailable("etcdserver: no leader"),
+        MemberError::Failed(reason) => Status::unavailable(format!("etcdserver: {reason}")),
+    }
+}
+
+impl EtcdApi {
+    /// Makes `change` on the leader, then waits (boundedly) until this member
+    /// has the membership entry that made it.
+    async fn change_members(&self, change: MemberChange) -> Result<MemberChanged, Status> {
+        let changed = self
+            .router
+            .member_change(change)
+            .await
+            .map_err(route_status)?
+            .map_err(member_status)?;
+        let seen = self
+            .raft
+            .wait(Some(SEEN_WAIT))
+            .metrics(
+                |m| m.membership_config.log_id().map_or(0, |l| l.index) >= changed.index,
+                "the new membership",
+            )
+            .await;
+        if seen.is_err() {
+            tracing::debug!(
+                index = changed.index,
+                "answering before the new membership arrived here"
+            );
+        }
+        Ok(changed)
+    }
 }
 
 #[tonic::async_trait]
 impl Cluster for EtcdApi {
     async fn member_add(
         &self,
-        _req: Request<MemberAddRequest>,
+        req: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
-        Err(later("MemberAdd"))
+        let req = req.into_inner();
+        let change = MemberChange::Add {
+            peer_urls: req.peer_ur_ls.clone(),
+            learner: req.is_learner,
+        };
+        let changed = self.change_members(change).await?;
+        Ok(Response::new(MemberAddResponse {
+            header: self.header(self.revision()?),
+            member: Some(Member {
+                id: changed.id,
+                name: String::new(),
+                peer_ur_ls: req.peer_ur_ls,
+                client_ur_ls: Vec::new(),
+                is_learner: req.is_learner,
+            }),
+            members: self.members()?,
+        }))
     }
 
     async fn member_remove(
         &self,
-        _req: Request<MemberRemoveRequest>,
+        req: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        Err(later("MemberRemove"))
+        let id = req.into_inner().id;
+        self.change_members(MemberChange::Remove { id }).await?;
+        Ok(Response::new(MemberRemoveResponse {
+            header: self.header(self.revision()?),
+            members: self.members()?,
+        }))
     }
 
     async fn member_update(
         &self,
-        _req: Request<MemberUpdateRequest>,
+        req: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        Err(later("MemberUpdate"))
+        let req = req.into_inner();
+        let change = MemberChange::Update {
+            id: req.id,
+            peer_urls: req.peer_ur_ls,
+        };
+        self.change_members(change).await?;
+        Ok(Response::new(MemberUpdateResponse {
+            header: self.header(self.revision()?),
+            members: self.members()?,
+        }))
     }
 
     async fn member_list(
@@ -76,8 +155,13 @@ impl Cluster for EtcdApi {
 
     async fn member_promote(
         &self,
-        _req: Request<MemberPromoteRequest>,
+        req: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        Err(later("MemberPromote"))
+        let id = req.into_inner().id;
+        self.change_members(MemberChange::Promote { id }).await?;
+        Ok(Response::new(MemberPromoteResponse {
+            header: self.header(self.revision()?),
+            members: self.members()?,
+        }))
     }
 }

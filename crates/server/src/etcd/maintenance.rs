@@ -76,7 +76,11 @@ impl Maintenance for EtcdApi {
             raft_applied_index: m.last_applied.map_or(0, |l| l.index),
             errors,
             db_size_in_use: db_size,
-            is_learner: false,
+            is_learner: !m
+                .membership_config
+                .membership()
+                .voter_ids()
+                .any(|id| id == self.member_id),
         }))
     }
 
@@ -131,7 +135,9 @@ impl Maintenance for EtcdApi {
         &self,
         _req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
-        Err(later("MoveLeader"))
+        Err(Status::unimplemented(
+            "roster: MoveLeader is not supported (openraft 0.9 has no leadership transfer;              removing the leader costs one election)",
+        ))
     }
 
     async fn downgrade(

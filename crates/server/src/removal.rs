@@ -1,0 +1,87 @@
+//! Noticing that this member was removed from the cluster, so the process
+//! can exit (etcd's members stop once removed, too).
+//!
+//! Two ways to learn it:
+//!
+//! - The member applies a membership without itself. The removed leader
+//!   does (it commits its own removal, then steps down), and so does any
+//!   member that received the entry.
+//! - Nobody tells it. openraft's leader stops replicating to a removed member
+//!   once the new config is in its log, so a removed follower may never see
+//!   the entry: a voter then campaigns in vain, a learner waits forever. So a
+//!   member that does not lead asks its peers for their membership every few
+//!   election timeouts: a peer with a newer membership (a higher log index)
+//!   that lacks this member means it was removed. A peer that is behind
+//!   cannot say so, and a member cut off from its peers hears nothing, so
+//!   neither is taken for a removal. One small request per member every few
+//!   seconds is the price.
+
+use std::time::Duration;
+
+use openraft::ServerState;
+use roster_raft::{NodeId, Raft};
+
+use crate::route::Router;
+
+/// A member that does not lead asks its peers every this many election
+/// timeouts.
+const ASK_EVERY_TIMEOUTS: u32 = 5;
+
+/// Resolves once this member knows it was removed; says how it knows.
+pub async fn removed(raft: Raft, router: Router, id: NodeId, election_timeout: Duration) -> String {
+    let mut metrics = raft.metrics();
+    let mut was_member = false;
+    let ask_every = election_timeout * ASK_EVERY_TIMEOUTS;
+    let mut next_ask = tokio::time::Instant::now() + ask_every;
+    loop {
+        let (in_config, applied, own_index, leads) = {
+            let m = metrics.borrow_and_update();
+            let config = &m.membership_config;
+            (
+                config.membership().get_node(&id).is_some(),
+                config.log_id() <= &m.last_applied,
+                config.log_id().map_or(0, |l| l.index),
+                m.state == ServerState::Leader,
+            )
+        };
+        was_member |= in_config;
+        if was_member && !in_config && applied {
+            return "it applied a membership without itself".into();
+        }
+        if tokio::time::Instant::now() >= next_ask {
+            if !leads {
+                if let Some(why) = newer_membership_without(&router, id, own_index).await {
+                    return why;
+                }
+            }
+            next_ask = tokio::time::Instant::now() + ask_every;
+        }
+        if let Ok(Err(_)) = tokio::time::timeout_at(next_ask, metrics.changed()).await {
+            // Raft stopped: nothing changes any more but the time.
+            tokio::time::sleep_until(next_ask).await;
+        }
+    }
+}
+
+/// Asks the leader, or with no leader known every peer, for its membership.
+async fn newer_membership_without(router: &Router, id: NodeId, own_index: u64) -> Option<String> {
+    let info = router.cluster_info().ok()?;
+    let leader = router.leader_id();
+    let peers = info
+        .members
+        .iter()
+        .filter(|m| m.id != id && leader.is_none_or(|l| l == m.id));
+    for peer in peers {
+        let Ok(theirs) = router.cluster_info_of(peer.id, &peer.member).await else {
+            continue;
+        };
+        let listed = theirs.members.iter().any(|m| m.id == id);
+        if theirs.membership_index > own_index && !listed {
+            return Some(format!(
+                "member {:x} has a newer membership (index {}) without it",
+                peer.id, theirs.membership_index
+            ));
+        }
+    }
+    None
+}
