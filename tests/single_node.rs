@@ -1225,10 +1225,12 @@ fn roster_cli_speaks_kv_lease_member_and_status() {
         "{members}"
     );
     let (ok, status, _) = roster(&["status"]);
-    assert!(
-        ok && status.contains(&format!("member {:x}", c.member_id(0))),
-        "{status}"
-    );
+    let row = status
+        .lines()
+        .find(|l| l.contains(&format!("{:x}", c.member_id(0))))
+        .unwrap_or_default();
+    assert!(ok && status.starts_with("NAME "), "{status}");
+    assert!(row.contains(" leader ") && row.contains(" 0 "), "{status}");
     assert_eq!(roster(&["kv", "del", "a"]).1, "1\n");
 }
 

@@ -20,6 +20,7 @@ mod ops;
 mod serve;
 mod service;
 mod snapshot;
+mod status;
 
 use clap::{Parser, Subcommand};
 
@@ -67,8 +68,8 @@ enum Command {
     Lease(ops::LeaseArgs),
     /// Cluster members: list.
     Member(ops::MemberArgs),
-    /// Status of each of --endpoints.
-    Status(ops::StatusArgs),
+    /// Every member: role, term, indexes, lag behind the leader, data size.
+    Status(status::StatusArgs),
     /// Backups: save one from a member, show what one holds, restore one
     /// into the data dir of a member of a new cluster.
     Snapshot(snapshot::SnapshotArgs),
@@ -100,7 +101,7 @@ fn main() -> std::process::ExitCode {
             Command::Kv(args) => ops::run_kv(args).await,
             Command::Lease(args) => ops::run_lease(args).await,
             Command::Member(args) => ops::run_member(args).await,
-            Command::Status(args) => ops::run_status(args).await,
+            Command::Status(args) => status::run_status(args).await,
             Command::Snapshot(args) => snapshot::run_snapshot(args).await,
         };
         done.map(|()| std::process::ExitCode::SUCCESS)

@@ -9,14 +9,13 @@ use clap::{Args, Subcommand};
 use roster_proto::etcdserverpb::cluster_client::ClusterClient;
 use roster_proto::etcdserverpb::kv_client::KvClient;
 use roster_proto::etcdserverpb::lease_client::LeaseClient;
-use roster_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use roster_proto::etcdserverpb::watch_client::WatchClient;
 use roster_proto::etcdserverpb::watch_request::RequestUnion;
 use roster_proto::etcdserverpb::{
     DeleteRangeRequest, LeaseGrantRequest, LeaseKeepAliveRequest, LeaseLeasesRequest,
     LeaseRevokeRequest, LeaseTimeToLiveRequest, MemberAddRequest, MemberListRequest,
     MemberPromoteRequest, MemberRemoveRequest, MemberUpdateRequest, PutRequest, RangeRequest,
-    StatusRequest, WatchCreateRequest, WatchRequest,
+    WatchCreateRequest, WatchRequest,
 };
 use roster_proto::mvccpb::event::EventType;
 use roster_proto::mvccpb::KeyValue;
@@ -48,12 +47,6 @@ pub struct MemberArgs {
     connection: Connection,
     #[command(subcommand)]
     command: MemberCommand,
-}
-
-#[derive(Args, Debug)]
-pub struct StatusArgs {
-    #[command(flatten)]
-    connection: Connection,
 }
 
 #[derive(Subcommand, Debug)]
@@ -295,44 +288,6 @@ fn print_members(output: crate::service::Output, members: &[roster_proto::etcdse
             },
         );
     }
-}
-
-/// The status of every endpoint given (each asked on its own).
-pub async fn run_status(args: StatusArgs) -> anyhow::Result<()> {
-    let output = args.connection.output;
-    let mut failed = 0;
-    for endpoint in &args.connection.endpoints {
-        let one = Connection::single(endpoint, output);
-        let answer = match connect_channel(&one).await {
-            Ok(ch) => MaintenanceClient::new(ch)
-                .status(StatusRequest {})
-                .await
-                .map_err(status_error),
-            Err(e) => Err(e),
-        };
-        match answer {
-            Ok(s) => {
-                let s = s.into_inner();
-                let member = s.header.as_ref().map_or(0, |h| h.member_id);
-                let revision = s.header.as_ref().map_or(0, |h| h.revision);
-                print(
-                    output,
-                    json!({"endpoint": endpoint, "member": format!("{member:x}"), "leader": format!("{:x}", s.leader), "revision": revision, "raft_term": s.raft_term, "raft_index": s.raft_index}),
-                    || {
-                        format!("{endpoint}, member {member:x}, leader {:x}, revision {revision}, term {}, index {}", s.leader, s.raft_term, s.raft_index)
-                    },
-                );
-            }
-            Err(e) => {
-                failed += 1;
-                eprintln!("{endpoint}: {e:#}");
-            }
-        }
-    }
-    if failed > 0 {
-        anyhow::bail!("{failed} endpoint(s) did not answer");
-    }
-    Ok(())
 }
 
 async fn kv(

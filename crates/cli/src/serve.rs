@@ -28,6 +28,9 @@ pub struct ServeArgs {
     /// URLs to listen on for peer traffic (comma-separated).
     #[arg(long, default_value = "http://127.0.0.1:2380", value_delimiter = ',')]
     listen_peer_urls: Vec<String>,
+    /// URLs to serve /metrics (Prometheus) and /health on (comma-separated; none by default).
+    #[arg(long, value_delimiter = ',')]
+    listen_metrics_urls: Vec<String>,
     /// Peer URLs of this member advertised to the cluster [default: --listen-peer-urls].
     #[arg(long, value_delimiter = ',')]
     initial_advertise_peer_urls: Vec<String>,
@@ -79,9 +82,13 @@ pub struct ServeArgs {
     /// sled page cache per node, MiB.
     #[arg(long, default_value_t = roster_server::NodeConfig::DEFAULT_CACHE_MB)]
     cache_mb: u64,
-    /// Log level: debug, info, warn, error (RUST_LOG overrides it).
+    /// Log level: debug, info, warn, error, or per module
+    /// (`info,roster_server::lessor=debug`); RUST_LOG overrides it.
     #[arg(long, default_value = "info")]
     log_level: String,
+    /// Log lines as `text` or `json` (one object per line).
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
 }
 
 /// `name=url,name=url` (a name may repeat for several URLs).
@@ -149,6 +156,7 @@ impl ServeArgs {
             or_default(self.advertise_client_urls, &self.listen_client_urls);
         config.listen_client_urls = self.listen_client_urls;
         config.listen_peer_urls = self.listen_peer_urls;
+        config.listen_metrics_urls = self.listen_metrics_urls;
         config.initial_advertise_peer_urls = advertise_peer;
         config.initial_cluster = initial_cluster;
         config.initial_cluster_state = state;
@@ -206,19 +214,22 @@ fn or_default(given: Vec<String>, fallback: &[String]) -> Vec<String> {
     }
 }
 
-fn init_tracing(level: &str) {
+fn init_tracing(level: &str, format: &str) {
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("{level},openraft=warn,sled=warn,h2=warn")));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt()
+        .unwrap_or_else(|_| EnvFilter::new(format!("openraft=warn,sled=warn,h2=warn,{level}")));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = if format == "json" {
+        builder.json().try_init()
+    } else {
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        builder.with_ansi(ansi).try_init()
+    };
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    init_tracing(&args.log_level);
+    init_tracing(&args.log_level, &args.log_format);
     let config = args.into_config()?;
     let node = RunningNode::start(config)
         .await

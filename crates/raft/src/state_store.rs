@@ -206,11 +206,13 @@ impl StateStore {
     /// observer may read the state.
     fn apply_one(&self, entry: Entry<TypeConfig>) -> Result<Response, ApplyFailure> {
         let log_id = entry.log_id;
+        let began = std::time::Instant::now();
         let p = prepare(entry).map_err(|e| (log_id, e))?;
         let applied = self
             .write()
             .and_then(|mut sm| Ok(sm.apply(log_id.leader_id.term, &p.command, p.meta)?))
             .map_err(|e| (log_id, e))?;
+        roster_metrics::APPLY.observe(began.elapsed());
         if p.observed {
             self.observer.applied(log_id.index, &p.command, &applied);
         }

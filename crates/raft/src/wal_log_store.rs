@@ -388,7 +388,12 @@ fn sync_fn(shared: Arc<Mutex<Shared>>) -> impl FnMut() -> std::io::Result<()> + 
             Err(_) => return Err(std::io::Error::other("the WAL lock is poisoned")),
         };
         match handle {
-            Some(file) => file.sync_data(),
+            Some(file) => {
+                let began = std::time::Instant::now();
+                let synced = file.sync_data();
+                roster_metrics::WAL_FSYNC.observe(began.elapsed());
+                synced
+            }
             None => Ok(()),
         }
     }

@@ -35,6 +35,8 @@ pub struct NodeConfig {
     pub listen_client_urls: Vec<String>,
     pub advertise_client_urls: Vec<String>,
     pub listen_peer_urls: Vec<String>,
+    /// Where `/metrics` and `/health` are served (none by default).
+    pub listen_metrics_urls: Vec<String>,
     pub initial_advertise_peer_urls: Vec<String>,
     pub initial_cluster: Vec<InitialMember>,
     pub initial_cluster_state: ClusterState,
@@ -85,6 +87,7 @@ impl NodeConfig {
             listen_client_urls: vec!["http://127.0.0.1:2379".into()],
             advertise_client_urls: vec!["http://127.0.0.1:2379".into()],
             listen_peer_urls: vec![peer.clone()],
+            listen_metrics_urls: Vec::new(),
             initial_advertise_peer_urls: vec![peer.clone()],
             initial_cluster: vec![InitialMember {
                 name: name.to_string(),

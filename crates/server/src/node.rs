@@ -20,6 +20,7 @@ use roster_proto::etcdserverpb::kv_server::KvServer;
 use roster_proto::etcdserverpb::lease_server::LeaseServer;
 use roster_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use roster_proto::etcdserverpb::watch_server::WatchServer;
+use roster_proto::grpc_health::health_server::HealthServer;
 use roster_proto::registry::handlers_server::HandlersServer;
 use roster_proto::registry::registry_server::RegistryServer;
 use roster_raft::network::{GrpcNetworkFactory, RaftPeerService};
@@ -37,10 +38,12 @@ use tonic::transport::server::Connected;
 
 use crate::config::{ClusterState, InitialMember, NodeConfig};
 use crate::etcd::{EtcdApi, WatchSettings, MAX_GRPC_MESSAGE};
+use crate::grpc_health::HealthService;
 use crate::handler_api::HandlerApi;
 use crate::health::HealthChecker;
 use crate::identity::{self, Identity};
 use crate::lessor::{Lessor, LessorConfig};
+use crate::metrics::{self, MetricsSource};
 use crate::observer::NodeObserver;
 use crate::proposer::Proposer;
 use crate::registry_api::RegistryApi;
@@ -205,6 +208,7 @@ impl RunningNode {
             &config.listen_client_urls,
         )
         .await?;
+        let metrics_listeners = bind_metrics(&config.listen_metrics_urls).await?;
         let hub = WatchHub::new();
         let observer = Arc::new(NodeObserver::new(hub.clone()));
         let storage = open_backend(&config, backend, observer.clone()).await?;
@@ -308,6 +312,16 @@ impl RunningNode {
             let router = tonic::transport::Server::builder().add_service(peer.into_server());
             servers.push(spawn_server(router, listener, stopped.clone()));
         }
+        let source = MetricsSource {
+            raft: raft.clone(),
+            state: api.state.clone(),
+            hub: api.watch.hub.clone(),
+            member_id,
+        };
+        for listener in metrics_listeners {
+            tokio::spawn(metrics::serve(listener, source.clone(), stopped.clone()));
+        }
+        metrics::count_leader_changes(raft.clone());
         for listener in client_listeners {
             // etcdctl 3.4 may send the endpoint URL as :authority; see url_authority.
             let incoming = listener.map(|conn| conn.map(AuthorityRewrite::new));
@@ -403,6 +417,25 @@ impl RunningNode {
         }
         tracing::info!("node stopped");
     }
+}
+
+/// The metrics listeners: plain TCP, not the node's transport (a simulation
+/// has no use for them).
+async fn bind_metrics(urls: &[String]) -> Result<Vec<tokio::net::TcpListener>, StartError> {
+    let mut listeners = Vec::with_capacity(urls.len());
+    for url in urls {
+        let flag = "--listen-metrics-urls";
+        let addr = socket_addr(flag, url)?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Listen {
+                flag,
+                url: url.clone(),
+                source,
+            })?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
 }
 
 async fn bind_all(
@@ -509,6 +542,7 @@ fn client_router(api: &EtcdApi) -> tonic::transport::server::Router {
         .add_service(WatchServer::new(api.clone()))
         .add_service(RegistryServer::new(RegistryApi::new(api.clone())))
         .add_service(HandlersServer::new(HandlerApi::new(api.clone())))
+        .add_service(HealthServer::new(HealthService::new(api.raft.clone())))
 }
 
 fn spawn_server<S, IO>(

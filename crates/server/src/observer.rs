@@ -9,7 +9,7 @@
 use std::sync::{Arc, OnceLock};
 
 use roster_raft::ApplyObserver;
-use roster_state::{Applied, Command};
+use roster_state::{Applied, Command, Response};
 
 use crate::lessor::Lessor;
 use crate::watch::WatchHub;
@@ -33,7 +33,8 @@ impl NodeObserver {
 }
 
 impl ApplyObserver for NodeObserver {
-    fn applied(&self, _index: u64, _command: &Command, applied: &Applied) {
+    fn applied(&self, _index: u64, command: &Command, applied: &Applied) {
+        count_leases(command, &applied.response);
         if let Some(lessor) = self.lessor.get() {
             lessor.observe(&applied.response);
         }
@@ -46,5 +47,28 @@ impl ApplyObserver for NodeObserver {
             lessor.installed_snapshot();
         }
         self.hub.installed_snapshot();
+    }
+}
+
+/// Lease grants and removals (by reason) for the metrics, from each applied
+/// command and its answer (a batch answers command by command).
+fn count_leases(command: &Command, response: &Response) {
+    match (command, response) {
+        (Command::Batch(commands), Response::Batch(responses)) => {
+            for (command, response) in commands.iter().zip(responses) {
+                count_leases(command, response);
+            }
+        }
+        (Command::InTerm { command, .. }, response) => count_leases(command, response),
+        (Command::LeaseGrant { .. }, Response::LeaseGranted { .. }) => {
+            roster_metrics::LEASE_GRANTS.inc();
+        }
+        (Command::LeaseExpire { .. }, Response::LeaseRevoked { revoked, .. }) => {
+            roster_metrics::LEASE_REMOVALS.add("expired", revoked.len() as u64);
+        }
+        (Command::LeaseRevoke { .. }, Response::LeaseRevoked { revoked, .. }) => {
+            roster_metrics::LEASE_REMOVALS.add("revoked", revoked.len() as u64);
+        }
+        _ => {}
     }
 }

@@ -82,18 +82,31 @@ async fn run(raft: Raft, rx: mpsc::UnboundedReceiver<Pending>) {
     .await;
 }
 
+/// Counts `n` proposals by how they ended.
+fn count(result: &Result<Response, ProposeError>, n: usize) {
+    let outcome = match result {
+        Ok(_) => "committed",
+        Err(ProposeError::NotLeader) => "not_leader",
+        Err(ProposeError::Failed(_)) => "failed",
+    };
+    roster_metrics::PROPOSALS.add(outcome, n as u64);
+}
+
 /// Proposes one entry and hands each command its response.
 async fn submit(raft: &Raft, mut batch: Vec<Pending>) {
     if batch.len() == 1 {
         if let Some(only) = batch.pop() {
             let result = write(raft, only.command).await;
+            count(&result, 1);
             let _ = only.reply.send(result);
         }
         return;
     }
     let (commands, replies): (Vec<Command>, Vec<_>) =
         batch.into_iter().map(|p| (p.command, p.reply)).unzip();
-    match write(raft, Command::Batch(commands)).await {
+    let written = write(raft, Command::Batch(commands)).await;
+    count(&written, replies.len());
+    match written {
         Ok(Response::Batch(responses)) if responses.len() == replies.len() => {
             for (reply, response) in replies.into_iter().zip(responses) {
                 let _ = reply.send(Ok(response));

@@ -29,6 +29,7 @@ const KEEPALIVE_BUFFER: usize = 1024;
 
 impl EtcdApi {
     async fn keepalive_once(&self, id: i64) -> Result<LeaseKeepAliveResponse, Status> {
+        roster_metrics::LEASE_KEEPALIVES.inc();
         let ttl = self.router.keepalive(id).await.map_err(route_status)?;
         Ok(LeaseKeepAliveResponse {
             header: self.header(self.revision()?),

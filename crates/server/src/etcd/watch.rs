@@ -108,6 +108,7 @@ impl EtcdApi {
                 options,
             } => {
                 let template = response(watch_id, revision);
+                roster_metrics::WATCH_EVENTS_SENT.add(events.len() as u64);
                 return fragments(template, events, options)
                     .into_iter()
                     .map(Ok)

@@ -27,10 +27,17 @@ pub async fn deliver(handler: &HandlerDef, body: &str, allow_pipe: bool) -> Resu
             HandlerKind::Http => http(&handler.target, body).await,
         }
     };
-    match tokio::time::timeout(timeout, attempt).await {
+    let result = match tokio::time::timeout(timeout, attempt).await {
         Ok(result) => result,
         Err(_) => Err(format!("timed out after {} ms", handler.timeout_ms)),
-    }
+    };
+    let outcome = if result.is_ok() {
+        "delivered"
+    } else {
+        "failed"
+    };
+    roster_metrics::HANDLER_DELIVERIES.add(outcome, 1);
+    result
 }
 
 fn quote(bytes: &[u8]) -> String {

@@ -232,6 +232,11 @@ impl WatchHub {
         registry.entries.insert(key, Entry { token, slot });
     }
 
+    /// Watches registered (registry watches too), for the metrics.
+    pub fn watchers(&self) -> usize {
+        self.lock().entries.len()
+    }
+
     /// Removes a watcher; false if there was none.
     pub fn remove(&self, key: WatchKey) -> bool {
         self.lock().entries.remove(&key).is_some()
