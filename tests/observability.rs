@@ -1,6 +1,6 @@
 //! What operators watch, black-box: `/metrics` and `/health` on
-//! `--listen-metrics-urls`, the gRPC health service, JSON logs, and the
-//! `roster status` table. Roster only (etcd's metric names differ).
+//! `--listen-metrics-urls`, the gRPC health service and reflection, JSON
+//! logs, and the `roster status` table. Roster only (etcd's metric names differ).
 
 mod harness;
 
@@ -77,6 +77,35 @@ async fn watch_history(endpoint: String) {
     .expect("the put of a, replayed");
     assert_eq!(events, 1);
     drop(requests);
+}
+
+/// The services gRPC reflection lists, as grpcurl asks for them.
+async fn reflected_services(endpoint: String) -> Vec<String> {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    let mut client = ServerReflectionClient::new(grpc_channel(endpoint, None).await);
+    let list = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = client
+        .server_reflection_info(tokio_stream::iter([list]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let answer = answers
+        .message()
+        .await
+        .expect("answer")
+        .expect("one answer");
+    match answer.message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            list.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("not a service list: {other:?}"),
+    }
 }
 
 #[test]
@@ -172,6 +201,14 @@ fn metrics_health_and_json_logs_of_a_working_node() {
             .await
             .expect_err("unknown service");
         assert_eq!(unknown.code(), tonic::Code::NotFound);
+        let services = reflected_services(c.endpoint(0)).await;
+        for service in [
+            "etcdserverpb.KV",
+            "roster.v1.Registry",
+            "grpc.health.v1.Health",
+        ] {
+            assert!(services.iter().any(|s| s == service), "{services:?}");
+        }
     });
 
     let log = std::fs::read_to_string(&c.config(0).log_path).expect("log");

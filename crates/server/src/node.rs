@@ -35,6 +35,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::Stream;
 use tonic::transport::server::Connected;
+use tonic_reflection::server::{Builder, Error as ReflectionError};
 
 use crate::config::{ClusterState, InitialMember, NodeConfig};
 use crate::etcd::{EtcdApi, WatchSettings, MAX_GRPC_MESSAGE};
@@ -543,6 +544,20 @@ fn client_router(api: &EtcdApi) -> tonic::transport::server::Router {
         .add_service(RegistryServer::new(RegistryApi::new(api.clone())))
         .add_service(HandlersServer::new(HandlerApi::new(api.clone())))
         .add_service(HealthServer::new(HealthService::new(api.raft.clone())))
+        .add_optional_service(reflection(Builder::build_v1))
+        .add_optional_service(reflection(Builder::build_v1alpha))
+}
+
+/// gRPC server reflection (v1, and v1alpha for older tools), so grpcurl-style
+/// tools list and call the API without the .proto files. `None` (logged) if
+/// the descriptor set compiled into `roster-proto` does not parse, which its
+/// own test rules out.
+fn reflection<S>(build: fn(Builder<'static>) -> Result<S, ReflectionError>) -> Option<S> {
+    let builder = Builder::configure()
+        .register_encoded_file_descriptor_set(roster_proto::FILE_DESCRIPTOR_SET);
+    build(builder)
+        .map_err(|e| tracing::error!(error = %e, "gRPC reflection is off"))
+        .ok()
 }
 
 fn spawn_server<S, IO>(
