@@ -76,8 +76,10 @@ pub struct Identity {
 /// Errors of reading or checking the identity file.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
-    #[error("data dir {dir}: {source}")]
-    Io { dir: String, source: std::io::Error },
+    // Not a `source`: the CLI prints the chain of sources, which would say
+    // it twice.
+    #[error("data dir {dir}: {error}")]
+    Io { dir: String, error: std::io::Error },
     #[error("data dir {dir}: identity file is corrupt: {reason}")]
     Corrupt { dir: String, reason: String },
     #[error(
@@ -151,10 +153,10 @@ fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     file.sync_all()
 }
 
-fn io_err(dir: &Path, source: std::io::Error) -> IdentityError {
+fn io_err(dir: &Path, error: std::io::Error) -> IdentityError {
     IdentityError::Io {
         dir: dir.display().to_string(),
-        source,
+        error,
     }
 }
 
