@@ -648,6 +648,8 @@ pub struct ClusterOptions {
     pub restore_from: Option<PathBuf>,
     /// Extra flags for that restore.
     pub restore_args: Vec<String>,
+    /// Peer URLs are `https://` (the TLS flags go in `extra_args`).
+    pub https_peers: bool,
 }
 
 impl ClusterOptions {
@@ -659,6 +661,7 @@ impl ClusterOptions {
             own_ips: false,
             restore_from: None,
             restore_args: Vec::new(),
+            https_peers: false,
         }
     }
 }
@@ -761,6 +764,15 @@ impl Cluster {
             .into_iter()
             .map(|cfg| {
                 let mut args = cfg.serve_args(&initial_cluster, &opts.token);
+                if opts.https_peers {
+                    args = args
+                        .iter()
+                        .map(|a| a.replace("http://", "https://"))
+                        .collect();
+                    // The client port stays plain: the harness talks to it.
+                    args = with_flag(&args, "--listen-client-urls", &cfg.client_url());
+                    args = with_flag(&args, "--advertise-client-urls", &cfg.client_url());
+                }
                 if opts.own_ips {
                     args.extend(["--peer-source-ip".to_string(), cfg.ip.clone()]);
                 }

@@ -139,6 +139,7 @@ pub async fn run_check(args: CheckCommandArgs) -> anyhow::Result<()> {
     let connection = Connection {
         endpoints: args.endpoints,
         output: Output::Table,
+        ..Connection::default()
     };
     let mut client = connect(&connection).await?;
     let request = ReportCheckRequest {

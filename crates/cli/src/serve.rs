@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
+use roster_server::tls::TlsFiles;
 use roster_server::{AutoCompaction, ClusterState, InitialMember, NodeConfig, RunningNode};
 use tracing_subscriber::EnvFilter;
 
@@ -86,6 +87,30 @@ pub struct ServeArgs {
     /// (`info,roster_server::lessor=debug`); RUST_LOG overrides it.
     #[arg(long, default_value = "info")]
     log_level: String,
+    /// Certificate (PEM) for https:// client URLs.
+    #[arg(long)]
+    cert_file: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// CA (PEM) that signs the client certificates to accept.
+    #[arg(long)]
+    trusted_ca_file: Option<PathBuf>,
+    /// Accept only clients with a certificate --trusted-ca-file signed.
+    #[arg(long)]
+    client_cert_auth: bool,
+    /// Certificate (PEM) for https:// peer URLs, served and presented to peers.
+    #[arg(long)]
+    peer_cert_file: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long)]
+    peer_key_file: Option<PathBuf>,
+    /// CA (PEM) that signs the members' certificates.
+    #[arg(long)]
+    peer_trusted_ca_file: Option<PathBuf>,
+    /// Accept only peers with a certificate --peer-trusted-ca-file signed.
+    #[arg(long)]
+    peer_client_cert_auth: bool,
     /// Log lines as `text` or `json` (one object per line).
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -110,6 +135,32 @@ pub(crate) fn parse_initial_cluster(text: &str) -> anyhow::Result<Vec<InitialMem
         bail!("--initial-cluster is empty");
     }
     Ok(members)
+}
+
+/// One port's TLS flags (`prefix` is `""` or `"peer-"`), if any was given.
+fn tls_files(
+    prefix: &'static str,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    trusted_ca: Option<PathBuf>,
+    client_cert_auth: bool,
+) -> anyhow::Result<Option<TlsFiles>> {
+    match (cert, key) {
+        (None, None) if trusted_ca.is_none() && !client_cert_auth => Ok(None),
+        (Some(cert), Some(key)) => {
+            if client_cert_auth && trusted_ca.is_none() {
+                bail!("--{prefix}client-cert-auth needs --{prefix}trusted-ca-file");
+            }
+            Ok(Some(TlsFiles {
+                cert,
+                key,
+                trusted_ca,
+                client_cert_auth,
+                prefix,
+            }))
+        }
+        _ => bail!("--{prefix}cert-file and --{prefix}key-file go together"),
+    }
 }
 
 impl ServeArgs {
@@ -174,6 +225,20 @@ impl ServeArgs {
         config.cache_capacity = self.cache_mb * 1024 * 1024;
         config.allow_pipe_handlers = self.allow_pipe_handlers;
         config.peer_source_ip = self.peer_source_ip;
+        config.client_tls = tls_files(
+            "",
+            self.cert_file,
+            self.key_file,
+            self.trusted_ca_file,
+            self.client_cert_auth,
+        )?;
+        config.peer_tls = tls_files(
+            "peer-",
+            self.peer_cert_file,
+            self.peer_key_file,
+            self.peer_trusted_ca_file,
+            self.peer_client_cert_auth,
+        )?;
         Ok(config)
     }
 }

@@ -18,9 +18,11 @@ use roster_proto::registry::{
 use serde_json::{json, Value};
 
 use crate::check::CheckArgs;
-use tonic::transport::{Channel, Endpoint as TonicEndpoint};
+use tonic::transport::{
+    Certificate, Channel, ClientTlsConfig, Endpoint as TonicEndpoint, Identity,
+};
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone, Default)]
 pub struct Connection {
     /// Client endpoints, host:port (comma-separated), tried in order.
     #[arg(
@@ -33,20 +35,51 @@ pub struct Connection {
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
     pub(crate) output: Output,
+    /// CA (PEM) to verify TLS servers with; endpoints without a scheme are
+    /// then https.
+    #[arg(long, global = true)]
+    pub(crate) cacert: Option<std::path::PathBuf>,
+    /// Client certificate (PEM), for servers that ask for one.
+    #[arg(long = "cert", id = "tls_cert", global = true, requires = "tls_key")]
+    pub(crate) cert: Option<std::path::PathBuf>,
+    /// Its private key (PEM). (Its id is not `key`: `kv put` has a `key`.)
+    #[arg(long = "key", id = "tls_key", global = true, requires = "tls_cert")]
+    pub(crate) key: Option<std::path::PathBuf>,
 }
 
 impl Connection {
-    /// Just this endpoint.
-    pub(crate) fn single(endpoint: &str, output: Output) -> Connection {
+    /// The same connection settings, for just this endpoint.
+    pub(crate) fn single(&self, endpoint: &str) -> Connection {
         Connection {
             endpoints: vec![endpoint.to_string()],
-            output,
+            ..self.clone()
         }
+    }
+
+    fn tls(&self) -> bool {
+        self.cacert.is_some() || self.cert.is_some()
+    }
+
+    /// The TLS settings of `--cacert`, `--cert` and `--key`.
+    fn tls_config(&self) -> anyhow::Result<ClientTlsConfig> {
+        let read = |flag: &str, path: &std::path::Path| {
+            std::fs::read(path).with_context(|| format!("--{flag} {}", path.display()))
+        };
+        let mut config = ClientTlsConfig::new();
+        if let Some(ca) = &self.cacert {
+            config = config.ca_certificate(Certificate::from_pem(read("cacert", ca)?));
+        }
+        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+            let identity = Identity::from_pem(read("cert", cert)?, read("key", key)?);
+            config = config.identity(identity);
+        }
+        Ok(config)
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum Output {
+    #[default]
     Table,
     Json,
 }
@@ -189,17 +222,20 @@ pub(crate) async fn connect(connection: &Connection) -> anyhow::Result<RegistryC
 /// A channel to the first endpoint that answers.
 pub(crate) async fn connect_channel(connection: &Connection) -> anyhow::Result<Channel> {
     let mut last = None;
+    let scheme = if connection.tls() { "https" } else { "http" };
     for ep in &connection.endpoints {
         let url = if ep.contains("://") {
             ep.clone()
         } else {
-            format!("http://{ep}")
+            format!("{scheme}://{ep}")
         };
-        let attempt = TonicEndpoint::from_shared(url)
+        let mut endpoint = TonicEndpoint::from_shared(url.clone())
             .with_context(|| format!("--endpoints: {ep:?} is not host:port"))?
-            .connect_timeout(Duration::from_secs(2))
-            .connect()
-            .await;
+            .connect_timeout(Duration::from_secs(2));
+        if url.starts_with("https://") {
+            endpoint = endpoint.tls_config(connection.tls_config()?)?;
+        }
+        let attempt = endpoint.connect().await;
         match attempt {
             Ok(channel) => return Ok(channel),
             Err(e) => last = Some(format!("{ep}: {e}")),

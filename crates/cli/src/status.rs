@@ -36,7 +36,7 @@ pub async fn run_status(args: StatusArgs) -> anyhow::Result<()> {
         .map_err(status_error)?
         .into_inner()
         .members;
-    let rows = join_all(members.into_iter().map(row)).await;
+    let rows = join_all(members.into_iter().map(|m| row(&args.connection, m))).await;
     let leader_index = rows
         .iter()
         .filter_map(|r| r.status.as_ref().ok())
@@ -55,7 +55,7 @@ pub async fn run_status(args: StatusArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn row(member: Member) -> Row {
+async fn row(connection: &Connection, member: Member) -> Row {
     let Some(url) = member.client_ur_ls.first() else {
         let status = Err("not started".to_string());
         return Row {
@@ -64,8 +64,9 @@ async fn row(member: Member) -> Row {
             status,
         };
     };
+    let one = connection.single(url);
+    // Shown without the scheme when it is plain http.
     let endpoint = url.trim_start_matches("http://").to_string();
-    let one = Connection::single(&endpoint, Output::Table);
     let status = match connect_channel(&one).await {
         Ok(channel) => MaintenanceClient::new(channel)
             .status(StatusRequest {})

@@ -19,7 +19,7 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::transport::server::Connected;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 /// Accepted connections, as a stream.
 pub type Incoming = BoxStream<'static, io::Result<Conn>>;
@@ -40,13 +40,28 @@ pub trait Transport: Send + Sync + 'static {
 /// Connections leave from `source` when it is set (`--peer-source-ip`), so
 /// that firewall rules between members can tell them apart (the
 /// real-process chaos test cuts links between nodes on one machine so).
-#[derive(Debug, Clone, Copy, Default)]
+///
+/// A channel to an `https://` URL uses `tls` (the member's certificate and
+/// the peers' CA, `--peer-cert-file` and the like).
+#[derive(Debug, Clone, Default)]
 pub struct TcpTransport {
     pub source: Option<IpAddr>,
+    pub tls: Option<ClientTlsConfig>,
 }
 
 impl Transport for TcpTransport {
     fn channel(&self, endpoint: Endpoint) -> Channel {
+        let https = endpoint.uri().scheme_str() == Some("https");
+        let endpoint = match (&self.tls, https) {
+            (Some(tls), true) => match endpoint.clone().tls_config(tls.clone()) {
+                Ok(with_tls) => with_tls,
+                Err(e) => {
+                    tracing::warn!(error = %e, "peer TLS setup failed; connecting without");
+                    endpoint
+                }
+            },
+            _ => endpoint,
+        };
         endpoint
             .tcp_nodelay(true)
             .local_address(self.source)

@@ -59,6 +59,10 @@ pub struct NodeConfig {
     pub allow_pipe_handlers: bool,
     /// Where connections to peers leave from; `None`: the system picks.
     pub peer_source_ip: Option<std::net::IpAddr>,
+    /// TLS for `https://` client URLs (`--cert-file` and the like).
+    pub client_tls: Option<crate::tls::TlsFiles>,
+    /// TLS for `https://` peer URLs, both ways (`--peer-cert-file`...).
+    pub peer_tls: Option<crate::tls::TlsFiles>,
 }
 
 impl NodeConfig {
@@ -104,6 +108,8 @@ impl NodeConfig {
             cache_capacity: roster_raft::DEFAULT_CACHE_CAPACITY,
             allow_pipe_handlers: false,
             peer_source_ip: None,
+            client_tls: None,
+            peer_tls: None,
         }
     }
 

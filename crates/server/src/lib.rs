@@ -28,6 +28,7 @@ pub mod registry_watch;
 pub mod removal;
 pub mod restore;
 pub mod route;
+pub mod tls;
 pub mod url_authority;
 pub mod wall_clock;
 pub mod watch;

@@ -50,9 +50,11 @@ use crate::proposer::Proposer;
 use crate::registry_api::RegistryApi;
 use crate::removal;
 use crate::route::{ClusterContext, Router};
+use crate::tls::{self, TlsError, TlsFiles};
 use crate::url_authority::AuthorityRewrite;
 use crate::watch::WatchHub;
 use crate::{compactor, drainer, handlers};
+use tokio_rustls::TlsAcceptor;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +77,23 @@ pub enum StartError {
     Raft(String),
     #[error("joining a running cluster: {0}")]
     Join(String),
+    #[error(
+        "{flag} {url} is https: TLS needs --{}cert-file and --{}key-file",
+        tls_prefix(flag),
+        tls_prefix(flag)
+    )]
+    NoTls { flag: &'static str, url: String },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+/// The prefix of the TLS flags for the port of listen flag `flag`.
+fn tls_prefix(flag: &str) -> &'static str {
+    if flag.contains("peer") {
+        "peer-"
+    } else {
+        ""
+    }
 }
 
 /// Where a node keeps its raft log and state machine.
@@ -103,13 +122,16 @@ pub struct RunningNode {
     servers: Vec<JoinHandle<Result<(), tonic::transport::Error>>>,
 }
 
-/// The host:port of an `http://host:port` URL.
+/// The host:port of an `http://host:port` or `https://host:port` URL.
 fn socket_addr(flag: &'static str, url: &str) -> Result<SocketAddr, StartError> {
     let bad = || StartError::BadUrl {
         flag,
         url: url.to_string(),
     };
-    let rest = url.strip_prefix("http://").ok_or_else(bad)?;
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(bad)?;
     rest.trim_end_matches('/').parse().map_err(|_| bad())
 }
 
@@ -175,8 +197,13 @@ pub fn membership_of(
 impl RunningNode {
     /// Starts a node on real TCP with sled storage in its data dir.
     pub async fn start(config: NodeConfig) -> Result<Self, StartError> {
+        let tls = match &config.peer_tls {
+            Some(files) => Some(files.peer_client()?),
+            None => None,
+        };
         let transport = TcpTransport {
             source: config.peer_source_ip,
+            tls,
         };
         Self::start_with(config, Arc::new(transport), Backend::Sled).await
     }
@@ -188,6 +215,17 @@ impl RunningNode {
         transport: Arc<dyn Transport>,
         backend: Backend,
     ) -> Result<Self, StartError> {
+        // TLS first: a bad setup is refused before anything is written.
+        let client_tls = acceptor_for(
+            "--listen-client-urls",
+            &config.listen_client_urls,
+            config.client_tls.as_ref(),
+        )?;
+        let peer_tls = acceptor_for(
+            "--listen-peer-urls",
+            &config.listen_peer_urls,
+            config.peer_tls.as_ref(),
+        )?;
         let (members, member_id) = initial_members(&config)?;
         let ids: Vec<NodeId> = members.keys().copied().collect();
         let computed = Identity {
@@ -201,12 +239,18 @@ impl RunningNode {
             Backend::Memory(_) => computed,
         };
         let (member_id, cluster_id) = (ident.member_id, ident.cluster_id);
-        let peer_listeners =
-            bind_all(&*transport, "--listen-peer-urls", &config.listen_peer_urls).await?;
+        let peer_listeners = bind_all(
+            &*transport,
+            "--listen-peer-urls",
+            &config.listen_peer_urls,
+            peer_tls.as_ref(),
+        )
+        .await?;
         let client_listeners = bind_all(
             &*transport,
             "--listen-client-urls",
             &config.listen_client_urls,
+            client_tls.as_ref(),
         )
         .await?;
         let metrics_listeners = bind_metrics(&config.listen_metrics_urls).await?;
@@ -439,14 +483,40 @@ async fn bind_metrics(urls: &[String]) -> Result<Vec<tokio::net::TcpListener>, S
     Ok(listeners)
 }
 
+/// The TLS server side of the port of listen flag `flag`, if `files` are
+/// given; refuses an `https://` URL without them.
+fn acceptor_for(
+    flag: &'static str,
+    urls: &[String],
+    files: Option<&TlsFiles>,
+) -> Result<Option<TlsAcceptor>, StartError> {
+    if files.is_none() {
+        if let Some(url) = urls.iter().find(|u| u.starts_with("https://")) {
+            return Err(StartError::NoTls {
+                flag,
+                url: url.clone(),
+            });
+        }
+    }
+    Ok(files.map(TlsFiles::acceptor).transpose()?)
+}
+
+/// Binds every URL of `flag`; an `https://` one gets TLS from `tls` (which
+/// `acceptor_for` made sure of).
 async fn bind_all(
     transport: &dyn Transport,
     flag: &'static str,
     urls: &[String],
+    tls: Option<&TlsAcceptor>,
 ) -> Result<Vec<Incoming>, StartError> {
     let mut listeners = Vec::with_capacity(urls.len());
     for url in urls {
-        listeners.push(bind(transport, flag, url).await?);
+        let listener = bind(transport, flag, url).await?;
+        let listener = match (url.starts_with("https://"), tls) {
+            (true, Some(acceptor)) => tls::accept(listener, acceptor.clone()),
+            _ => listener,
+        };
+        listeners.push(listener);
     }
     Ok(listeners)
 }
