@@ -239,6 +239,13 @@ fn removed_followers_and_a_removed_leader_stop_and_the_rest_keep_writing() {
     );
     let status = c.wait_exit(gone, EXIT_BOUND);
     assert!(status.success(), "a removed member exits cleanly: {status}");
+    // Started again on its data dir, it finds out again and stops.
+    c.restart_no_wait(gone);
+    let status = c.wait_exit(gone, EXIT_BOUND);
+    assert!(
+        status.success(),
+        "a removed member restarted exits: {status}"
+    );
 
     let leader = c.leader();
     let via = c

@@ -95,7 +95,27 @@ async fn save(connection: &Connection, file: &Path) -> anyhow::Result<()> {
         .map_err(status_error)?
         .into_inner();
     let part = PathBuf::from(format!("{}.part", file.display()));
-    let mut out = File::create(&part).with_context(|| format!("{}", part.display()))?;
+    let saved = receive(&mut stream, &part).await;
+    if saved.is_err() {
+        let _ = std::fs::remove_file(&part);
+    }
+    let total = saved?;
+    std::fs::rename(&part, file).with_context(|| format!("{}", file.display()))?;
+    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("{}", dir.display()))?;
+    }
+    println!("Snapshot saved at {} ({total} bytes)", file.display());
+    Ok(())
+}
+
+/// Writes the stream into `part`, checks its hash and syncs it; its size.
+async fn receive(
+    stream: &mut tonic::Streaming<roster_proto::etcdserverpb::SnapshotResponse>,
+    part: &Path,
+) -> anyhow::Result<u64> {
+    let mut out = File::create(part).with_context(|| format!("{}", part.display()))?;
     // The hash covers every message but the last, which is the hash: each
     // blob is hashed once the next one has arrived.
     let mut hasher = Sha256::new();
@@ -109,19 +129,11 @@ async fn save(connection: &Connection, file: &Path) -> anyhow::Result<()> {
         last = message.blob;
     }
     if last.len() != roster_raft::backup::HASH_LEN || hasher.finalize().as_slice() != last {
-        let _ = std::fs::remove_file(&part);
         bail!("the snapshot stream did not end with the SHA-256 of its contents: nothing saved");
     }
     out.sync_all()
         .with_context(|| format!("{}", part.display()))?;
-    std::fs::rename(&part, file).with_context(|| format!("{}", file.display()))?;
-    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .with_context(|| format!("{}", dir.display()))?;
-    }
-    println!("Snapshot saved at {} ({total} bytes)", file.display());
-    Ok(())
+    Ok(total)
 }
 
 fn status(file: &Path, output: Output) -> anyhow::Result<()> {

@@ -133,11 +133,13 @@ impl View {
     }
 }
 
-/// `http://host:port`, as `--initial-advertise-peer-urls` takes them.
+/// `http://host:port` or `https://host:port`, as
+/// `--initial-advertise-peer-urls` takes them.
 pub fn valid_peer_urls(urls: &[String]) -> bool {
     !urls.is_empty()
         && urls.iter().all(|url| {
             url.strip_prefix("http://")
+                .or_else(|| url.strip_prefix("https://"))
                 .map(|rest| rest.trim_end_matches('/'))
                 .and_then(|rest| rest.rsplit_once(':'))
                 .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
@@ -310,7 +312,7 @@ mod tests {
     fn peer_urls_must_be_http_host_port() {
         let ok = |u: &[&str]| valid_peer_urls(&u.iter().map(|s| s.to_string()).collect::<Vec<_>>());
         assert!(ok(&["http://127.0.0.1:2380"]));
-        assert!(ok(&["http://node-4:2380/", "http://10.0.0.4:2380"]));
+        assert!(ok(&["http://node-4:2380/", "https://10.0.0.4:2380"]));
         assert!(!ok(&[]));
         assert!(!ok(&["127.0.0.1:2380"]));
         assert!(!ok(&["http://127.0.0.1"]));

@@ -16,6 +16,7 @@ use std::time::Duration;
 use openraft::ServerState;
 use roster_raft::{NodeId, Raft, SharedState};
 use roster_state::registry::Health;
+use roster_state::{MemEngine, StateMachine};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -110,9 +111,22 @@ impl MetricsSource {
             "Registered instances, by service and health.",
             "gauge",
         );
-        let instances = match self.state.read() {
-            Ok(sm) => sm.instances(None).unwrap_or_default(),
+        // A frozen copy (O(1) under the lock); decoding the instances then
+        // holds up no apply.
+        let frozen = match self.state.read() {
+            Ok(sm) => sm.snapshot(),
             Err(_) => return,
+        };
+        let instances = frozen
+            .and_then(|data| StateMachine::open(MemEngine::from_snapshot(data)))
+            .and_then(|sm| sm.instances(None));
+        let instances = match instances {
+            Ok(instances) => instances,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics: cannot read the registry");
+                let _ = writeln!(out, "# roster_registry_instances unavailable: {e}");
+                return;
+            }
         };
         let mut counts: BTreeMap<(String, &'static str), u64> = BTreeMap::new();
         for (instance, _) in instances {
@@ -198,11 +212,14 @@ async fn answer(mut stream: TcpStream, source: &MetricsSource) -> std::io::Resul
     let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
     let path = target.split('?').next().unwrap_or("");
     let (status, kind, body) = match (method, path) {
-        ("GET", "/metrics") => (
-            "200 OK",
-            "text/plain; version=0.0.4; charset=utf-8",
-            source.render(),
-        ),
+        ("GET", "/metrics") => {
+            let source = source.clone();
+            // Rendering reads the registry: off the async workers.
+            let body = tokio::task::spawn_blocking(move || source.render())
+                .await
+                .unwrap_or_else(|e| format!("# render failed: {e}\n"));
+            ("200 OK", "text/plain; version=0.0.4; charset=utf-8", body)
+        }
         ("GET", "/health") => {
             let has_leader = source.raft.metrics().borrow().current_leader.is_some();
             let (status, health) = if has_leader {

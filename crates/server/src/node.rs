@@ -470,6 +470,13 @@ async fn bind_metrics(urls: &[String]) -> Result<Vec<tokio::net::TcpListener>, S
     let mut listeners = Vec::with_capacity(urls.len());
     for url in urls {
         let flag = "--listen-metrics-urls";
+        if !url.starts_with("http://") {
+            // Plain HTTP only: an https:// URL would promise TLS it does not get.
+            return Err(StartError::BadUrl {
+                flag,
+                url: url.clone(),
+            });
+        }
         let addr = socket_addr(flag, url)?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await

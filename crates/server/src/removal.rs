@@ -10,8 +10,10 @@
 //!   once the new config is in its log, so a removed follower may never see
 //!   the entry: a voter then campaigns in vain, a learner waits forever. So a
 //!   member that does not lead asks its peers for their membership every few
-//!   election timeouts: a peer with a newer membership (a higher log index)
-//!   that lacks this member means it was removed. A peer that is behind
+//!   election timeouts: a peer with a membership at least as new (a log
+//!   index at least as high) that lacks this member means it was removed;
+//!   this also stops a removed member restarted on its old data dir. A peer
+//!   that is behind
 //!   cannot say so, and a member cut off from its peers hears nothing, so
 //!   neither is taken for a removal. One small request per member every few
 //!   seconds is the price.
@@ -76,7 +78,9 @@ async fn newer_membership_without(router: &Router, id: NodeId, own_index: u64) -
             continue;
         };
         let listed = theirs.members.iter().any(|m| m.id == id);
-        if theirs.membership_index > own_index && !listed {
+        // The same index counts too: a member restarted after it applied its
+        // own removal holds the very membership that left it out.
+        if theirs.membership_index >= own_index && theirs.membership_index > 0 && !listed {
             return Some(format!(
                 "member {:x} has a newer membership (index {}) without it",
                 peer.id, theirs.membership_index

@@ -536,9 +536,17 @@ impl Router {
         };
         let now_ms = crate::wall_clock::now_ms();
         let cluster_id = self.cluster.cluster_id;
-        match membership::apply(&self.raft, change, started, cluster_id, now_ms).await {
-            Err(MemberError::NotLeader) => ForwardReply::NotLeader,
-            answer => ForwardReply::Member(answer),
+        // In a task of its own: openraft commits a voter change in two steps
+        // (joint, then uniform), and a request cancelled between them (its
+        // client gave up) must not leave the cluster in the joint config.
+        let (raft, change) = (self.raft.clone(), change.clone());
+        let task = tokio::spawn(async move {
+            membership::apply(&raft, &change, started, cluster_id, now_ms).await
+        });
+        match task.await {
+            Ok(Err(MemberError::NotLeader)) => ForwardReply::NotLeader,
+            Ok(answer) => ForwardReply::Member(answer),
+            Err(e) => ForwardReply::Failed(RouteError::Unknown(e.to_string())),
         }
     }
 

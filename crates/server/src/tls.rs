@@ -35,8 +35,11 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
     /// The CA that signs the certificates of clients (or peers) to accept.
+    /// Given, a connection without such a certificate is refused, as etcd
+    /// does.
     pub trusted_ca: Option<PathBuf>,
-    /// Refuse a connection without a certificate the trusted CA signed.
+    /// Refuse a connection without a certificate the trusted CA signed
+    /// (needs `trusted_ca`).
     pub client_cert_auth: bool,
     /// Which flags these came from (`""` or `"peer-"`), for the messages.
     pub prefix: &'static str,
@@ -92,11 +95,10 @@ impl TlsFiles {
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Config(e.to_string()))?;
-        let builder = if self.client_cert_auth {
-            let ca = self
-                .trusted_ca
-                .as_ref()
-                .ok_or(TlsError::NoTrustedCa(self.prefix))?;
+        if self.client_cert_auth && self.trusted_ca.is_none() {
+            return Err(TlsError::NoTrustedCa(self.prefix));
+        }
+        let builder = if let Some(ca) = &self.trusted_ca {
             let mut roots = RootCertStore::empty();
             for cert in self.certs("trusted-ca-file", ca)? {
                 roots
@@ -130,6 +132,16 @@ impl TlsFiles {
             let ca = self.read("trusted-ca-file", ca)?;
             config = config.ca_certificate(tonic::transport::Certificate::from_pem(ca));
         }
+        // Parsed now, so a bad file is refused at start rather than at the
+        // first call to a peer.
+        tonic::transport::Endpoint::from_static("https://127.0.0.1:2380")
+            .tls_config(config.clone())
+            .map_err(|e| {
+                TlsError::Config(format!(
+                    "--{}cert-file, --{}key-file or --{}trusted-ca-file: {e}",
+                    self.prefix, self.prefix, self.prefix
+                ))
+            })?;
         Ok(config)
     }
 }
@@ -139,7 +151,13 @@ impl TlsFiles {
 pub fn accept(mut incoming: Incoming, acceptor: TlsAcceptor) -> Incoming {
     let (accepted, queue) = mpsc::channel(ACCEPTED_QUEUE);
     tokio::spawn(async move {
-        while let Some(conn) = incoming.next().await {
+        loop {
+            let conn = tokio::select! {
+                conn = incoming.next() => conn,
+                // The server stopped: let the listener go.
+                _ = accepted.closed() => return,
+            };
+            let Some(conn) = conn else { return };
             let conn = match conn {
                 Ok(conn) => conn,
                 Err(e) => {

@@ -22,6 +22,9 @@ use crate::route::RouteError;
 /// The etcd API version Roster speaks; clients gate features on it.
 pub const API_VERSION: &str = "3.5.0";
 
+/// Backups being encoded at once, in this process.
+static BACKUPS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
 /// Bytes per `SnapshotResponse` (etcd sends 32 KiB chunks).
 const SNAPSHOT_CHUNK: usize = 32 * 1024;
 
@@ -119,6 +122,11 @@ impl Maintenance for EtcdApi {
             }
             Err(e) => return Err(route_status(e)),
         }
+        // One backup at a time: each holds the whole encoded state in memory.
+        let _one = BACKUPS
+            .acquire()
+            .await
+            .map_err(|_| Status::unavailable("roster: snapshot: shutting down"))?;
         let state = self.state.clone();
         let bytes = tokio::task::spawn_blocking(move || roster_raft::backup::backup_bytes(&state))
             .await
