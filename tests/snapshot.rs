@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use harness::{
-    is_etcd, json_i64, json_u64, kvs, lease_hex, parse_lease_grant, wait_for, Cluster,
+    is_etcd, json_i64, json_u64, kvs, lease_hex, parse_lease_grant, roster, wait_for, Cluster,
     ClusterOptions,
 };
 use sha2::{Digest, Sha256};
@@ -46,15 +46,6 @@ fn save(c: &Cluster, i: usize, file: &Path) {
         assert!(ok, "roster snapshot save: {out}{err}");
         assert!(out.contains(&format!("Snapshot saved at {path}")), "{out}");
     }
-}
-
-fn roster(args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_roster"))
-        .args(args)
-        .output()
-        .expect("run roster");
-    let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
-    (out.status.success(), text(out.stdout), text(out.stderr))
 }
 
 #[test]

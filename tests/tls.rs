@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use harness::{
-    binary, etcdctl_path, free_port, is_etcd, kvs, poll_for, spawn_server, tail, Cluster,
+    binary, etcdctl_path, free_port, is_etcd, kvs, poll_for, roster, spawn_server, tail, Cluster,
     ClusterOptions,
 };
 
@@ -116,15 +116,6 @@ fn ctl(endpoint: &str, tls: &[String], args: &[&str]) -> (bool, String, String) 
         .args(args)
         .output()
         .expect("run etcdctl");
-    let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
-    (out.status.success(), text(out.stdout), text(out.stderr))
-}
-
-fn roster(args: &[String]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_roster"))
-        .args(args)
-        .output()
-        .expect("run roster");
     let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
     (out.status.success(), text(out.stdout), text(out.stderr))
 }

@@ -552,6 +552,17 @@ impl NodeConfig {
     }
 }
 
+/// Runs the `roster` binary cargo built with `args` (no endpoint added);
+/// (success, stdout, stderr).
+pub fn roster<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_roster"))
+        .args(args)
+        .output()
+        .expect("run roster");
+    let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
+    (out.status.success(), text(out.stdout), text(out.stderr))
+}
+
 /// Returns `args` with the value following `flag` replaced by `value`.
 pub fn with_flag(args: &[String], flag: &str, value: &str) -> Vec<String> {
     let mut args = args.to_vec();
@@ -926,13 +937,9 @@ impl Cluster {
     /// Runs `roster <args> --endpoints <node i>` (the registry CLI);
     /// (success, stdout, stderr).
     pub fn roster(&self, i: usize, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_roster"))
-            .args(args)
-            .arg(format!("--endpoints={}", self.endpoint(i)))
-            .output()
-            .expect("run roster");
-        let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
-        (out.status.success(), text(out.stdout), text(out.stderr))
+        let endpoints = format!("--endpoints={}", self.endpoint(i));
+        let args: Vec<&str> = args.iter().copied().chain([endpoints.as_str()]).collect();
+        roster(&args)
     }
 
     /// [`Cluster::roster`] with the arguments written as one line (none

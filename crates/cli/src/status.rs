@@ -109,22 +109,21 @@ fn size(bytes: i64) -> String {
 }
 
 fn json_row(r: &Row, leader_index: Option<u64>) -> serde_json::Value {
-    let base =
+    let mut row =
         json!({"name": r.member.name, "id": format!("{:x}", r.member.id), "endpoint": r.endpoint});
-    match &r.status {
+    let more = match &r.status {
         Ok(s) => json!({
-            "name": r.member.name, "id": format!("{:x}", r.member.id), "endpoint": r.endpoint,
             "role": role(&r.member, s), "term": s.raft_term, "index": s.raft_index,
             "applied": s.raft_applied_index,
             "lag": leader_index.map(|l| l.saturating_sub(s.raft_applied_index)),
             "db_size": s.db_size,
         }),
-        Err(e) => {
-            let mut v = base;
-            v["error"] = json!(e);
-            v
-        }
+        Err(e) => json!({ "error": e }),
+    };
+    if let (Some(row), Some(more)) = (row.as_object_mut(), more.as_object()) {
+        row.extend(more.clone());
     }
+    row
 }
 
 fn print_table(rows: &[Row], leader_index: Option<u64>) {

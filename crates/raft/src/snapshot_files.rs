@@ -110,14 +110,10 @@ impl SnapshotFiles {
         let name = format!("{counter:020}");
         let tmp = self.dir.join(format!("{name}{TMP_SUFFIX}"));
         let path = self.dir.join(format!("{name}{SUFFIX}"));
-        let meta = bincode::serialize(meta)?;
-        let meta_len = u32::try_from(meta.len()).map_err(|_| SnapshotFileError::Corrupt {
-            path: path.clone(),
-            what: format!("meta of {} bytes is too large", meta.len()),
-        })?;
+        let header = header(meta, &path)?;
         let mut crc = crc32fast::Hasher::new();
         let mut file = File::create(&tmp).map_err(io_err(&tmp))?;
-        for part in [&MAGIC[..], &meta_len.to_le_bytes(), &meta, data] {
+        for part in [&header[..], data] {
             crc.update(part);
             file.write_all(part).map_err(io_err(&tmp))?;
         }
@@ -174,18 +170,26 @@ pub(crate) fn frame_into(
     data: &roster_state::SnapshotData,
 ) -> Result<(), SnapshotFileError> {
     let start = out.len();
-    let meta = bincode::serialize(meta)?;
-    let meta_len = u32::try_from(meta.len()).map_err(|_| SnapshotFileError::Corrupt {
-        path: PathBuf::new(),
-        what: format!("meta of {} bytes is too large", meta.len()),
-    })?;
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&meta_len.to_le_bytes());
-    out.extend_from_slice(&meta);
+    out.extend_from_slice(&header(meta, Path::new("(backup)"))?);
     data.encode_into(out);
     let crc = crc32fast::hash(&out[start..]);
     out.extend_from_slice(&crc.to_le_bytes());
     Ok(())
+}
+
+/// What comes before the data in a snapshot file: magic, meta length, meta.
+/// `path` only names the file in an error.
+fn header(meta: &Meta, path: &Path) -> Result<Vec<u8>, SnapshotFileError> {
+    let meta = bincode::serialize(meta)?;
+    let meta_len = u32::try_from(meta.len()).map_err(|_| SnapshotFileError::Corrupt {
+        path: path.to_path_buf(),
+        what: format!("meta of {} bytes is too large", meta.len()),
+    })?;
+    let mut header = Vec::with_capacity(MAGIC.len() + 4 + meta.len());
+    header.extend_from_slice(MAGIC);
+    header.extend_from_slice(&meta_len.to_le_bytes());
+    header.extend_from_slice(&meta);
+    Ok(header)
 }
 
 /// Whether `bytes` begin like a snapshot file.

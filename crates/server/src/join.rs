@@ -19,7 +19,7 @@ use roster_raft::transport::Transport;
 use crate::config::{ClusterState, NodeConfig};
 use crate::identity::{self, Identity, IdentityError};
 use crate::node::StartError;
-use crate::route::{fetch_cluster, ClusterInfo};
+use crate::route::fetch_cluster;
 
 /// How long a joining member keeps asking for the membership.
 const JOIN_WAIT: Duration = Duration::from_secs(10);
@@ -62,29 +62,6 @@ fn sorted(urls: &[String]) -> Vec<String> {
     urls
 }
 
-/// The membership with the highest log index among the answers of `peers`.
-async fn newest_membership(
-    transport: &Arc<dyn Transport>,
-    peers: &[Vec<String>],
-) -> Result<ClusterInfo, String> {
-    let mut newest: Option<ClusterInfo> = None;
-    let mut errors = Vec::new();
-    for urls in peers {
-        match fetch_cluster(transport.clone(), std::slice::from_ref(urls)).await {
-            Ok(info)
-                if newest
-                    .as_ref()
-                    .is_none_or(|n| info.membership_index > n.membership_index) =>
-            {
-                newest = Some(info)
-            }
-            Ok(_) => {}
-            Err(e) => errors.push(e),
-        }
-    }
-    newest.ok_or_else(|| errors.join("; "))
-}
-
 /// Asks the running members who this node is.
 async fn join(config: &NodeConfig, transport: Arc<dyn Transport>) -> Result<Identity, StartError> {
     let own = sorted(&config.initial_advertise_peer_urls);
@@ -100,13 +77,13 @@ async fn join(config: &NodeConfig, transport: Arc<dyn Transport>) -> Result<Iden
                 .into(),
         ));
     }
-    // Every member is asked and the newest membership wins: a follower
-    // that has not yet applied the MemberAdd would not know this member (or
-    // would still list an earlier one with these URLs). Until the deadline,
-    // a membership without this member is asked again.
+    // The newest membership among the members' answers (see
+    // `fetch_cluster`): a follower that has not yet applied the MemberAdd
+    // would not know this member, or would still list an earlier one with
+    // these URLs. Until the deadline, a membership without it is asked again.
     let deadline = tokio::time::Instant::now() + JOIN_WAIT;
     let (info, me) = loop {
-        let newest = newest_membership(&transport, &peers).await;
+        let newest = fetch_cluster(transport.clone(), &peers).await;
         let expired = tokio::time::Instant::now() >= deadline;
         match newest {
             Ok(info) => {

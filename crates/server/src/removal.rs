@@ -21,7 +21,7 @@
 use std::time::Duration;
 
 use openraft::ServerState;
-use roster_raft::{NodeId, Raft};
+use roster_raft::{Member, NodeId, Raft};
 
 use crate::route::Router;
 
@@ -52,7 +52,7 @@ pub async fn removed(raft: Raft, router: Router, id: NodeId, election_timeout: D
         }
         if tokio::time::Instant::now() >= next_ask {
             if !leads {
-                if let Some(why) = newer_membership_without(&router, id, own_index).await {
+                if let Some(why) = newer_membership_without(&raft, &router, id, own_index).await {
                     return why;
                 }
             }
@@ -66,15 +66,23 @@ pub async fn removed(raft: Raft, router: Router, id: NodeId, election_timeout: D
 }
 
 /// Asks the leader, or with no leader known every peer, for its membership.
-async fn newer_membership_without(router: &Router, id: NodeId, own_index: u64) -> Option<String> {
-    let info = router.cluster_info().ok()?;
-    let leader = router.leader_id();
-    let peers = info
-        .members
+async fn newer_membership_without(
+    raft: &Raft,
+    router: &Router,
+    id: NodeId,
+    own_index: u64,
+) -> Option<String> {
+    let (leader, peers): (Option<NodeId>, Vec<(NodeId, Member)>) = {
+        let m = raft.metrics().borrow().clone();
+        let nodes = m.membership_config.membership().nodes();
+        let peers = nodes.map(|(peer, member)| (*peer, member.clone()));
+        (m.current_leader, peers.collect())
+    };
+    let asked = peers
         .iter()
-        .filter(|m| m.id != id && leader.is_none_or(|l| l == m.id));
-    for peer in peers {
-        let Ok(theirs) = router.cluster_info_of(peer.id, &peer.member).await else {
+        .filter(|(peer, _)| *peer != id && leader.is_none_or(|l| l == *peer));
+    for (peer, member) in asked {
+        let Ok(theirs) = router.cluster_info_of(*peer, member).await else {
             continue;
         };
         let listed = theirs.members.iter().any(|m| m.id == id);
@@ -82,8 +90,8 @@ async fn newer_membership_without(router: &Router, id: NodeId, own_index: u64) -
         // own removal holds the very membership that left it out.
         if theirs.membership_index >= own_index && theirs.membership_index > 0 && !listed {
             return Some(format!(
-                "member {:x} has a newer membership (index {}) without it",
-                peer.id, theirs.membership_index
+                "member {peer:x} has a newer membership (index {}) without it",
+                theirs.membership_index
             ));
         }
     }

@@ -468,11 +468,6 @@ impl Router {
         let _ = tokio::time::timeout(RETRY_PAUSE, changed).await;
     }
 
-    /// The leader this member knows of, if any.
-    pub fn leader_id(&self) -> Option<NodeId> {
-        self.raft.metrics().borrow().current_leader
-    }
-
     fn leader(&self) -> Option<Leader> {
         // Borrowed, not cloned: this runs for every routed request.
         let metrics = self.raft.metrics();
@@ -626,27 +621,33 @@ fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, RouteError> {
     bincode::serialize(value).map_err(|e| RouteError::Unavailable(e.to_string()))
 }
 
-/// Asks the members at `peers` (each a member's peer URLs) for the cluster,
-/// in turn, until one answers. For a member about to join, before it runs.
+/// Asks every member at `peers` (each a member's peer URLs) for the cluster
+/// and keeps the answer with the newest membership (the highest log index):
+/// a follower that has not applied the latest change answers with an older
+/// one. For a member about to join, before it runs.
 pub async fn fetch_cluster(
     transport: Arc<dyn Transport>,
     peers: &[Vec<String>],
 ) -> Result<ClusterInfo, String> {
     let clients = PeerClients::new(transport);
     let payload = encode(&Forwarded::ClusterInfo).map_err(|e| e.to_string())?;
+    let mut newest: Option<ClusterInfo> = None;
     let mut errors = Vec::new();
     for (n, urls) in peers.iter().enumerate() {
         let member = Member {
             name: String::new(),
             peer_urls: urls.clone(),
         };
-        let asked = ask_cluster(&clients, n as NodeId, &member, &payload).await;
-        match asked {
-            Ok(info) => return Ok(info),
+        match ask_cluster(&clients, n as NodeId, &member, &payload).await {
+            Ok(info)
+                if newest
+                    .as_ref()
+                    .is_some_and(|n| n.membership_index >= info.membership_index) => {}
+            Ok(info) => newest = Some(info),
             Err(e) => errors.push(format!("{}: {e}", urls.join(","))),
         }
     }
-    Err(errors.join("; "))
+    newest.ok_or_else(|| errors.join("; "))
 }
 
 async fn ask_cluster(
