@@ -138,7 +138,18 @@ async fn stop_all(children: &mut [Child]) {
                 .status();
         }
     }
+    // A node that has not stopped by then is killed: `roster dev` must give
+    // its ports back.
+    let deadline = tokio::time::Instant::now() + STOP_WAIT;
     for child in children.iter_mut() {
-        let _ = child.wait().await;
+        if tokio::time::timeout_at(deadline, child.wait())
+            .await
+            .is_err()
+        {
+            let _ = child.kill().await;
+        }
     }
 }
+
+/// Longest `roster dev` waits for its nodes to stop cleanly.
+const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);

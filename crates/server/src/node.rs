@@ -111,6 +111,8 @@ pub enum Backend {
 const EXIT_SNAPSHOT_AFTER: u64 = 1_000;
 /// Longest a clean stop waits for that snapshot.
 const EXIT_SNAPSHOT_WAIT: Duration = Duration::from_secs(20);
+/// Longest a clean stop waits for open calls to finish.
+const SERVER_DRAIN_WAIT: Duration = Duration::from_secs(3);
 
 pub struct RunningNode {
     pub member_id: NodeId,
@@ -453,8 +455,18 @@ impl RunningNode {
 
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
+        // A graceful stop waits for open calls, and a call forwarded here by a
+        // peer may wait on a commit that peers, stopping too, no longer serve:
+        // past the grace period the servers are dropped with their calls.
+        let deadline = tokio::time::Instant::now() + SERVER_DRAIN_WAIT;
         for server in std::mem::take(&mut self.servers) {
-            let _ = server.await;
+            let abort = server.abort_handle();
+            if tokio::time::timeout_at(deadline, server).await.is_err() {
+                abort.abort();
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!("calls still open after {SERVER_DRAIN_WAIT:?}; dropped them");
         }
         self.snapshot_before_exit().await;
         if let Err(e) = self.raft.shutdown().await {
