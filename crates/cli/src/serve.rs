@@ -59,6 +59,13 @@ pub struct ServeArgs {
     /// How often watchers that asked for progress notifications get one.
     #[arg(long = "experimental-watch-progress-notify-interval", default_value = "10m", value_parser = crate::duration::parse)]
     watch_progress_notify_interval: Duration,
+    /// Token kind: `simple` (Roster signs its own tokens; see docs/operations.md).
+    /// etcd's `jwt` is not supported.
+    #[arg(long, default_value = "simple")]
+    auth_token: String,
+    /// Seconds a token from Authenticate stays valid.
+    #[arg(long, default_value_t = 300)]
+    auth_token_ttl: u64,
     /// `periodic` (keep a time span of history) or `revision` (keep a number of revisions).
     #[arg(long, default_value = "periodic")]
     auto_compaction_mode: String,
@@ -216,6 +223,16 @@ impl ServeArgs {
         config.election_timeout = Duration::from_millis(self.election_timeout);
         config.lease_checkpoint_interval = self.lease_checkpoint_interval;
         config.watch_progress_notify_interval = self.watch_progress_notify_interval;
+        if !self.auth_token.starts_with("simple") {
+            bail!(
+                "--auth-token {:?} is not supported: Roster signs its own tokens; use simple",
+                self.auth_token
+            );
+        }
+        if self.auth_token_ttl == 0 {
+            bail!("--auth-token-ttl must be at least 1 (seconds)");
+        }
+        config.auth_token_ttl = Duration::from_secs(self.auth_token_ttl);
         config.auto_compaction =
             auto_compaction(&self.auto_compaction_mode, &self.auto_compaction_retention)?;
         if self.snapshot_count == 0 {

@@ -190,7 +190,18 @@ pub fn write_restored(
         (APPLIED_META.to_vec(), encode(&first)?),
         (MEMBERSHIP_META.to_vec(), encode(&membership)?),
     ];
-    let data = data.restored(meta_pairs)?;
+    // The new token key: the old one hashed with the new membership, the
+    // same on every member restoring this backup into this cluster.
+    let membership_bytes = encode(&membership)?;
+    let rekey = |old: &[u8]| {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(b"roster restored token key");
+        h.update(old);
+        h.update(&membership_bytes);
+        h.finalize().to_vec()
+    };
+    let data = data.restored(meta_pairs, rekey)?;
     let files = SnapshotFiles::open(&crate::storage::snapshot_dir(data_dir))?;
     let meta = SnapshotMeta {
         snapshot_id: format!("0-0-{}", files.next_counter()),

@@ -48,6 +48,8 @@ pub struct NodeConfig {
     /// How often a watcher that asked for progress notifications gets one
     /// (etcd's `--experimental-watch-progress-notify-interval`, 10 minutes).
     pub watch_progress_notify_interval: Duration,
+    /// How long a token from Authenticate is valid (etcd's `--auth-token-ttl`).
+    pub auth_token_ttl: Duration,
     /// What history the leader compacts away by itself (default: none, as etcd).
     pub auto_compaction: crate::compactor::AutoCompaction,
     /// Log entries applied between two snapshots (etcd's `--snapshot-count`).
@@ -103,6 +105,7 @@ impl NodeConfig {
             election_timeout: Duration::from_millis(1000),
             lease_checkpoint_interval: Duration::from_secs(60),
             watch_progress_notify_interval: Duration::from_secs(600),
+            auth_token_ttl: crate::auth::DEFAULT_TOKEN_TTL,
             auto_compaction: crate::compactor::AutoCompaction::Off,
             snapshot_count: Self::DEFAULT_SNAPSHOT_COUNT,
             cache_capacity: roster_raft::DEFAULT_CACHE_CAPACITY,

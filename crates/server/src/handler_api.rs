@@ -12,6 +12,7 @@ use roster_proto::registry::{
     HandlerFailuresRequest, HandlerFailuresResponse, HandlerKind as PbKind, HandlerUse,
     ListHandlersRequest, ListHandlersResponse, SetHandlerRequest, UseHandlerRequest,
 };
+use roster_state::auth::Caller;
 use roster_state::handlers::{validate_handler, HandlerDef, HandlerKind};
 use roster_state::Command;
 use tonic::{Request, Response as GrpcResponse, Status};
@@ -33,8 +34,17 @@ impl HandlerApi {
         HandlerApi { api }
     }
 
-    async fn change(&self, command: Command) -> Result<GrpcResponse<ChangeResponse>, Status> {
-        let revision = self.api.write(command).await?.revision();
+    /// Proposes a handler change sent by `caller` (root only, while auth is on).
+    async fn change(
+        &self,
+        caller: Option<Caller>,
+        command: Command,
+    ) -> Result<GrpcResponse<ChangeResponse>, Status> {
+        let revision = self
+            .api
+            .write_mapped(caller, command, crate::etcd::roster_status)
+            .await?
+            .revision();
         Ok(GrpcResponse::new(ChangeResponse { revision }))
     }
 
@@ -142,6 +152,7 @@ impl Handlers for HandlerApi {
         &self,
         req: Request<SetHandlerRequest>,
     ) -> Result<GrpcResponse<ChangeResponse>, Status> {
+        let caller = self.api.caller(&req)?;
         let handler = req
             .into_inner()
             .handler
@@ -152,21 +163,23 @@ impl Handlers for HandlerApi {
             self.check_pipe_allowed()?;
             check_program(&def.target)?;
         }
-        self.change(Command::SetHandler(def)).await
+        self.change(caller, Command::SetHandler(def)).await
     }
 
     async fn delete_handler(
         &self,
         req: Request<DeleteHandlerRequest>,
     ) -> Result<GrpcResponse<ChangeResponse>, Status> {
+        let caller = self.api.caller(&req)?;
         let name = req.into_inner().name;
-        self.change(Command::DeleteHandler { name }).await
+        self.change(caller, Command::DeleteHandler { name }).await
     }
 
     async fn use_handler(
         &self,
         req: Request<UseHandlerRequest>,
     ) -> Result<GrpcResponse<ChangeResponse>, Status> {
+        let caller = self.api.caller(&req)?;
         let req = req.into_inner();
         let event = parse_event_type(&req.event).ok_or_else(|| {
             Status::invalid_argument(format!(
@@ -174,11 +187,11 @@ impl Handlers for HandlerApi {
                 req.event
             ))
         })?;
-        self.change(Command::UseHandler {
+        let command = Command::UseHandler {
             event,
             name: req.name,
-        })
-        .await
+        };
+        self.change(caller, command).await
     }
 
     async fn list_handlers(

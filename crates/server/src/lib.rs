@@ -5,6 +5,7 @@
 //! `roster-state`); the front end knows nothing of raft beyond "propose" and "read
 //! linearizably" ([`route::Router`]).
 
+pub mod auth;
 mod batch;
 pub mod compactor;
 pub mod config;

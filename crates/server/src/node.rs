@@ -15,6 +15,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use openraft::error::{InitializeError, RaftError};
 use openraft::storage::RaftLogStorage;
+use roster_proto::etcdserverpb::auth_server::AuthServer;
 use roster_proto::etcdserverpb::cluster_server::ClusterServer;
 use roster_proto::etcdserverpb::kv_server::KvServer;
 use roster_proto::etcdserverpb::lease_server::LeaseServer;
@@ -342,6 +343,7 @@ impl RunningNode {
                 progress_interval: config.watch_progress_notify_interval,
                 no_leader_after: config.election_timeout * 3,
             },
+            token_ttl: config.auth_token_ttl,
         };
         tokio::spawn(publish_attributes(
             router.clone(),
@@ -630,6 +632,7 @@ fn client_router(api: &EtcdApi) -> tonic::transport::server::Router {
         .add_service(ClusterServer::new(api.clone()))
         .add_service(MaintenanceServer::new(api.clone()))
         .add_service(WatchServer::new(api.clone()))
+        .add_service(AuthServer::new(api.clone()))
         .add_service(RegistryServer::new(RegistryApi::new(api.clone())))
         .add_service(HandlersServer::new(HandlerApi::new(api.clone())))
         .add_service(HealthServer::new(HealthService::new(api.raft.clone())))

@@ -59,7 +59,9 @@ fn count_leases(command: &Command, response: &Response) {
                 count_leases(command, response);
             }
         }
-        (Command::InTerm { command, .. }, response) => count_leases(command, response),
+        (Command::InTerm { command, .. } | Command::As { command, .. }, response) => {
+            count_leases(command, response)
+        }
         (Command::LeaseGrant { .. }, Response::LeaseGranted { .. }) => {
             roster_metrics::LEASE_GRANTS.inc();
         }

@@ -145,6 +145,7 @@ pub(crate) fn approx_size(command: &Command) -> usize {
         Command::LeaseCheckpoint { remaining_ms } => remaining_ms.len() * 16 + 16,
         Command::Batch(commands) => commands.iter().map(approx_size).sum(),
         Command::InTerm { command, .. } => approx_size(command) + 8,
+        Command::As { caller, command } => approx_size(command) + caller.user.len() + 16,
         _ => 64,
     }
 }

@@ -23,9 +23,10 @@ use roster_state::selector::Selector;
 use roster_state::{Command, Response};
 use tonic::{Request, Response as GrpcResponse, Status};
 
-use crate::etcd::{fail_engine, route_status, state_status, EtcdApi};
+use crate::etcd::{fail_engine, roster_status, route_status, state_status, EtcdApi};
 use crate::health::Report;
 use crate::wall_clock::now_ms;
+use roster_state::auth::{Access, Caller};
 
 /// The registry service of one node; shares the etcd API's plumbing.
 #[derive(Clone)]
@@ -38,9 +39,13 @@ impl RegistryApi {
         RegistryApi { api }
     }
 
-    /// Proposes a registry command; its revision and lease.
-    async fn change(&self, command: Command) -> Result<(i64, i64), Status> {
-        match self.api.write(command).await? {
+    /// Proposes a registry command sent by `caller`; its revision and lease.
+    async fn change(&self, caller: Option<Caller>, command: Command) -> Result<(i64, i64), Status> {
+        match self
+            .api
+            .write_mapped(caller, command, roster_status)
+            .await?
+        {
             Response::Registry {
                 revision, lease, ..
             } => Ok((revision, lease)),
@@ -49,8 +54,12 @@ impl RegistryApi {
     }
 
     /// Proposes a registry command answered with its revision alone.
-    async fn changed(&self, command: Command) -> Result<GrpcResponse<ChangeResponse>, Status> {
-        let (revision, _) = self.change(command).await?;
+    async fn changed(
+        &self,
+        caller: Option<Caller>,
+        command: Command,
+    ) -> Result<GrpcResponse<ChangeResponse>, Status> {
+        let (revision, _) = self.change(caller, command).await?;
         Ok(GrpcResponse::new(ChangeResponse { revision }))
     }
 }
@@ -212,7 +221,8 @@ impl Registry for RegistryApi {
         &self,
         req: Request<WatchServicesRequest>,
     ) -> Result<GrpcResponse<Self::WatchServicesStream>, Status> {
-        crate::registry_watch::watch_services(&self.api, req.into_inner())
+        let caller = self.api.caller(&req)?;
+        crate::registry_watch::watch_services(&self.api, caller, req.into_inner())
             .await
             .map(GrpcResponse::new)
     }
@@ -221,6 +231,7 @@ impl Registry for RegistryApi {
         &self,
         req: Request<RegisterRequest>,
     ) -> Result<GrpcResponse<RegisterResponse>, Status> {
+        let caller = self.api.caller(&req)?;
         let req = req.into_inner();
         let spec = to_spec(&req)?;
         let lease = match req.lease {
@@ -245,7 +256,7 @@ impl Registry for RegistryApi {
             lease,
             now_ms: now_ms(),
         };
-        let (revision, lease) = self.change(command).await?;
+        let (revision, lease) = self.change(caller, command).await?;
         Ok(GrpcResponse::new(RegisterResponse { revision, lease }))
     }
 
@@ -253,19 +264,21 @@ impl Registry for RegistryApi {
         &self,
         req: Request<InstanceRequest>,
     ) -> Result<GrpcResponse<ChangeResponse>, Status> {
+        let caller = self.api.caller(&req)?;
         let InstanceRequest { service, id } = req.into_inner();
-        self.changed(Command::Deregister {
+        let command = Command::Deregister {
             service,
             id,
             now_ms: now_ms(),
-        })
-        .await
+        };
+        self.changed(caller, command).await
     }
 
     async fn drain(
         &self,
         req: Request<DrainRequest>,
     ) -> Result<GrpcResponse<ChangeResponse>, Status> {
+        let caller = self.api.caller(&req)?;
         let req = req.into_inner();
         let deadline_ms = (req.deadline_ms > 0).then(|| now_ms().saturating_add(req.deadline_ms));
         let command = Command::Drain {
@@ -273,42 +286,61 @@ impl Registry for RegistryApi {
             id: req.id,
             deadline_ms,
         };
-        self.changed(command).await
+        self.changed(caller, command).await
     }
 
     async fn force_deregister(
         &self,
         req: Request<ForceDeregisterRequest>,
     ) -> Result<GrpcResponse<ChangeResponse>, Status> {
+        let caller = self.api.caller(&req)?;
         let req = req.into_inner();
+        // With auth on, the audit log records the authenticated user.
+        let actor = match &caller {
+            Some(c) if req.actor.is_empty() || req.actor == c.user => c.user.clone(),
+            Some(c) => {
+                return Err(Status::invalid_argument(format!(
+                    "actor {:?}: with auth on the actor is the authenticated user ({:?}); leave it empty",
+                    req.actor, c.user
+                )))
+            }
+            None => req.actor,
+        };
         let command = Command::ForceDeregister {
             service: req.service,
             id: req.id,
-            actor: req.actor,
+            actor,
             reason: req.reason,
             now_ms: now_ms(),
         };
-        self.changed(command).await
+        self.changed(caller, command).await
     }
 
     async fn set_status(
         &self,
         req: Request<SetStatusRequest>,
     ) -> Result<GrpcResponse<ChangeResponse>, Status> {
+        let caller = self.api.caller(&req)?;
         let req = req.into_inner();
         let command = Command::SetStatus {
             service: req.service,
             id: req.id,
             status: req.status.into_iter().collect(),
         };
-        self.changed(command).await
+        self.changed(caller, command).await
     }
 
     async fn report_check(
         &self,
         req: Request<ReportCheckRequest>,
     ) -> Result<GrpcResponse<ReportCheckResponse>, Status> {
+        let caller = self.api.caller(&req)?;
         let req = req.into_inner();
+        // Checked here only (a report is forwarded, not a command): write on
+        // the instance's key, like the other changes of an instance.
+        let key = roster_state::registry::instance_key(&req.service, &req.id);
+        self.api
+            .authorize_keys(caller.as_ref(), Access::Write, (&key, &[]), roster_status)?;
         let report = match CheckResult::try_from(req.result) {
             Ok(CheckResult::Pass) => Report::Pass,
             Ok(CheckResult::Warn) => Report::Warn,
@@ -350,9 +382,17 @@ impl Registry for RegistryApi {
         &self,
         req: Request<DiscoverRequest>,
     ) -> Result<GrpcResponse<DiscoverResponse>, Status> {
+        let caller = self.api.caller(&req)?;
         let req = req.into_inner();
         let selector =
             Selector::parse(&req.selector).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let range = crate::registry_watch::key_range(&req.service);
+        self.api.authorize_keys(
+            caller.as_ref(),
+            Access::Read,
+            (&range.key, &range.range_end),
+            roster_status,
+        )?;
         let passing_only = HealthFilter::try_from(req.health).unwrap_or(HealthFilter::PassingOnly)
             == HealthFilter::PassingOnly;
         self.api.before_read(req.serializable).await?;
@@ -383,9 +423,13 @@ impl Registry for RegistryApi {
 
     async fn audit_list(
         &self,
-        _req: Request<AuditListRequest>,
+        req: Request<AuditListRequest>,
     ) -> Result<GrpcResponse<AuditListResponse>, Status> {
+        let caller = self.api.caller(&req)?;
         self.api.before_read(false).await?;
+        let key = roster_state::auth::audit_key();
+        self.api
+            .authorize_keys(caller.as_ref(), Access::Read, (&key, &[]), roster_status)?;
         let (entries, revision) = self
             .api
             .read(|sm| Ok((sm.audit_log().map_err(fail_engine)?, sm.revision())))?;

@@ -54,10 +54,18 @@ pub(crate) fn key_range(service: &str) -> KeySelector {
 
 pub async fn watch_services(
     api: &EtcdApi,
+    caller: Option<roster_state::auth::Caller>,
     req: WatchServicesRequest,
 ) -> Result<WatchServicesStream, Status> {
     let selector =
         Selector::parse(&req.selector).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let range = key_range(&req.service);
+    api.authorize_keys(
+        caller.as_ref(),
+        roster_state::auth::Access::Read,
+        (&range.key, &range.range_end),
+        crate::etcd::roster_status,
+    )?;
     let service = Some(req.service.as_str()).filter(|s| !s.is_empty());
     let mut first = Vec::new();
     let start = if req.snapshot {

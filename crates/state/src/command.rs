@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::auth::{AuthOp, Caller};
 use crate::error::StateError;
 use crate::handlers::{EventType, HandlerDef};
 use crate::keyspace::{KeyValue, Put, RemovalReason};
@@ -139,6 +140,16 @@ pub enum Command {
     /// it answers `StaleTerm` and changes nothing (DESIGN.md, lease rule 3).
     /// `command` may not be a batch or another `InTerm`.
     InTerm { term: u64, command: Box<Command> },
+    /// A change of users, roles or the auth switch (see `auth`).
+    Auth(AuthOp),
+    /// `command` sent by `caller` (a client that presented a token): while auth
+    /// is on, applied only if the caller's credentials are current and its
+    /// roles allow it. A client command not wrapped is refused while auth is on.
+    /// `command` may not be a batch, an `InTerm` or another `As`.
+    As {
+        caller: Caller,
+        command: Box<Command>,
+    },
 }
 
 impl Command {
@@ -147,6 +158,25 @@ impl Command {
         Command::InTerm {
             term,
             command: Box::new(self),
+        }
+    }
+
+    /// This command as sent by `caller` (`None`: no token; left bare).
+    pub fn sent_by(self, caller: Option<Caller>) -> Command {
+        match caller {
+            Some(caller) => Command::As {
+                caller,
+                command: Box::new(self),
+            },
+            None => self,
+        }
+    }
+
+    /// The command itself, without the sender it may be wrapped with.
+    pub fn unwrapped(&self) -> &Command {
+        match self {
+            Command::As { command, .. } => command,
+            other => other,
         }
     }
 }

@@ -57,6 +57,35 @@ pub enum StateError {
     /// log by the leader of `appended`.
     #[error("decided in term {decided} but appended in term {appended}")]
     StaleTerm { decided: u64, appended: u64 },
+    /// Auth is on and the request carries no token.
+    #[error("user name is empty")]
+    UserEmpty,
+    #[error("user name already exists")]
+    UserExists,
+    #[error("user name not found")]
+    UserNotFound,
+    #[error("role name is empty")]
+    RoleEmpty,
+    #[error("role name already exists")]
+    RoleExists,
+    #[error("role name not found")]
+    RoleNotFound,
+    #[error("role is not granted to the user")]
+    RoleNotGranted,
+    #[error("permission is not granted to the role")]
+    PermissionNotGranted,
+    #[error("root user does not exist")]
+    RootUserMissing,
+    #[error("root user does not have root role")]
+    RootRoleMissing,
+    /// Deleting root, or its root role, while auth is on.
+    #[error("invalid auth management")]
+    InvalidAuthMgmt,
+    #[error("permission denied")]
+    PermissionDenied,
+    /// A token that is garbled, expired, or older than its user's credentials.
+    #[error("invalid auth token")]
+    InvalidToken,
 }
 
 impl StateError {
@@ -85,6 +114,19 @@ impl StateError {
             StateError::UnknownHandler(_) => "unknown_handler",
             StateError::HandlerInUse { .. } => "handler_in_use",
             StateError::StaleTerm { .. } => "stale_term",
+            StateError::UserEmpty => "user_empty",
+            StateError::UserExists => "user_exists",
+            StateError::UserNotFound => "user_not_found",
+            StateError::RoleEmpty => "role_empty",
+            StateError::RoleExists => "role_exists",
+            StateError::RoleNotFound => "role_not_found",
+            StateError::RoleNotGranted => "role_not_granted",
+            StateError::PermissionNotGranted => "permission_not_granted",
+            StateError::RootUserMissing => "root_user_missing",
+            StateError::RootRoleMissing => "root_role_missing",
+            StateError::InvalidAuthMgmt => "invalid_auth_mgmt",
+            StateError::PermissionDenied => "permission_denied",
+            StateError::InvalidToken => "invalid_token",
         }
     }
 }

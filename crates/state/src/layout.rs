@@ -43,6 +43,12 @@ pub(crate) const OUTBOX_SEQ: &[u8] = b"s/outbox_seq";
 pub(crate) const REVISION: &[u8] = b"s/revision";
 /// `s/lease_seq`: the counter behind generated lease ids (u64, big-endian).
 pub(crate) const LEASE_SEQ: &[u8] = b"s/lease_seq";
+/// `xu/<name>`: users.
+pub(crate) const USER: &[u8] = b"xu/";
+/// `xr/<name>`: roles.
+pub(crate) const ROLE: &[u8] = b"xr/";
+/// `s/auth`: the auth switch and revision ([`crate::auth::AuthStatus`]).
+pub(crate) const AUTH: &[u8] = b"s/auth";
 /// `s/compacted`: the revision history was last compacted at (i64). Absent: 0.
 pub(crate) const COMPACTED: &[u8] = b"s/compacted";
 
@@ -197,6 +203,14 @@ pub(crate) fn failure_key(id: u64) -> Vec<u8> {
 
 pub(crate) fn member_key(id: u64) -> Vec<u8> {
     join(MEMBER, &id.to_be_bytes())
+}
+
+pub(crate) fn user_key(name: &str) -> Vec<u8> {
+    join(USER, name.as_bytes())
+}
+
+pub(crate) fn role_key(name: &str) -> Vec<u8> {
+    join(ROLE, name.as_bytes())
 }
 
 pub(crate) fn meta_key(name: &[u8]) -> Vec<u8> {

@@ -32,6 +32,9 @@
 //! | `s/lease_seq`     | u64 counter behind generated lease ids (`LeaseGrant{id: 0}`) |
 //! | `s/compacted`     | the revision of the last `Compact`, i64; absent = 0          |
 //! | `s/outbox_seq`    | u64: the last handler event id                               |
+//! | `s/auth`          | [`auth::AuthStatus`]: auth on or off, its revision, token key |
+//! | `xu/<name>`       | [`auth::User`]: roles and password hash                      |
+//! | `xr/<name>`       | [`auth::Role`]: key-range permissions                        |
 //!
 //! Values of `k/`, `e/`, `h/`, `l/` are bincode 1.3 (default options). `<rev>` and
 //! `<sub>` are 8-byte big-endian (`<sub>` numbers the events of one revision from
@@ -41,6 +44,7 @@
 //! `history`). The state machine's own entries live under `s/`, apart from the
 //! caller's `m/`, so no metadata name can collide with them.
 
+pub mod auth;
 pub mod check;
 mod command;
 mod engine;

@@ -7,6 +7,7 @@
 //! Reads (`range`, `lease`, `leases`, `lease_keys`, `members`, `events`) see the
 //! last applied entry.
 
+use crate::auth::{self, AuthStatus, Caller, Role, User};
 use crate::command::{Command, Response};
 use crate::engine::{Engine, EngineError};
 use crate::error::Fail;
@@ -250,6 +251,76 @@ impl<E: Engine> StateMachine<E> {
         self.decode_all(layout::MEMBER, usize::MAX)
     }
 
+    /// The auth switch and revision.
+    pub fn auth_status(&self) -> Result<AuthStatus, EngineError> {
+        auth::status(&self.engine)
+    }
+
+    pub fn user(&self, name: &str) -> Result<Option<User>, EngineError> {
+        auth::user(&self.engine, name)
+    }
+
+    /// Every user, by name.
+    pub fn users(&self) -> Result<Vec<User>, EngineError> {
+        auth::all(&self.engine, layout::USER)
+    }
+
+    pub fn role(&self, name: &str) -> Result<Option<Role>, EngineError> {
+        auth::role(&self.engine, name)
+    }
+
+    /// Every role, by name.
+    pub fn roles(&self) -> Result<Vec<Role>, EngineError> {
+        auth::all(&self.engine, layout::ROLE)
+    }
+
+    /// Whether `caller` may send `cmd` now (apply decides again at the
+    /// command's log position; this lets a member refuse early).
+    pub fn authorize(&self, caller: Option<&Caller>, cmd: &Command) -> Result<(), Fail> {
+        auth::authorize(&self.engine, caller, cmd)
+    }
+
+    /// Whether `caller` may run `txn` now (a read-only txn served without a
+    /// command).
+    pub fn authorize_txn(&self, caller: Option<&Caller>, txn: &Txn) -> Result<(), Fail> {
+        auth::authorize_txn(&self.engine, caller, txn)
+    }
+
+    /// Whether `caller` may read `[key, range_end)` now.
+    pub fn authorize_read(
+        &self,
+        caller: Option<&Caller>,
+        key: &[u8],
+        range_end: &[u8],
+    ) -> Result<(), Fail> {
+        self.authorize_keys(caller, auth::Access::Read, key, range_end)
+    }
+
+    /// Whether `caller` may do `access` on `[key, range_end)` now.
+    pub fn authorize_keys(
+        &self,
+        caller: Option<&Caller>,
+        access: auth::Access,
+        key: &[u8],
+        range_end: &[u8],
+    ) -> Result<(), Fail> {
+        auth::authorize_keys(&self.engine, caller, access, key, range_end)
+    }
+
+    /// Whether `caller` is root while auth is on (anyone, while it is off).
+    pub fn authorize_admin(&self, caller: Option<&Caller>) -> Result<(), Fail> {
+        auth::authorize_admin(&self.engine, caller)
+    }
+
+    /// Whether `caller` is root, or `allowed` holds of its own record.
+    pub fn authorize_admin_or(
+        &self,
+        caller: Option<&Caller>,
+        allowed: impl Fn(&User) -> bool,
+    ) -> Result<(), Fail> {
+        auth::authorize_admin_or(&self.engine, caller, allowed)
+    }
+
     /// Every pair of the engine, frozen: later applies do not change it.
     pub fn snapshot(&self) -> Result<SnapshotData, EngineError> {
         self.engine.snapshot()
@@ -268,7 +339,7 @@ impl<E: Engine> StateMachine<E> {
 /// on a logical error (which becomes its response).
 fn run_command<E: Engine>(tx: &mut Tx<'_, E>, cmd: &Command) -> Result<Response, EngineError> {
     tx.begin_command();
-    match execute(tx, cmd) {
+    match authorized(tx, cmd).and_then(|cmd| execute(tx, cmd)) {
         Ok(response) => {
             tx.end_command();
             Ok(response)
@@ -281,6 +352,20 @@ fn run_command<E: Engine>(tx: &mut Tx<'_, E>, cmd: &Command) -> Result<Response,
                 error,
             })
         }
+    }
+}
+
+/// The command to run once its sender's rights are checked (see `auth`):
+/// the inner command of an `As`, or `cmd` itself.
+fn authorized<'c, E: Engine>(tx: &Tx<'_, E>, cmd: &'c Command) -> Result<&'c Command, Fail> {
+    match cmd {
+        Command::As { caller, command } => match command.as_ref() {
+            Command::Batch(_) | Command::InTerm { .. } | Command::As { .. } => {
+                Err(Fail::State(crate::StateError::NestedBatch))
+            }
+            inner => auth::authorize(tx, Some(caller), inner).map(|()| inner),
+        },
+        other => auth::authorize(tx, None, other).map(|()| other),
     }
 }
 
@@ -347,9 +432,10 @@ fn execute<E: Engine>(tx: &mut Tx<'_, E>, cmd: &Command) -> Result<Response, Fai
         Command::Noop => Ok(Response::Done {
             revision: tx.revision(),
         }),
-        Command::Batch(_) => Err(Fail::State(crate::StateError::NestedBatch)),
+        Command::Auth(op) => auth::apply(tx, op),
+        Command::Batch(_) | Command::As { .. } => Err(Fail::State(crate::StateError::NestedBatch)),
         Command::InTerm { term, command } => match command.as_ref() {
-            Command::Batch(_) | Command::InTerm { .. } => {
+            Command::Batch(_) | Command::InTerm { .. } | Command::As { .. } => {
                 Err(Fail::State(crate::StateError::NestedBatch))
             }
             _ if *term != tx.term() => Err(Fail::State(crate::StateError::StaleTerm {

@@ -14,6 +14,11 @@
 //! - **The caller's metadata** (`m/`): the raft applied position and
 //!   membership of the old cluster. The caller passes the new cluster's.
 //!
+//! - **The token key.** Tokens the old cluster signed must not open the new
+//!   one: the caller's `rekey` turns the old key into the new cluster's (a
+//!   function of it and of the new membership, so every member restoring the
+//!   same backup into the same cluster computes the same key).
+//!
 //! Everything else stays: keys with their revisions and history, the
 //! compaction point, leases (and the keys attached to them), the registry,
 //! handlers and their outbox, and the audit log.
@@ -41,12 +46,24 @@ pub struct SnapshotSummary {
 impl SnapshotData {
     /// This state as the first state of a new cluster: lease checkpoints
     /// cleared, the old members' attributes and all metadata dropped, then
-    /// `meta` (pairs of metadata name and value) written.
+    /// `meta` (pairs of metadata name and value) written, and the token key
+    /// (if auth is on) replaced by `rekey(old key)`.
     pub fn restored(
         self,
         meta: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>,
+        rekey: impl FnOnce(&[u8]) -> Vec<u8>,
     ) -> Result<SnapshotData, EngineError> {
         let mut map = self.into_map();
+        if let Some(value) = map.get(layout::AUTH) {
+            let mut status: crate::auth::AuthStatus = layout::decode(value)?;
+            if !status.token_key.is_empty() {
+                status.token_key = rekey(&status.token_key);
+                map.insert(
+                    Bytes::from(layout::AUTH.to_vec()),
+                    Bytes::from(layout::encode(&status)?),
+                );
+            }
+        }
         let dropped: Vec<Bytes> = map
             .keys()
             .filter(|key| key.starts_with(layout::MEMBER) || key.starts_with(layout::META))
@@ -132,7 +149,11 @@ mod tests {
         assert_eq!(sm.lease(7).unwrap().unwrap().checkpoint_ms, Some(12_000));
         let before = sm.snapshot().unwrap().summary().unwrap();
 
-        let restored = sm.snapshot().unwrap().restored(meta("new")).unwrap();
+        let restored = sm
+            .snapshot()
+            .unwrap()
+            .restored(meta("new"), |k| k.to_vec())
+            .unwrap();
         let sm = StateMachine::open(MemEngine::from_snapshot(restored.clone())).unwrap();
         let lease = sm.lease(7).unwrap().unwrap();
         assert_eq!((lease.ttl, lease.checkpoint_ms), (60, None));

@@ -95,6 +95,7 @@ impl Cluster for EtcdApi {
         &self,
         req: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
+        self.authorize_admin(self.caller(&req)?.as_ref())?;
         let req = req.into_inner();
         let change = MemberChange::Add {
             peer_urls: req.peer_ur_ls.clone(),
@@ -118,6 +119,7 @@ impl Cluster for EtcdApi {
         &self,
         req: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
+        self.authorize_admin(self.caller(&req)?.as_ref())?;
         let id = req.into_inner().id;
         self.change_members(MemberChange::Remove { id }).await?;
         Ok(Response::new(MemberRemoveResponse {
@@ -130,6 +132,7 @@ impl Cluster for EtcdApi {
         &self,
         req: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
+        self.authorize_admin(self.caller(&req)?.as_ref())?;
         let req = req.into_inner();
         let change = MemberChange::Update {
             id: req.id,
@@ -157,6 +160,7 @@ impl Cluster for EtcdApi {
         &self,
         req: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
+        self.authorize_admin(self.caller(&req)?.as_ref())?;
         let id = req.into_inner().id;
         self.change_members(MemberChange::Promote { id }).await?;
         Ok(Response::new(MemberPromoteResponse {

@@ -35,6 +35,21 @@ pub fn state_status(error: &StateError) -> Status {
         StateError::NotTtlCheck => Status::failed_precondition(format!("roster: {error}")),
         // Only the lessor and the health checker propose term-bound commands.
         StateError::StaleTerm { .. } => Status::unavailable(format!("roster: {error}")),
+        StateError::UserEmpty | StateError::RoleEmpty | StateError::InvalidAuthMgmt => {
+            Status::invalid_argument(format!("etcdserver: {error}"))
+        }
+        StateError::UserExists
+        | StateError::UserNotFound
+        | StateError::RoleExists
+        | StateError::RoleNotFound
+        | StateError::RoleNotGranted
+        | StateError::PermissionNotGranted
+        | StateError::RootUserMissing
+        | StateError::RootRoleMissing => {
+            Status::failed_precondition(format!("etcdserver: {error}"))
+        }
+        StateError::PermissionDenied => permission_denied(),
+        StateError::InvalidToken => invalid_token(),
     }
 }
 
@@ -76,4 +91,32 @@ pub fn compacted() -> Status {
 
 pub fn future_revision() -> Status {
     Status::out_of_range("etcdserver: mvcc: required revision is a future revision")
+}
+
+pub fn permission_denied() -> Status {
+    Status::permission_denied("etcdserver: permission denied")
+}
+
+/// clientv3 matches this message to authenticate again and retry.
+pub fn invalid_token() -> Status {
+    Status::unauthenticated("etcdserver: invalid auth token")
+}
+
+pub fn auth_failed() -> Status {
+    Status::invalid_argument("etcdserver: authentication failed, invalid user ID or password")
+}
+
+/// A logical error on Roster's own APIs (registry, handlers): as etcd's, but a
+/// call that needs rights and carries no token is PermissionDenied, and a
+/// refusal names what to do.
+pub fn roster_status(error: &StateError) -> Status {
+    match error {
+        StateError::UserEmpty => Status::permission_denied(
+            "roster: permission denied: auth is on and the request carries no token (authenticate first)",
+        ),
+        StateError::PermissionDenied => Status::permission_denied(
+            "roster: permission denied: the user's roles do not grant this (see docs/operations.md, Authentication)",
+        ),
+        other => state_status(other),
+    }
 }

@@ -8,7 +8,8 @@ use roster_proto::etcdserverpb::{
     PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
 };
 use roster_proto::mvccpb;
-use roster_state::{Command, KeyValue, Put, Response};
+use roster_state::auth::Caller;
+use roster_state::{Command, Fail, KeyValue, Put, Response, StateError};
 use tonic::{Request, Response as GrpcResponse, Status};
 
 use super::errors::{empty_key, fail_status, state_status, too_large};
@@ -26,15 +27,36 @@ pub(crate) fn to_proto_kv(kv: KeyValue) -> mvccpb::KeyValue {
 }
 
 impl EtcdApi {
-    /// Proposes a write command and maps an applied logical error to etcd's.
-    pub(crate) async fn write(&self, command: Command) -> Result<Response, Status> {
+    /// Proposes a write command sent by `caller` and maps an applied logical
+    /// error to etcd's. A caller the local state already refuses is answered
+    /// at once, without a log entry; apply decides again at the entry's place.
+    pub(crate) async fn write(
+        &self,
+        caller: Option<Caller>,
+        command: Command,
+    ) -> Result<Response, Status> {
+        self.write_mapped(caller, command, state_status).await
+    }
+
+    /// [`EtcdApi::write`] with the API's own mapping of logical errors.
+    pub(crate) async fn write_mapped(
+        &self,
+        caller: Option<Caller>,
+        command: Command,
+        error_status: fn(&StateError) -> Status,
+    ) -> Result<Response, Status> {
+        self.read(|sm| match sm.authorize(caller.as_ref(), &command) {
+            Ok(()) => Ok(()),
+            Err(Fail::State(e)) => Err(error_status(&e)),
+            Err(Fail::Engine(e)) => Err(super::errors::engine_status(e)),
+        })?;
         let response = self
             .router
-            .propose(command)
+            .propose(command.sent_by(caller))
             .await
             .map_err(super::route_status)?;
         match response {
-            Response::Error { error, .. } => Err(state_status(&error)),
+            Response::Error { error, .. } => Err(error_status(&error)),
             ok => Ok(ok),
         }
     }
@@ -175,23 +197,29 @@ impl Kv for EtcdApi {
         &self,
         req: Request<RangeRequest>,
     ) -> Result<GrpcResponse<RangeResponse>, Status> {
+        let caller = self.caller(&req)?;
         let req = req.into_inner();
         if req.key.is_empty() {
             return Err(empty_key());
         }
         self.before_read(req.serializable).await?;
         let query = range_query(&req);
-        let result = self.read(|sm| sm.range(&query).map_err(fail_status))?;
+        let result = self.read(|sm| {
+            sm.authorize_read(caller.as_ref(), &req.key, &req.range_end)
+                .map_err(fail_status)?;
+            sm.range(&query).map_err(fail_status)
+        })?;
         Ok(GrpcResponse::new(range_response(self, &req, result)))
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Result<GrpcResponse<PutResponse>, Status> {
+        let caller = self.caller(&req)?;
         let req = req.into_inner();
         check_put(&req)?;
         if req.key.len() + req.value.len() > MAX_REQUEST_BYTES {
             return Err(too_large());
         }
-        match self.write(Command::Put(to_put(req))).await? {
+        match self.write(caller, Command::Put(to_put(req))).await? {
             Response::Put { revision, prev_kv } => Ok(GrpcResponse::new(PutResponse {
                 header: self.header(revision),
                 prev_kv: prev_kv.map(to_proto_kv),
@@ -204,6 +232,7 @@ impl Kv for EtcdApi {
         &self,
         req: Request<DeleteRangeRequest>,
     ) -> Result<GrpcResponse<DeleteRangeResponse>, Status> {
+        let caller = self.caller(&req)?;
         let req = req.into_inner();
         if req.key.is_empty() {
             return Err(empty_key());
@@ -214,7 +243,7 @@ impl Kv for EtcdApi {
             range_end: req.range_end,
             prev_kv: req.prev_kv,
         };
-        match self.write(command).await? {
+        match self.write(caller, command).await? {
             Response::DeleteRange {
                 revision,
                 deleted,
@@ -229,7 +258,8 @@ impl Kv for EtcdApi {
     }
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<GrpcResponse<TxnResponse>, Status> {
-        self.txn_request(req.into_inner())
+        let caller = self.caller(&req)?;
+        self.txn_request(caller, req.into_inner())
             .await
             .map(GrpcResponse::new)
     }
@@ -240,10 +270,12 @@ impl Kv for EtcdApi {
     ) -> Result<GrpcResponse<CompactionResponse>, Status> {
         // Compaction runs as part of applying the entry, so it is always
         // "physical": done when the answer comes.
+        // Unchecked while auth is on, as in etcd 3.4.
+        let caller = self.caller(&req)?;
         let command = Command::Compact {
             revision: req.into_inner().revision,
         };
-        match self.write(command).await? {
+        match self.write(caller, command).await? {
             Response::Done { revision } => Ok(GrpcResponse::new(CompactionResponse {
                 header: self.header(revision),
             })),

@@ -52,7 +52,11 @@ impl Lease for EtcdApi {
             )));
         }
         let ttl = req.ttl.max(self.min_lease_ttl);
-        match self.write(Command::LeaseGrant { id: req.id, ttl }).await? {
+        // Unchecked while auth is on, as in etcd.
+        match self
+            .write(None, Command::LeaseGrant { id: req.id, ttl })
+            .await?
+        {
             Response::LeaseGranted { revision, id, ttl } => {
                 Ok(GrpcResponse::new(LeaseGrantResponse {
                     header: self.header(revision),
@@ -69,13 +73,14 @@ impl Lease for EtcdApi {
         &self,
         req: Request<LeaseRevokeRequest>,
     ) -> Result<GrpcResponse<LeaseRevokeResponse>, Status> {
+        let caller = self.caller(&req)?;
         let id = req.into_inner().id;
         let command = Command::LeaseRevoke {
             id,
             reason: RemovalReason::Graceful,
             now_ms: crate::wall_clock::now_ms(),
         };
-        match self.write(command).await? {
+        match self.write(caller, command).await? {
             Response::LeaseRevoked { revision, .. } => Ok(GrpcResponse::new(LeaseRevokeResponse {
                 header: self.header(revision),
             })),

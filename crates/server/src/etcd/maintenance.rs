@@ -113,8 +113,10 @@ impl Maintenance for EtcdApi {
     /// backup is what an operator needs most then.
     async fn snapshot(
         &self,
-        _req: Request<SnapshotRequest>,
+        req: Request<SnapshotRequest>,
     ) -> Result<Response<SnapshotStream>, Status> {
+        // A backup holds every key and every password hash: root only.
+        self.authorize_admin(self.caller(&req)?.as_ref())?;
         match self.router.linearize().await {
             Ok(()) => {}
             Err(RouteError::NoLeader) => {

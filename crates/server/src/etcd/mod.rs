@@ -5,6 +5,7 @@
 //! into a [`roster_state::Command`] (through the [`Router`]) or a read of the local
 //! state machine, and answer with etcd's header and etcd's error messages.
 
+mod auth;
 mod cluster;
 mod errors;
 mod kv;
@@ -15,14 +16,18 @@ mod watch;
 
 use roster_proto::etcdserverpb::ResponseHeader;
 use roster_raft::{Raft, SharedState};
+use roster_state::auth::{Access, Caller};
 use roster_state::StateMachine;
 use tonic::Status;
 
-pub use errors::{engine_status as fail_engine, route_status, state_status};
+pub use errors::{engine_status as fail_engine, roster_status, route_status, state_status};
 pub(crate) use kv::unexpected;
 pub use maintenance::API_VERSION;
 
 use crate::route::Router;
+
+/// The gRPC metadata key clients send their token in (etcd's).
+pub const TOKEN_METADATA: &str = "token";
 
 /// etcd's default `--max-request-bytes`: 1.5 MiB.
 pub const MAX_REQUEST_BYTES: usize = 1536 * 1024;
@@ -43,6 +48,8 @@ pub struct EtcdApi {
     /// The node's data dir, for the db size in `Status`.
     pub(crate) data_dir: std::path::PathBuf,
     pub(crate) watch: WatchSettings,
+    /// How long a token from Authenticate is valid.
+    pub(crate) token_ttl: std::time::Duration,
 }
 
 /// What the Watch service needs beyond the rest.
@@ -81,6 +88,47 @@ impl EtcdApi {
     /// The current revision of the local state machine.
     pub(crate) fn revision(&self) -> Result<i64, Status> {
         self.read(|sm| Ok(sm.revision()))
+    }
+
+    /// Who sent `req`: the caller its `token` names, while auth is on and the
+    /// token is genuine and unexpired (`None` without a token or with auth
+    /// off: etcd ignores tokens then). Whether the caller may do what it asks
+    /// is decided against the state (`authorize*`, and again at apply).
+    pub(crate) fn caller<T>(&self, req: &tonic::Request<T>) -> Result<Option<Caller>, Status> {
+        let Some(token) = req.metadata().get(TOKEN_METADATA) else {
+            return Ok(None);
+        };
+        let status = self.read(|sm| sm.auth_status().map_err(errors::engine_status))?;
+        if !status.enabled {
+            return Ok(None);
+        }
+        let token = token.to_str().map_err(|_| errors::invalid_token())?;
+        crate::auth::verify(&status.token_key, token, crate::wall_clock::now_ms())
+            .map(Some)
+            .ok_or_else(errors::invalid_token)
+    }
+
+    /// Refuses `caller` unless it may do `access` on `[key, range_end)`;
+    /// errors mapped by `error_status`.
+    pub(crate) fn authorize_keys(
+        &self,
+        caller: Option<&Caller>,
+        access: Access,
+        (key, range_end): (&[u8], &[u8]),
+        error_status: fn(&roster_state::StateError) -> Status,
+    ) -> Result<(), Status> {
+        self.read(
+            |sm| match sm.authorize_keys(caller, access, key, range_end) {
+                Ok(()) => Ok(()),
+                Err(roster_state::Fail::State(e)) => Err(error_status(&e)),
+                Err(roster_state::Fail::Engine(e)) => Err(errors::engine_status(e)),
+            },
+        )
+    }
+
+    /// Refuses `caller` unless it is root (anyone, while auth is off).
+    pub(crate) fn authorize_admin(&self, caller: Option<&Caller>) -> Result<(), Status> {
+        self.read(|sm| sm.authorize_admin(caller).map_err(errors::fail_status))
     }
 
     /// Makes a following local read linearizable unless `serializable`.

@@ -13,6 +13,7 @@ use roster_proto::etcdserverpb::{
     Compare as PbCompare, DeleteRangeResponse, PutResponse, RequestOp, ResponseOp, TxnRequest,
     TxnResponse,
 };
+use roster_state::auth::Caller;
 use roster_state::{
     Command, Compare, CompareOp, CompareTarget, Response, Txn, TxnOp, TxnOpResponse,
 };
@@ -28,15 +29,23 @@ use super::EtcdApi;
 pub const MAX_TXN_OPS: usize = 128;
 
 impl EtcdApi {
-    pub(crate) async fn txn_request(&self, req: TxnRequest) -> Result<TxnResponse, Status> {
+    pub(crate) async fn txn_request(
+        &self,
+        caller: Option<Caller>,
+        req: TxnRequest,
+    ) -> Result<TxnResponse, Status> {
         check_txn(&req, MAX_TXN_OPS)?;
         let txn = to_txn(&req);
         txn.check_duplicates().map_err(|e| state_status(&e))?;
         let response = if txn.is_read_only() {
             self.before_read(all_serializable(&req)).await?;
-            self.read(|sm| sm.read_txn(&txn).map_err(fail_status))?
+            self.read(|sm| {
+                sm.authorize_txn(caller.as_ref(), &txn)
+                    .map_err(fail_status)?;
+                sm.read_txn(&txn).map_err(fail_status)
+            })?
         } else {
-            self.write(Command::Txn(txn)).await?
+            self.write(caller, Command::Txn(txn)).await?
         };
         match response {
             Response::Txn {

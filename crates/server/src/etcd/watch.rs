@@ -27,6 +27,7 @@ use roster_proto::etcdserverpb::watch_request::RequestUnion;
 use roster_proto::etcdserverpb::watch_server::Watch;
 use roster_proto::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
 use roster_proto::mvccpb;
+use roster_state::auth::Caller;
 use roster_state::{Event, EventKind};
 use tokio::sync::mpsc;
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
@@ -61,9 +62,21 @@ impl Watch for EtcdApi {
         if require_leader && !self.has_leader() {
             return Err(no_leader());
         }
+        // The caller is resolved once, when the stream opens: a token that
+        // expires later does not make the stream's next create fail (etcd's
+        // #12385); its rights are checked at each create.
+        let caller = self.caller(&request)?;
+        if caller.is_none() {
+            // etcd ends a token-less stream while auth is on.
+            let status = self.read(|sm| sm.auth_status().map_err(super::errors::engine_status))?;
+            if status.enabled {
+                return Err(super::state_status(&roster_state::StateError::UserEmpty));
+            }
+        }
         let (out, queue) = mpsc::channel(STREAM_QUEUE);
         let session = Session {
             api: self.clone(),
+            caller,
             stream: self.watch.hub.open_stream(),
             out,
             ids: HashSet::new(),
@@ -201,6 +214,8 @@ fn to_proto_event(event: &Event, with_prev: bool) -> mvccpb::Event {
 /// The server side of one watch stream.
 struct Session {
     api: EtcdApi,
+    /// Who opened the stream (see `Watch::watch`).
+    caller: Option<Caller>,
     /// Removes the stream's watchers when the session ends.
     stream: StreamGuard,
     out: mpsc::Sender<Outbound>,
@@ -290,6 +305,17 @@ impl Session {
         let range_end = create.range_end;
         if !range_end.is_empty() && range_end != [0] && range_end <= key {
             let reason = "mvcc: watcher range is empty".to_string();
+            let _ = self.out.send(Outbound::Rejected { watch_id, reason }).await;
+            return;
+        }
+        let allowed = self.api.read(|sm| {
+            sm.authorize_read(self.caller.as_ref(), &key, &range_end)
+                .map_err(super::errors::fail_status)
+        });
+        if let Err(status) = allowed {
+            // etcd's answer to any auth failure of a create.
+            tracing::debug!(message = status.message(), "watch create refused");
+            let reason = "etcdserver: permission denied".to_string();
             let _ = self.out.send(Outbound::Rejected { watch_id, reason }).await;
             return;
         }

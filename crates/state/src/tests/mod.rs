@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::*;
 
+mod auth;
 mod handlers;
 mod history;
 mod registry;
