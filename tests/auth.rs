@@ -585,3 +585,173 @@ fn registry_permissions_and_the_audited_user() {
         expect_code(hidden, Code::PermissionDenied, "permission denied");
     });
 }
+
+/// Roster only: `roster` commands take etcdctl's `--user`; without it a
+/// registry change on a cluster with auth on is refused and changes nothing.
+#[test]
+fn roster_commands_authenticate_with_user() {
+    if is_etcd() {
+        return;
+    }
+    let c = Cluster::start(1);
+    enable_with_root_and_alice(&c);
+    ctl_as(&c, 0, ROOT, &["role", "add", "web"]).expect_ok();
+    let grant = [
+        "role",
+        "grant-permission",
+        "web",
+        "readwrite",
+        "/roster/registry/web/",
+        "--prefix",
+    ];
+    ctl_as(&c, 0, ROOT, &grant).expect_ok();
+    ctl_as(&c, 0, ROOT, &["user", "grant-role", "alice", "web"]).expect_ok();
+    let register = [
+        "service",
+        "register",
+        "--service",
+        "web",
+        "--id",
+        "w1",
+        "--endpoint",
+        "10.0.0.1:80",
+        "--ttl",
+        "30s",
+    ];
+    let (ok, out, err) = c.roster(0, &register);
+    assert!(!ok && err.contains("permission denied"), "{out}{err}");
+    let mut as_alice = register.to_vec();
+    as_alice.push("--user=alice:alicepw");
+    let (ok, out, err) = c.roster(0, &as_alice);
+    assert!(ok, "{out}{err}");
+    let (ok, out, err) = c.roster(
+        0,
+        &[
+            "service",
+            "list",
+            "--service",
+            "web",
+            "--user=alice:alicepw",
+        ],
+    );
+    assert!(ok && out.contains("w1"), "{out}{err}");
+    let (ok, out, err) = c.roster(0, &["service", "list", "--user=alice:wrong"]);
+    assert!(!ok && err.contains("authentication failed"), "{out}{err}");
+    let force = [
+        "service",
+        "force-deregister",
+        "--service",
+        "web",
+        "--id",
+        "w1",
+        "--reason",
+        "gone",
+        ROOT,
+    ];
+    let (ok, out, err) = c.roster(0, &force);
+    assert!(ok, "{out}{err}");
+    let (ok, out, err) = c.roster(0, &["audit", "list", "-o", "json", ROOT]);
+    assert!(ok && out.contains("\"actor\":\"root\""), "{out}{err}");
+}
+
+/// Roster only: the client library authenticates, and again when its token
+/// expires, so a registration made with a token outlives it.
+#[test]
+fn the_client_library_authenticates_again_when_its_token_expires() {
+    if is_etcd() {
+        return;
+    }
+    let mut opts = ClusterOptions::new(1);
+    opts.extra_args = vec!["--auth-token-ttl".into(), "1".into()];
+    let c = Cluster::start_with(opts);
+    enable_with_root_and_alice(&c);
+    runtime().block_on(async {
+        let credentials = roster_client::Credentials::parse("root:rootpw");
+        let client =
+            roster_client::Client::connect_as(c.endpoints(), Duration::from_secs(10), credentials)
+                .await
+                .expect("connect");
+        let first =
+            roster_client::InstanceBuilder::new("api", "a1").endpoint("10.0.0.2", 80, "http");
+        let options = roster_client::RegistrationOptions::default();
+        let registration = client.register(first, options).await.expect("register");
+        let found = client.discover("api", "").await.expect("discover");
+        assert_eq!(found.instances().len(), 1);
+        // A token made after the client's has expired, so the client's has:
+        // its next call is refused for the token, authenticates again and
+        // goes through.
+        let later = login(&c, 0, "root", "rootpw").await;
+        let mut probe = 0;
+        wait_for(Duration::from_secs(10), "a token past its TTL", || {
+            probe += 1;
+            let key = format!("probe{probe}");
+            let refused = runtime_free_put(&c, &later, &key);
+            refused.then_some(())
+        });
+        let second =
+            roster_client::InstanceBuilder::new("api", "a2").endpoint("10.0.0.3", 80, "http");
+        let options = roster_client::RegistrationOptions::default();
+        let kept = client
+            .register(second, options)
+            .await
+            .expect("register with a new token");
+        registration.shutdown().await.expect("deregister");
+        kept.shutdown().await.expect("deregister");
+    });
+}
+
+/// Whether a put with `token` is refused for the token. Runs on a thread of
+/// its own with its own runtime, so the async test can poll it with the
+/// harness's (blocking) `wait_for`.
+fn runtime_free_put(c: &Cluster, token: &str, key: &str) -> bool {
+    let endpoint = c.endpoint(0);
+    let (token, key) = (token.to_string(), key.to_string());
+    std::thread::spawn(move || {
+        runtime().block_on(async {
+            let channel = harness::grpc_channel(endpoint, Some(Duration::from_secs(5))).await;
+            let put = PutRequest {
+                key: key.into_bytes(),
+                ..Default::default()
+            };
+            let answer = KvClient::new(channel).put(with_token(put, &token)).await;
+            answer.is_err_and(|s| s.code() == Code::Unauthenticated)
+        })
+    })
+    .join()
+    .expect("probe thread")
+}
+
+/// Roster only: a backup keeps users, roles and the auth switch; the restored
+/// cluster refuses the tokens of the old one.
+#[test]
+fn a_restored_backup_keeps_users_but_not_tokens() {
+    if is_etcd() {
+        return;
+    }
+    let mut old = Cluster::start(1);
+    enable_with_root_and_alice(&old);
+    let token = runtime().block_on(login(&old, 0, "root", "rootpw"));
+    let file = old.dir().join("backup.db");
+    let path = file.display().to_string();
+    let (ok, out, err) = old.roster(0, &["snapshot", "save", &path]);
+    assert!(
+        !ok && err.contains("user name is empty"),
+        "root only: {out}{err}"
+    );
+    let (ok, out, err) = old.roster(0, &["snapshot", "save", &path, ROOT]);
+    assert!(ok, "{out}{err}");
+    old.kill(0);
+
+    let restored = Cluster::start_with(ClusterOptions {
+        restore_from: Some(file),
+        ..ClusterOptions::new(1)
+    });
+    let users = ctl_as(&restored, 0, ROOT, &["user", "list"]).expect_ok();
+    assert!(users.stdout.contains("alice"), "{users}");
+    expect_refused(restored.ctl(0, &["put", "k", "v"]), "user name is empty");
+    expect_code(
+        runtime().block_on(put_with(&restored, 0, &token, "k")),
+        Code::Unauthenticated,
+        "invalid auth token",
+    );
+}

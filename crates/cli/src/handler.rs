@@ -138,7 +138,7 @@ fn kind_name(kind: i32) -> &'static str {
 }
 
 async fn list(
-    client: &mut HandlersClient<tonic::transport::Channel>,
+    client: &mut HandlersClient<roster_client::AuthChannel>,
     output: Output,
 ) -> anyhow::Result<()> {
     let answer = client
@@ -188,7 +188,7 @@ async fn list(
 }
 
 async fn failures(
-    client: &mut HandlersClient<tonic::transport::Channel>,
+    client: &mut HandlersClient<roster_client::AuthChannel>,
     output: Output,
 ) -> anyhow::Result<()> {
     let answer = client

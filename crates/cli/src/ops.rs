@@ -292,7 +292,7 @@ fn print_members(output: crate::service::Output, members: &[roster_proto::etcdse
 
 async fn kv(
     output: crate::service::Output,
-    channel: tonic::transport::Channel,
+    channel: roster_client::AuthChannel,
     command: KvCommand,
 ) -> anyhow::Result<()> {
     let mut client = KvClient::new(channel.clone());
@@ -395,7 +395,7 @@ async fn kv(
 
 async fn lease(
     output: crate::service::Output,
-    channel: tonic::transport::Channel,
+    channel: roster_client::AuthChannel,
     command: LeaseCommand,
 ) -> anyhow::Result<()> {
     let mut client = LeaseClient::new(channel);

@@ -18,9 +18,8 @@ use roster_proto::registry::{
 use serde_json::{json, Value};
 
 use crate::check::CheckArgs;
-use tonic::transport::{
-    Certificate, Channel, ClientTlsConfig, Endpoint as TonicEndpoint, Identity,
-};
+use roster_client::auth::{authenticated, AuthChannel, Credentials};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint as TonicEndpoint, Identity};
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct Connection {
@@ -45,6 +44,15 @@ pub struct Connection {
     /// Its private key (PEM). (Its id is not `key`: `kv put` has a `key`.)
     #[arg(long = "key", id = "tls_key", global = true, requires = "tls_cert")]
     pub(crate) key: Option<std::path::PathBuf>,
+    /// NAME:PASSWORD to authenticate as on a cluster with auth on (etcdctl's
+    /// `--user`).
+    #[arg(long, global = true, value_parser = parse_credentials)]
+    pub(crate) user: Option<Credentials>,
+}
+
+/// `--user NAME:PASSWORD`.
+pub(crate) fn parse_credentials(text: &str) -> Result<Credentials, String> {
+    Credentials::parse(text).ok_or_else(|| "expected NAME:PASSWORD".to_string())
 }
 
 impl Connection {
@@ -159,7 +167,8 @@ enum ServiceCommand {
         which: Which,
         #[arg(long)]
         reason: String,
-        /// Who removes it [default: $USER].
+        /// Who removes it [default: with --user, that user (the only one
+        /// accepted); else $USER].
         #[arg(long)]
         actor: Option<String>,
     },
@@ -215,12 +224,15 @@ enum AuditCommand {
 }
 
 /// Connects to the first endpoint that answers.
-pub(crate) async fn connect(connection: &Connection) -> anyhow::Result<RegistryClient<Channel>> {
+pub(crate) async fn connect(
+    connection: &Connection,
+) -> anyhow::Result<RegistryClient<AuthChannel>> {
     Ok(RegistryClient::new(connect_channel(connection).await?))
 }
 
-/// A channel to the first endpoint that answers.
-pub(crate) async fn connect_channel(connection: &Connection) -> anyhow::Result<Channel> {
+/// A channel to the first endpoint that answers, its calls carrying a token
+/// for `--user`.
+pub(crate) async fn connect_channel(connection: &Connection) -> anyhow::Result<AuthChannel> {
     let mut last = None;
     let scheme = if connection.tls() { "https" } else { "http" };
     for ep in &connection.endpoints {
@@ -237,7 +249,13 @@ pub(crate) async fn connect_channel(connection: &Connection) -> anyhow::Result<C
         }
         let attempt = endpoint.connect().await;
         match attempt {
-            Ok(channel) => return Ok(channel),
+            Ok(channel) => {
+                return authenticated(channel, connection.user.as_ref())
+                    .await
+                    .map_err(|s| {
+                        status_error(s).context(format!("--user: authenticating at {ep}"))
+                    })
+            }
             Err(e) => last = Some(format!("{ep}: {e}")),
         }
     }
@@ -375,9 +393,12 @@ pub async fn run_service(args: ServiceArgs) -> anyhow::Result<()> {
             reason,
             actor,
         } => {
-            let actor = actor
-                .or_else(|| std::env::var("USER").ok())
-                .unwrap_or_else(|| "cli".to_string());
+            // With --user the server records the authenticated user.
+            let actor = match (actor, &args.connection.user) {
+                (Some(actor), _) => actor,
+                (None, Some(_)) => String::new(),
+                (None, None) => std::env::var("USER").unwrap_or_else(|_| "cli".to_string()),
+            };
             let request = ForceDeregisterRequest {
                 service: which.service.clone(),
                 id: which.id.clone(),

@@ -29,6 +29,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod auth;
 mod discovery;
 mod error;
 mod instance;
@@ -39,6 +40,7 @@ mod registration;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+pub use auth::{AuthChannel, Credentials};
 pub use discovery::Discovery;
 pub use error::ClientError;
 pub use instance::InstanceBuilder;
@@ -48,7 +50,6 @@ use roster_proto::etcdserverpb::lease_client::LeaseClient;
 use roster_proto::etcdserverpb::watch_client::WatchClient;
 use roster_proto::registry::registry_client::RegistryClient;
 pub use roster_proto::registry::Instance;
-use tonic::transport::Channel;
 
 use crate::keepalive::Keepalive;
 use crate::pool::Pool;
@@ -85,8 +86,22 @@ impl Client {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
+        Self::connect_as(endpoints, retry_for, None).await
+    }
+
+    /// As [`Client::connect_with`], authenticated as `credentials` on a
+    /// cluster with auth on (see [`Credentials`]).
+    pub async fn connect_as<I, S>(
+        endpoints: I,
+        retry_for: Duration,
+        credentials: Option<Credentials>,
+    ) -> Result<Client, ClientError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
         let endpoints: Vec<String> = endpoints.into_iter().map(Into::into).collect();
-        let pool = Arc::new(Pool::new(&endpoints, retry_for)?);
+        let pool = Arc::new(Pool::new(&endpoints, retry_for, credentials)?);
         pool.channel().await?;
         Ok(Client {
             pool,
@@ -121,28 +136,28 @@ impl Client {
         Discovery::start(self.pool.clone(), service.to_string(), selector.to_string()).await
     }
 
-    /// The channel to the node in use.
-    pub async fn channel(&self) -> Result<Channel, ClientError> {
+    /// The channel to the node in use (calls carry the token, if any).
+    pub async fn channel(&self) -> Result<AuthChannel, ClientError> {
         Ok(self.pool.channel().await?.1)
     }
 
     /// The registry API (`roster.v1.Registry`) on the node in use.
-    pub async fn registry(&self) -> Result<RegistryClient<Channel>, ClientError> {
+    pub async fn registry(&self) -> Result<RegistryClient<AuthChannel>, ClientError> {
         Ok(RegistryClient::new(self.channel().await?))
     }
 
     /// The etcd KV API on the node in use.
-    pub async fn kv(&self) -> Result<KvClient<Channel>, ClientError> {
+    pub async fn kv(&self) -> Result<KvClient<AuthChannel>, ClientError> {
         Ok(KvClient::new(self.channel().await?))
     }
 
     /// The etcd Lease API on the node in use.
-    pub async fn lease(&self) -> Result<LeaseClient<Channel>, ClientError> {
+    pub async fn lease(&self) -> Result<LeaseClient<AuthChannel>, ClientError> {
         Ok(LeaseClient::new(self.channel().await?))
     }
 
     /// The etcd Watch API on the node in use.
-    pub async fn watch(&self) -> Result<WatchClient<Channel>, ClientError> {
+    pub async fn watch(&self) -> Result<WatchClient<AuthChannel>, ClientError> {
         Ok(WatchClient::new(self.channel().await?))
     }
 }

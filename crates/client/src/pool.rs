@@ -3,14 +3,18 @@
 //! or has no leader, the connection is dropped and the next call connects to
 //! the next endpoint in the list. Idempotent calls are retried that way with
 //! backoff until a deadline; others are not retried (a write that may have
-//! been applied must not be applied twice).
+//! been applied must not be applied twice). With credentials, each new
+//! connection authenticates first, and a refused token drops the connection
+//! so the next call authenticates again (`crate::auth`).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
+
+use crate::auth::{authenticated, token_refused, AuthChannel, Credentials};
 
 use crate::error::{retryable, ClientError};
 
@@ -24,7 +28,9 @@ pub(crate) struct Pool {
     endpoints: Vec<Endpoint>,
     names: Vec<String>,
     /// The endpoint in use and its channel.
-    current: Mutex<Option<(usize, Channel)>>,
+    current: Mutex<Option<(usize, AuthChannel)>>,
+    /// Who to authenticate as on each new connection (none: no token).
+    credentials: Option<Credentials>,
     /// Where the next search for an endpoint starts.
     start: AtomicUsize,
     /// How long an idempotent call keeps retrying.
@@ -32,7 +38,11 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
-    pub(crate) fn new(endpoints: &[String], retry_for: Duration) -> Result<Pool, ClientError> {
+    pub(crate) fn new(
+        endpoints: &[String],
+        retry_for: Duration,
+        credentials: Option<Credentials>,
+    ) -> Result<Pool, ClientError> {
         if endpoints.is_empty() {
             return Err(ClientError::InvalidEndpoint(String::new()));
         }
@@ -52,18 +62,19 @@ impl Pool {
             endpoints: parsed,
             names: endpoints.to_vec(),
             current: Mutex::new(None),
+            credentials,
             start: AtomicUsize::new(0),
             retry_for,
         })
     }
 
-    fn current(&self) -> std::sync::MutexGuard<'_, Option<(usize, Channel)>> {
+    fn current(&self) -> std::sync::MutexGuard<'_, Option<(usize, AuthChannel)>> {
         // The guarded value is replaced whole, so a poisoned lock is still sound.
         self.current.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The connection in use, or one to the next endpoint that answers.
-    pub(crate) async fn channel(&self) -> Result<(usize, Channel), ClientError> {
+    pub(crate) async fn channel(&self) -> Result<(usize, AuthChannel), ClientError> {
         if let Some((i, channel)) = self.current().as_ref() {
             return Ok((*i, channel.clone()));
         }
@@ -73,6 +84,7 @@ impl Pool {
             let i = (start + step) % self.endpoints.len();
             match self.endpoints[i].connect().await {
                 Ok(channel) => {
+                    let channel = self.authenticate(channel).await?;
                     *self.current() = Some((i, channel.clone()));
                     tracing::debug!(endpoint = %self.names[i], "roster client: connected");
                     return Ok((i, channel));
@@ -81,6 +93,23 @@ impl Pool {
             }
         }
         Err(ClientError::Unreachable(last))
+    }
+
+    /// `channel` with a token for the credentials, if any.
+    async fn authenticate(
+        &self,
+        channel: tonic::transport::Channel,
+    ) -> Result<AuthChannel, ClientError> {
+        Ok(authenticated(channel, self.credentials.as_ref()).await?)
+    }
+
+    /// The token of endpoint `i`'s connection was refused: the next call
+    /// connects (to the same endpoint) and authenticates again.
+    fn reauthenticate(&self, i: usize) {
+        let mut current = self.current();
+        if current.as_ref().is_some_and(|(c, _)| *c == i) {
+            *current = None;
+        }
     }
 
     /// The connection to endpoint `i` failed: the next call moves on to the
@@ -99,7 +128,7 @@ impl Pool {
     /// backoff while it fails for want of a reachable node or a leader.
     pub(crate) async fn retry<T, F, Fut>(&self, mut call: F) -> Result<T, ClientError>
     where
-        F: FnMut(Channel) -> Fut,
+        F: FnMut(AuthChannel) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
     {
         let deadline = tokio::time::Instant::now() + self.retry_for;
@@ -110,6 +139,10 @@ impl Pool {
                     Ok(answer) => return Ok(answer),
                     Err(status) if retryable(&status) => {
                         self.failed(i);
+                        ClientError::Status(status)
+                    }
+                    Err(status) if token_refused(&status) && self.credentials.is_some() => {
+                        self.reauthenticate(i);
                         ClientError::Status(status)
                     }
                     Err(status) => return Err(ClientError::Status(status)),
@@ -128,13 +161,15 @@ impl Pool {
     /// the next call to another endpoint.
     pub(crate) async fn once<T, F, Fut>(&self, call: F) -> Result<T, ClientError>
     where
-        F: FnOnce(Channel) -> Fut,
+        F: FnOnce(AuthChannel) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
     {
         let (i, channel) = self.channel().await?;
         call(channel).await.map_err(|status| {
             if retryable(&status) {
                 self.failed(i);
+            } else if token_refused(&status) {
+                self.reauthenticate(i);
             }
             ClientError::Status(status)
         })

@@ -19,7 +19,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use roster_client::{Client, InstanceBuilder, Registration, RegistrationOptions};
+use roster_client::{
+    Client, Credentials, InstanceBuilder, Registration, RegistrationOptions, DEFAULT_RETRY_FOR,
+};
 use roster_proto::registry::{Check, CheckKind, CheckResult, ReportCheckRequest};
 use roster_server::health::probe;
 use roster_state::check::CheckKind as LocalKind;
@@ -37,6 +39,10 @@ pub struct AgentArgs {
     /// file's, else 127.0.0.1:2379].
     #[arg(long, value_delimiter = ',')]
     endpoints: Vec<String>,
+    /// NAME:PASSWORD to authenticate as on a cluster with auth on; the user
+    /// needs write on `/roster/registry/<service>/` (docs/operations.md).
+    #[arg(long, value_parser = crate::service::parse_credentials)]
+    user: Option<Credentials>,
     /// A TOML file listing the instances (see docs/agent.md).
     #[arg(long, conflicts_with = "service")]
     config: Option<PathBuf>,
@@ -154,9 +160,12 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<std::process::ExitCode> {
     };
     let (stop_tx, stop) = watch::channel(Stop::Running);
     let mut tasks = JoinSet::new();
-    let endpoints = config.endpoints.clone();
+    let cluster = Target {
+        endpoints: config.endpoints.clone(),
+        user: args.user.clone(),
+    };
     for instance in config.instances {
-        tasks.spawn(keep(endpoints.clone(), instance, stop.clone()));
+        tasks.spawn(keep(cluster.clone(), instance, stop.clone()));
     }
     let (child_status, received) = tokio::select! {
         _ = terminate.recv() => (None, "TERM"),
@@ -217,15 +226,23 @@ async fn stop_child(child: &mut tokio::process::Child, signal: &str) {
     }
 }
 
+/// The cluster an agent registers into, and who it is there.
+#[derive(Clone)]
+struct Target {
+    endpoints: Vec<String>,
+    user: Option<Credentials>,
+}
+
 /// Connects, retrying with backoff (and saying so) until it works or a stop comes.
-async fn connect(endpoints: &[String], stop: &mut watch::Receiver<Stop>) -> Option<Client> {
+async fn connect(target: &Target, stop: &mut watch::Receiver<Stop>) -> Option<Client> {
     let mut backoff = Duration::from_millis(200);
     loop {
-        match Client::connect(endpoints.to_vec()).await {
+        let endpoints = target.endpoints.clone();
+        match Client::connect_as(endpoints, DEFAULT_RETRY_FOR, target.user.clone()).await {
             Ok(client) => return Some(client),
             Err(e) => eprintln!(
                 "roster agent: cluster unreachable at {} ({e}); retrying in {backoff:?}",
-                endpoints.join(",")
+                target.endpoints.join(",")
             ),
         }
         tokio::select! {
@@ -238,12 +255,12 @@ async fn connect(endpoints: &[String], stop: &mut watch::Receiver<Stop>) -> Opti
 
 /// One instance's life: wait for its check, register, report, stop.
 async fn keep(
-    endpoints: Vec<String>,
+    target: Target,
     instance: AgentInstance,
     mut stop: watch::Receiver<Stop>,
 ) -> anyhow::Result<()> {
     let name = format!("{}/{}", instance.service, instance.id);
-    let Some(client) = connect(&endpoints, &mut stop).await else {
+    let Some(client) = connect(&target, &mut stop).await else {
         return Ok(());
     };
     if let Some(check) = &instance.check {
