@@ -652,6 +652,11 @@ fn roster_commands_authenticate_with_user() {
     assert!(ok, "{out}{err}");
     let (ok, out, err) = c.roster(0, &["audit", "list", "-o", "json", ROOT]);
     assert!(ok && out.contains("\"actor\":\"root\""), "{out}{err}");
+    // The names of rights are not keys, for root neither.
+    expect_refused(
+        ctl_as(&c, 0, ROOT, &["put", "/roster/perm/audit", "x"]),
+        "name permissions, not keys",
+    );
 }
 
 /// Roster only: the client library authenticates, and again when its token

@@ -155,22 +155,34 @@ pub(crate) fn to_put(req: PutRequest) -> Put {
     }
 }
 
-/// Refuses a write whose keys reach into the registry's reserved prefix: only the
-/// registry API may change instance records, so its invariants hold.
+/// Refuses a write whose keys reach into a reserved prefix: only the registry
+/// API may change instance records, so its invariants hold; and the names
+/// under `/roster/perm/` stand for rights (see `roster_state::auth`), never
+/// for stored keys.
 pub(crate) fn check_writable(key: &[u8], range_end: &[u8]) -> Result<(), Status> {
-    let reserved = roster_state::registry::REGISTRY_PREFIX;
-    let reserved_end = roster_state::prefix_range_end(reserved);
-    let touches = match range_end {
-        [] => key.starts_with(reserved),
-        // Every key >= `key`.
-        [0] => key < reserved_end.as_slice(),
-        end => key < reserved_end.as_slice() && end > reserved,
-    };
-    if touches {
-        return Err(Status::permission_denied(format!(
-            "roster: keys under {} belong to the registry; change them through the registry API",
-            String::from_utf8_lossy(reserved)
-        )));
+    for (reserved, why) in [
+        (
+            roster_state::registry::REGISTRY_PREFIX,
+            "belong to the registry; change them through the registry API",
+        ),
+        (
+            roster_state::auth::PERMISSION_PREFIX,
+            "name permissions, not keys; grant them with etcdctl role grant-permission",
+        ),
+    ] {
+        let reserved_end = roster_state::prefix_range_end(reserved);
+        let touches = match range_end {
+            [] => key.starts_with(reserved),
+            // Every key >= `key`.
+            [0] => key < reserved_end.as_slice(),
+            end => key < reserved_end.as_slice() && end > reserved,
+        };
+        if touches {
+            return Err(Status::permission_denied(format!(
+                "roster: keys under {} {why}",
+                String::from_utf8_lossy(reserved)
+            )));
+        }
     }
     Ok(())
 }
