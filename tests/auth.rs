@@ -21,11 +21,12 @@ use roster_proto::etcdserverpb::watch_request::RequestUnion;
 use roster_proto::etcdserverpb::{
     AuthenticateRequest, PutRequest, RangeRequest, WatchCreateRequest, WatchRequest,
 };
+use roster_proto::registry::handlers_client::HandlersClient;
 use roster_proto::registry::register_request::Lease;
 use roster_proto::registry::registry_client::RegistryClient;
 use roster_proto::registry::{
     AuditListRequest, DiscoverRequest, Endpoint, ForceDeregisterRequest, HealthFilter,
-    RegisterRequest,
+    ListHandlersRequest, RegisterRequest,
 };
 use tonic::{Code, Request};
 
@@ -583,6 +584,16 @@ fn registry_permissions_and_the_audited_user() {
             .audit_list(with_token(AuditListRequest {}, &alice))
             .await;
         expect_code(hidden, Code::PermissionDenied, "permission denied");
+        // Handlers are cluster configuration: root only.
+        let mut handlers = HandlersClient::new(c.channel(0).await);
+        let listed = handlers
+            .list_handlers(with_token(ListHandlersRequest {}, &alice))
+            .await;
+        expect_code(listed, Code::PermissionDenied, "permission denied");
+        handlers
+            .list_handlers(with_token(ListHandlersRequest {}, &root))
+            .await
+            .expect("root lists the handlers");
     });
 }
 

@@ -196,8 +196,12 @@ impl Handlers for HandlerApi {
 
     async fn list_handlers(
         &self,
-        _req: Request<ListHandlersRequest>,
+        req: Request<ListHandlersRequest>,
     ) -> Result<GrpcResponse<ListHandlersResponse>, Status> {
+        // Handler targets (URLs, commands) are configuration: root only.
+        let caller = self.api.caller(&req)?;
+        self.api
+            .authorize_admin_mapped(caller.as_ref(), crate::etcd::roster_status)?;
         self.api.before_read(false).await?;
         let (handlers, uses, undelivered, revision) = self.api.read(|sm| {
             Ok((
@@ -223,8 +227,12 @@ impl Handlers for HandlerApi {
 
     async fn handler_failures(
         &self,
-        _req: Request<HandlerFailuresRequest>,
+        req: Request<HandlerFailuresRequest>,
     ) -> Result<GrpcResponse<HandlerFailuresResponse>, Status> {
+        // Handler targets (URLs, commands) are configuration: root only.
+        let caller = self.api.caller(&req)?;
+        self.api
+            .authorize_admin_mapped(caller.as_ref(), crate::etcd::roster_status)?;
         self.api.before_read(false).await?;
         let (failures, revision) = self
             .api

@@ -189,21 +189,24 @@ impl Auth for EtcdApi {
         &self,
         req: Request<AuthUserAddRequest>,
     ) -> Result<GrpcResponse<AuthUserAddResponse>, Status> {
-        refuse_hashed(&req.get_ref().hashed_password)?;
-        let no_password = req
-            .get_ref()
-            .options
-            .as_ref()
-            .is_some_and(|o| o.no_password);
-        let password = if no_password {
-            None
-        } else {
-            Some(self.hash(req.get_ref().password.clone()).await?)
+        let caller = self.caller(&req)?;
+        let req = req.into_inner();
+        refuse_hashed(&req.hashed_password)?;
+        // Refused before the (slow) hash is made.
+        self.authorize_admin(caller.as_ref())?;
+        let no_password = req.options.as_ref().is_some_and(|o| o.no_password);
+        let password = match no_password {
+            true => None,
+            false => Some(self.hash(req.password).await?),
         };
-        changed!(self, req, AuthUserAddResponse, |r| AuthOp::UserAdd {
-            name: r.name,
+        let op = AuthOp::UserAdd {
+            name: req.name,
             password,
-        })
+        };
+        let revision = self.auth_change(caller, op).await?;
+        Ok(GrpcResponse::new(AuthUserAddResponse {
+            header: self.done(revision),
+        }))
     }
 
     async fn user_get(
@@ -258,14 +261,18 @@ impl Auth for EtcdApi {
         &self,
         req: Request<AuthUserChangePasswordRequest>,
     ) -> Result<GrpcResponse<AuthUserChangePasswordResponse>, Status> {
-        refuse_hashed(&req.get_ref().hashed_password)?;
-        let password = self.hash(req.get_ref().password.clone()).await?;
-        changed!(self, req, AuthUserChangePasswordResponse, |r| {
-            AuthOp::UserChangePassword {
-                name: r.name,
-                password,
-            }
-        })
+        let caller = self.caller(&req)?;
+        let req = req.into_inner();
+        refuse_hashed(&req.hashed_password)?;
+        self.authorize_admin(caller.as_ref())?;
+        let op = AuthOp::UserChangePassword {
+            name: req.name,
+            password: self.hash(req.password).await?,
+        };
+        let revision = self.auth_change(caller, op).await?;
+        Ok(GrpcResponse::new(AuthUserChangePasswordResponse {
+            header: self.done(revision),
+        }))
     }
 
     async fn user_grant_role(

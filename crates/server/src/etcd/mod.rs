@@ -126,9 +126,23 @@ impl EtcdApi {
         )
     }
 
-    /// Refuses `caller` unless it is root (anyone, while auth is off).
+    /// Refuses `caller` unless it is root (anyone, while auth is off), with
+    /// etcd's errors.
     pub(crate) fn authorize_admin(&self, caller: Option<&Caller>) -> Result<(), Status> {
-        self.read(|sm| sm.authorize_admin(caller).map_err(errors::fail_status))
+        self.authorize_admin_mapped(caller, errors::state_status)
+    }
+
+    /// [`EtcdApi::authorize_admin`] with the API's own mapping of errors.
+    pub(crate) fn authorize_admin_mapped(
+        &self,
+        caller: Option<&Caller>,
+        error_status: fn(&roster_state::StateError) -> Status,
+    ) -> Result<(), Status> {
+        self.read(|sm| match sm.authorize_admin(caller) {
+            Ok(()) => Ok(()),
+            Err(roster_state::Fail::State(e)) => Err(error_status(&e)),
+            Err(roster_state::Fail::Engine(e)) => Err(errors::engine_status(e)),
+        })
     }
 
     /// Makes a following local read linearizable unless `serializable`.
