@@ -544,7 +544,7 @@ fn check<V: View + ?Sized>(view: &V, caller: Option<&Caller>, needs: Needs) -> R
     if !status(view)?.enabled || needs.open {
         return Ok(());
     }
-    let caller = caller.ok_or(StateError::UserEmpty)?;
+    let caller = caller.ok_or(StateError::NoToken)?;
     let user = current_user(view, caller)?;
     if user.is_root() {
         return Ok(());
@@ -604,7 +604,7 @@ pub(crate) fn authorize_admin_or<V: View + ?Sized>(
     if !status(view)?.enabled {
         return Ok(());
     }
-    let user = current_user(view, caller.ok_or(StateError::UserEmpty)?)?;
+    let user = current_user(view, caller.ok_or(StateError::NoToken)?)?;
     if user.is_root() || allowed(&user) {
         Ok(())
     } else {

@@ -57,7 +57,7 @@ pub enum StateError {
     /// log by the leader of `appended`.
     #[error("decided in term {decided} but appended in term {appended}")]
     StaleTerm { decided: u64, appended: u64 },
-    /// Auth is on and the request carries no token.
+    /// A user added with an empty name.
     #[error("user name is empty")]
     UserEmpty,
     #[error("user name already exists")]
@@ -86,6 +86,9 @@ pub enum StateError {
     /// A token that is garbled, expired, or older than its user's credentials.
     #[error("invalid auth token")]
     InvalidToken,
+    /// Auth is on and the request carries no token (etcd's message).
+    #[error("user name is empty")]
+    NoToken,
 }
 
 impl StateError {
@@ -127,6 +130,7 @@ impl StateError {
             StateError::InvalidAuthMgmt => "invalid_auth_mgmt",
             StateError::PermissionDenied => "permission_denied",
             StateError::InvalidToken => "invalid_token",
+            StateError::NoToken => "no_token",
         }
     }
 }

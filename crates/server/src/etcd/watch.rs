@@ -70,7 +70,7 @@ impl Watch for EtcdApi {
             // etcd ends a token-less stream while auth is on.
             let status = self.read(|sm| sm.auth_status().map_err(super::errors::engine_status))?;
             if status.enabled {
-                return Err(super::state_status(&roster_state::StateError::UserEmpty));
+                return Err(super::state_status(&roster_state::StateError::NoToken));
             }
         }
         let (out, queue) = mpsc::channel(STREAM_QUEUE);

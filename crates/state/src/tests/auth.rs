@@ -165,7 +165,7 @@ fn keys_are_checked_against_the_union_of_grants_at_apply() {
         fails(&mut sm, cmd, StateError::PermissionDenied);
     }
     // No token while auth is on.
-    fails(&mut sm, put("app/a", "2"), StateError::UserEmpty);
+    fails(&mut sm, put("app/a", "2"), StateError::NoToken);
     // The lessor's own decisions are never checked.
     apply(&mut sm, &expire(&[1]));
 }
