@@ -16,14 +16,14 @@ OLD=${OLD:?OLD=path to a roster binary from before auth}
 N=${N:-100000}
 ROUNDS=${ROUNDS:-15}
 D=$(mktemp -d /tmp/authbench.XXXX)
-stop() { pkill -9 -f "roster[.a-z]* serve" || true; pkill -9 -x etcd || true; sleep 1; }
+stop() { { pkill -9 -f "roster[.a-z-]* serve"; pkill -9 -x etcd; } 2>/dev/null || true; wait 2>/dev/null || true; sleep 1; }
 serve() { # binary dir port
   $1 serve --name n --data-dir $2 --listen-client-urls http://127.0.0.1:$3 --listen-peer-urls http://127.0.0.1:$(($3 + 1)) >$2.log 2>&1 &
   sleep 3
 }
 stop
 echo "== writes, auth off (roster bench --clients 64 put, $N keys)"
-for round in 1 2; do
+for round in $(seq ${WRITE_ROUNDS:-3}); do
   for which in old new; do
     bin=$R; [ $which = old ] && bin=$OLD
     serve $bin $D/$which-$round 61379
