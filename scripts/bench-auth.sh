@@ -3,7 +3,9 @@
 #  1. writes with auth off, this binary against one built before auth
 #     existed (OLD=path/to/roster), alternating: the checks must cost nothing
 #     while auth is off;
-#  2. a login (`etcdctl --user` authenticates once per call), Roster against
+#  2. writes with auth on, a non-root user's token on every put, against
+#     auth off, this binary;
+#  3. a login (`etcdctl --user` authenticates once per call), Roster against
 #     etcd 3.4 (bcrypt cost 10): the time of `etcdctl --user root:pw get k`
 #     less that of `etcdctl endpoint status` (the same process start-up, no
 #     login), median of ROUNDS calls.
@@ -31,6 +33,22 @@ for round in $(seq ${WRITE_ROUNDS:-3}); do
     $R bench --endpoints 127.0.0.1:61379 --clients 64 --total $N put 2>&1 | grep -iE "ops/s" | head -1
     stop
   done
+done
+
+echo "== writes with auth on: a user holding readwrite on bench/ sends a token with each put (this binary)"
+for round in $(seq ${WRITE_ROUNDS:-3}); do
+  serve $R $D/off-$round 61379
+  printf 'auth off, round %s: ' $round
+  $R bench --endpoints 127.0.0.1:61379 --clients 64 --total $N put 2>&1 | grep -iE "ops/s" | head -1
+  stop
+  serve $R $D/on-$round 61379
+  ctl="env ETCDCTL_API=3 etcdctl --endpoints 127.0.0.1:61379"
+  $ctl user add root:pw >/dev/null; $ctl user add bench:pw >/dev/null
+  $ctl role add bench >/dev/null; $ctl role grant-permission bench readwrite bench/ --prefix >/dev/null
+  $ctl user grant-role bench bench >/dev/null; $ctl auth enable >/dev/null
+  printf 'auth on,  round %s: ' $round
+  $R bench --endpoints 127.0.0.1:61379 --clients 64 --total $N --user bench:pw put 2>&1 | grep -iE "ops/s" | head -1
+  stop
 done
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use futures::{stream, StreamExt, TryStreamExt};
+use roster_client::auth::{authenticated, Credentials};
 use roster_proto::etcdserverpb::kv_client::KvClient;
 use roster_proto::etcdserverpb::lease_client::LeaseClient;
 use roster_proto::etcdserverpb::maintenance_client::MaintenanceClient;
@@ -28,7 +29,11 @@ use roster_proto::etcdserverpb::{
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
+
+/// The connections workloads run over: their calls carry the token of
+/// `--user`, if given.
+pub(crate) type Channel = roster_client::AuthChannel;
 
 /// Longest wait for one keepalive answer before it counts as an error.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -50,6 +55,10 @@ pub struct BenchArgs {
     /// Longest run time, e.g. 30s.
     #[arg(long, default_value = "30s", value_parser = crate::duration::parse)]
     pub(crate) duration: Duration,
+    /// NAME:PASSWORD: every connection logs in and its calls carry the token
+    /// (to measure a cluster with auth on).
+    #[arg(long, value_parser = crate::service::parse_credentials)]
+    pub(crate) user: Option<Credentials>,
     #[command(subcommand)]
     workload: Workload,
 }
@@ -157,6 +166,9 @@ pub(crate) async fn connect(args: &BenchArgs) -> anyhow::Result<Vec<Channel>> {
             .connect()
             .await
             .with_context(|| format!("connecting to {ep}"))?;
+        let channel = authenticated(channel, args.user.as_ref())
+            .await
+            .map_err(|s| anyhow::anyhow!("--user: logging in at {ep}: {}", s.message()))?;
         channels.push(channel);
     }
     Ok(channels)
@@ -237,7 +249,7 @@ pub(crate) struct Leader {
     /// As given in `--endpoints`.
     pub(crate) endpoint: String,
     pub(crate) id: u64,
-    pub(crate) client: MaintenanceClient<Channel>,
+    pub(crate) client: MaintenanceClient<tonic::transport::Channel>,
 }
 
 /// The member of `endpoints` that says it is the leader (endpoints that do

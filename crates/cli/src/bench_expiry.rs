@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::bench::Channel;
 use anyhow::{bail, Context};
 use clap::Args;
 use futures::{stream, StreamExt, TryStreamExt};
@@ -29,7 +30,6 @@ use roster_proto::etcdserverpb::kv_client::KvClient;
 use roster_proto::etcdserverpb::lease_client::LeaseClient;
 use roster_proto::etcdserverpb::{LeaseGrantRequest, PutRequest};
 use roster_proto::mvccpb::event::EventType;
-use tonic::transport::Channel;
 
 use crate::bench::{open_watch, percentiles_ms, GRANT_CONCURRENCY};
 

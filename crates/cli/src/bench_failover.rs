@@ -26,13 +26,13 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use crate::bench::Channel;
 use anyhow::{bail, Context};
 use clap::Args;
 use roster_proto::etcdserverpb::kv_client::KvClient;
 use roster_proto::etcdserverpb::RangeRequest;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
 
 use crate::bench::{find_leader, report, BenchArgs, Tally};
 use crate::bench_expiry::{fresh_prefix, grant_with_keys, numbered_key};

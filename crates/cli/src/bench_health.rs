@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::bench::Channel;
 use anyhow::{bail, Context};
 use futures::{stream, StreamExt};
 use roster_proto::etcdserverpb::maintenance_client::MaintenanceClient;
@@ -27,7 +28,6 @@ use roster_proto::registry::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tonic::transport::Channel;
 
 /// What the benchmark's HTTP server shares with the benchmark.
 struct Target {
@@ -244,7 +244,9 @@ async fn mass_failure(
 }
 
 /// (raft index, revision) of the leader.
-async fn status(client: &MaintenanceClient<Channel>) -> anyhow::Result<(u64, i64)> {
+async fn status(
+    client: &MaintenanceClient<tonic::transport::Channel>,
+) -> anyhow::Result<(u64, i64)> {
     let s = client.clone().status(StatusRequest {}).await?.into_inner();
     Ok((s.raft_index, s.header.map_or(0, |h| h.revision)))
 }

@@ -13,6 +13,7 @@
 
 use std::time::Instant;
 
+use crate::bench::Channel;
 use anyhow::{bail, Context};
 use clap::Args;
 use futures::{stream, StreamExt, TryStreamExt};
@@ -22,7 +23,6 @@ use roster_proto::etcdserverpb::request_op::Request;
 use roster_proto::etcdserverpb::{
     LeaseGrantRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
 };
-use tonic::transport::Channel;
 
 use crate::bench::{report, run_ops, BenchArgs};
 

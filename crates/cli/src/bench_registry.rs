@@ -12,13 +12,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::bench::Channel;
 use anyhow::{bail, Context};
 use roster_proto::registry::register_request::Lease;
 use roster_proto::registry::registry_client::RegistryClient;
 use roster_proto::registry::{
     DiscoverRequest, RegisterRequest, RegistryEvent, WatchServicesRequest, WatchServicesResponse,
 };
-use tonic::transport::Channel;
 
 use crate::bench::{join, report, time_deliveries, BenchArgs, Tally};
 

@@ -13,13 +13,13 @@
 
 use std::time::{Duration, Instant};
 
+use crate::bench::Channel;
 use anyhow::Context;
 use clap::Args;
 use futures::{stream, StreamExt};
 use roster_proto::etcdserverpb::lease_client::LeaseClient;
 use roster_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use roster_proto::etcdserverpb::{LeaseGrantRequest, StatusRequest};
-use tonic::transport::Channel;
 
 use crate::bench::{BenchArgs, GRANT_CONCURRENCY};
 use crate::bench_kv::put_batches;
@@ -113,7 +113,7 @@ pub async fn run(args: &BenchArgs, channels: &[Channel], scale: &ScaleArgs) -> a
         );
     }
     for endpoint in &args.endpoints {
-        let channel = Channel::from_shared(format!("http://{endpoint}"))?
+        let channel = tonic::transport::Channel::from_shared(format!("http://{endpoint}"))?
             .connect()
             .await
             .with_context(|| format!("connecting to {endpoint}"))?;

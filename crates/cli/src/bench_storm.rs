@@ -25,12 +25,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::bench::Channel;
 use anyhow::bail;
 use clap::Args;
 use roster_proto::etcdserverpb::kv_client::KvClient;
 use roster_proto::etcdserverpb::PutRequest;
 use tokio::sync::watch;
-use tonic::transport::Channel;
 
 use crate::bench::{quantile, report, BenchArgs, Tally};
 use crate::bench_expiry::{
