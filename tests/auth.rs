@@ -691,60 +691,34 @@ fn the_client_library_authenticates_again_when_its_token_expires() {
     opts.extra_args = vec!["--auth-token-ttl".into(), "1".into()];
     let c = Cluster::start_with(opts);
     enable_with_root_and_alice(&c);
-    runtime().block_on(async {
-        let credentials = roster_client::Credentials::parse("root:rootpw");
-        let client =
-            roster_client::Client::connect_as(c.endpoints(), Duration::from_secs(10), credentials)
-                .await
-                .expect("connect");
-        let first =
-            roster_client::InstanceBuilder::new("api", "a1").endpoint("10.0.0.2", 80, "http");
-        let options = roster_client::RegistrationOptions::default();
-        let registration = client.register(first, options).await.expect("register");
-        let found = client.discover("api", "").await.expect("discover");
-        assert_eq!(found.instances().len(), 1);
-        // A token made after the client's has expired, so the client's has:
-        // its next call is refused for the token, authenticates again and
-        // goes through.
-        let later = login(&c, 0, "root", "rootpw").await;
-        let mut probe = 0;
-        wait_for(Duration::from_secs(10), "a token past its TTL", || {
-            probe += 1;
-            let key = format!("probe{probe}");
-            let refused = runtime_free_put(&c, &later, &key);
-            refused.then_some(())
-        });
-        let second =
-            roster_client::InstanceBuilder::new("api", "a2").endpoint("10.0.0.3", 80, "http");
-        let options = roster_client::RegistrationOptions::default();
-        let kept = client
-            .register(second, options)
-            .await
-            .expect("register with a new token");
-        registration.shutdown().await.expect("deregister");
-        kept.shutdown().await.expect("deregister");
+    let rt = runtime();
+    let credentials = roster_client::Credentials::parse("root:rootpw");
+    let connect =
+        roster_client::Client::connect_as(c.endpoints(), Duration::from_secs(10), credentials);
+    let client = rt.block_on(connect).expect("connect");
+    let options = roster_client::RegistrationOptions::default;
+    let first = roster_client::InstanceBuilder::new("api", "a1").endpoint("10.0.0.2", 80, "http");
+    let registration = rt
+        .block_on(client.register(first, options()))
+        .expect("register");
+    let found = rt.block_on(client.discover("api", "")).expect("discover");
+    assert_eq!(found.instances().len(), 1);
+    // A token made after the client's has expired, so the client's has: its
+    // next call is refused for the token, authenticates again and goes
+    // through.
+    let later = rt.block_on(login(&c, 0, "root", "rootpw"));
+    let mut probe = 0;
+    wait_for(Duration::from_secs(10), "a token past its TTL", || {
+        probe += 1;
+        let put = rt.block_on(put_with(&c, 0, &later, &format!("probe{probe}")));
+        put.err().filter(|s| s.code() == Code::Unauthenticated)
     });
-}
-
-/// Whether a put with `token` is refused for the token. Runs on a thread of
-/// its own with its own runtime, so the async test can poll it with the
-/// harness's (blocking) `wait_for`.
-fn runtime_free_put(c: &Cluster, token: &str, key: &str) -> bool {
-    let endpoint = c.endpoint(0);
-    let (token, key) = (token.to_string(), key.to_string());
-    std::thread::spawn(move || {
-        runtime().block_on(async {
-            let channel = harness::grpc_channel(endpoint, Some(Duration::from_secs(5))).await;
-            let put = PutRequest {
-                key: key.into_bytes(),
-                ..Default::default()
-            };
-            let answer = KvClient::new(channel).put(with_token(put, &token)).await;
-            answer.is_err_and(|s| s.code() == Code::Unauthenticated)
-        })
-    })
-    .join()
-    .expect("probe thread")
+    let second = roster_client::InstanceBuilder::new("api", "a2").endpoint("10.0.0.3", 80, "http");
+    let kept = rt
+        .block_on(client.register(second, options()))
+        .expect("register with a new token");
+    rt.block_on(registration.shutdown()).expect("deregister");
+    rt.block_on(kept.shutdown()).expect("deregister");
 }
 
 /// Roster only: a backup keeps users, roles and the auth switch; the restored

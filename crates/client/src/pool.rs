@@ -84,7 +84,7 @@ impl Pool {
             let i = (start + step) % self.endpoints.len();
             match self.endpoints[i].connect().await {
                 Ok(channel) => {
-                    let channel = self.authenticate(channel).await?;
+                    let channel = authenticated(channel, self.credentials.as_ref()).await?;
                     *self.current() = Some((i, channel.clone()));
                     tracing::debug!(endpoint = %self.names[i], "roster client: connected");
                     return Ok((i, channel));
@@ -93,14 +93,6 @@ impl Pool {
             }
         }
         Err(ClientError::Unreachable(last))
-    }
-
-    /// `channel` with a token for the credentials, if any.
-    async fn authenticate(
-        &self,
-        channel: tonic::transport::Channel,
-    ) -> Result<AuthChannel, ClientError> {
-        Ok(authenticated(channel, self.credentials.as_ref()).await?)
     }
 
     /// The token of endpoint `i`'s connection was refused: the next call

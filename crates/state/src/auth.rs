@@ -196,23 +196,24 @@ pub enum AuthOp {
 
 // ---- reading the records ------------------------------------------------------
 
+/// The record stored under `key`, decoded, if there is one.
+fn record<V: View + ?Sized, T: serde::de::DeserializeOwned>(
+    view: &V,
+    key: &[u8],
+) -> Result<Option<T>, EngineError> {
+    view.read(key)?.map(|v| layout::decode(&v)).transpose()
+}
+
 pub(crate) fn status<V: View + ?Sized>(view: &V) -> Result<AuthStatus, EngineError> {
-    view.read(layout::AUTH)?
-        .map(|v| layout::decode(&v))
-        .transpose()
-        .map(Option::unwrap_or_default)
+    Ok(record(view, layout::AUTH)?.unwrap_or_default())
 }
 
 pub(crate) fn user<V: View + ?Sized>(view: &V, name: &str) -> Result<Option<User>, EngineError> {
-    view.read(&layout::user_key(name))?
-        .map(|v| layout::decode(&v))
-        .transpose()
+    record(view, &layout::user_key(name))
 }
 
 pub(crate) fn role<V: View + ?Sized>(view: &V, name: &str) -> Result<Option<Role>, EngineError> {
-    view.read(&layout::role_key(name))?
-        .map(|v| layout::decode(&v))
-        .transpose()
+    record(view, &layout::role_key(name))
 }
 
 /// Every record under `prefix`, decoded, in name order.
@@ -232,34 +233,26 @@ pub(crate) fn all<V: View + ?Sized, T: serde::de::DeserializeOwned>(
 pub(crate) fn apply<E: Engine>(tx: &mut Tx<'_, E>, op: &AuthOp) -> Result<Response, Fail> {
     let mut st = status(tx)?;
     match op {
+        // A no-op when on: the key, and every token signed with it, stay.
+        AuthOp::Enable { .. } if st.enabled => {}
         AuthOp::Enable { token_key } => {
-            if st.enabled {
-                return done(tx);
-            }
             let root = user(tx, ROOT)?.ok_or(StateError::RootUserMissing)?;
             if !root.is_root() {
                 return Err(StateError::RootRoleMissing.into());
             }
             st.enabled = true;
             st.token_key = token_key.clone();
-            tx.put(layout::AUTH.to_vec(), layout::encode(&st)?);
-            return done(tx);
         }
         AuthOp::Disable => {
             st.enabled = false;
             st.token_key.clear();
-            tx.put(layout::AUTH.to_vec(), layout::encode(&st)?);
-            return done(tx);
         }
-        _ => {}
+        _ => {
+            st.revision += 1;
+            change_records(tx, op, &st)?;
+        }
     }
-    st.revision += 1;
-    change_records(tx, op, &st)?;
     tx.put(layout::AUTH.to_vec(), layout::encode(&st)?);
-    done(tx)
-}
-
-fn done<E: Engine>(tx: &Tx<'_, E>) -> Result<Response, Fail> {
     Ok(Response::Done {
         revision: tx.revision(),
     })
@@ -268,6 +261,7 @@ fn done<E: Engine>(tx: &Tx<'_, E>) -> Result<Response, Fail> {
 /// The user and role changes of `op`, at auth revision `st.revision`.
 fn change_records<E: Engine>(tx: &mut Tx<'_, E>, op: &AuthOp, st: &AuthStatus) -> Result<(), Fail> {
     match op {
+        // The switch itself: `apply`.
         AuthOp::Enable { .. } | AuthOp::Disable => {}
         AuthOp::UserAdd { name, password } => {
             if name.is_empty() {
@@ -397,33 +391,23 @@ fn save_user<E: Engine>(tx: &mut Tx<'_, E>, u: &User) -> Result<(), Fail> {
 // ---- deciding access ----------------------------------------------------------
 
 /// What a command needs of its caller while auth is on.
-#[derive(Debug, Default)]
-pub(crate) struct Needs {
-    /// Only root may do it.
-    pub admin: bool,
-    /// `(access, key, range_end)` with etcd's range rules.
-    pub keys: Vec<(Access, Vec<u8>, Vec<u8>)>,
+#[derive(Debug)]
+pub(crate) enum Needs {
     /// Nothing is checked (no caller needed).
-    pub open: bool,
+    Nothing,
+    /// Only root may do it.
+    Root,
+    /// These accesses to key ranges.
+    Keys(KeyNeeds),
 }
 
-impl Needs {
-    fn open() -> Self {
-        Needs {
-            open: true,
-            ..Needs::default()
-        }
-    }
+/// `(access, key, range_end)` with etcd's range rules.
+#[derive(Debug, Default)]
+pub(crate) struct KeyNeeds(Vec<(Access, Vec<u8>, Vec<u8>)>);
 
-    fn admin() -> Self {
-        Needs {
-            admin: true,
-            ..Needs::default()
-        }
-    }
-
+impl KeyNeeds {
     fn key(&mut self, access: Access, key: &[u8], range_end: &[u8]) {
-        self.keys.push((access, key.to_vec(), range_end.to_vec()));
+        self.0.push((access, key.to_vec(), range_end.to_vec()));
     }
 
     /// A put: write on its key, read too for `prev_kv`, and the lease rule.
@@ -453,7 +437,28 @@ impl Needs {
         let end = layout::prefix_end(&prefix);
         for item in view.read_range(&prefix, end.as_deref()) {
             let key = item?.0[prefix.len()..].to_vec();
-            self.keys.push((Access::Write, key, Vec::new()));
+            self.0.push((Access::Write, key, Vec::new()));
+        }
+        Ok(())
+    }
+
+    /// A txn: read on each compare, and the rights of every operation of
+    /// both branches.
+    fn txn<V: View + ?Sized>(&mut self, view: &V, txn: &Txn) -> Result<(), EngineError> {
+        for c in &txn.compare {
+            self.key(Access::Read, &c.key, &c.range_end);
+        }
+        for op in txn.success.iter().chain(&txn.failure) {
+            match op {
+                TxnOp::Range(r) => self.key(Access::Read, &r.key, &r.range_end),
+                TxnOp::Put(put) => self.put(view, put)?,
+                TxnOp::DeleteRange {
+                    key,
+                    range_end,
+                    prev_kv,
+                } => self.delete(key, range_end, *prev_kv),
+                TxnOp::Txn(inner) => self.txn(view, inner)?,
+            }
         }
         Ok(())
     }
@@ -461,66 +466,48 @@ impl Needs {
 
 /// The rights `cmd` needs (see the module docs).
 pub(crate) fn needs<V: View + ?Sized>(view: &V, cmd: &Command) -> Result<Needs, EngineError> {
-    let mut needs = Needs::default();
+    let mut keys = KeyNeeds::default();
     match cmd {
-        Command::Put(put) => needs.put(view, put)?,
+        Command::Put(put) => keys.put(view, put)?,
         Command::DeleteRange {
             key,
             range_end,
             prev_kv,
-        } => needs.delete(key, range_end, *prev_kv),
-        Command::Txn(txn) => txn_needs(view, txn, &mut needs)?,
-        Command::LeaseRevoke { id, .. } => needs.lease_keys(view, *id)?,
+        } => keys.delete(key, range_end, *prev_kv),
+        Command::Txn(txn) => keys.txn(view, txn)?,
+        Command::LeaseRevoke { id, .. } => keys.lease_keys(view, *id)?,
         Command::Auth(_)
         | Command::SetHandler(_)
         | Command::DeleteHandler { .. }
-        | Command::UseHandler { .. } => return Ok(Needs::admin()),
+        | Command::UseHandler { .. } => return Ok(Needs::Root),
         Command::Register { spec, lease, .. } => {
-            needs.key(
-                Access::Write,
-                &registry::instance_key(&spec.service, &spec.id),
-                &[],
-            );
+            let key = registry::instance_key(&spec.service, &spec.id);
+            keys.key(Access::Write, &key, &[]);
             if let LeaseChoice::Shared { id } = lease {
-                needs.lease_keys(view, *id)?;
+                keys.lease_keys(view, *id)?;
             }
         }
         Command::Deregister { service, id, .. }
         | Command::Drain { service, id, .. }
         | Command::SetStatus { service, id, .. } => {
-            needs.key(Access::Write, &registry::instance_key(service, id), &[]);
+            keys.key(Access::Write, &registry::instance_key(service, id), &[]);
         }
         Command::ForceDeregister { service, id, .. } => {
-            needs.key(Access::Write, &force_deregister_key(service, id), &[]);
+            keys.key(Access::Write, &force_deregister_key(service, id), &[]);
         }
-        _ => return Ok(Needs::open()),
+        _ => return Ok(Needs::Nothing),
     }
-    Ok(needs)
-}
-
-fn txn_needs<V: View + ?Sized>(view: &V, txn: &Txn, needs: &mut Needs) -> Result<(), EngineError> {
-    for c in &txn.compare {
-        needs.key(Access::Read, &c.key, &c.range_end);
-    }
-    for op in txn.success.iter().chain(&txn.failure) {
-        match op {
-            TxnOp::Range(r) => needs.key(Access::Read, &r.key, &r.range_end),
-            TxnOp::Put(put) => needs.put(view, put)?,
-            TxnOp::DeleteRange {
-                key,
-                range_end,
-                prev_kv,
-            } => needs.delete(key, range_end, *prev_kv),
-            TxnOp::Txn(inner) => txn_needs(view, inner, needs)?,
-        }
-    }
-    Ok(())
+    Ok(Needs::Keys(keys))
 }
 
 /// The caller's user record if its credentials are still current: a user
 /// deleted, or whose password changed, since the token was made is refused as
-/// an invalid token (clients then authenticate again).
-pub(crate) fn current_user<V: View + ?Sized>(view: &V, caller: &Caller) -> Result<User, Fail> {
+/// an invalid token (clients then authenticate again). No caller: `NoToken`.
+pub(crate) fn current_user<V: View + ?Sized>(
+    view: &V,
+    caller: Option<&Caller>,
+) -> Result<User, Fail> {
+    let caller = caller.ok_or(StateError::NoToken)?;
     match user(view, &caller.user)? {
         Some(u) if u.generation == caller.generation => Ok(u),
         _ => Err(StateError::InvalidToken.into()),
@@ -528,6 +515,7 @@ pub(crate) fn current_user<V: View + ?Sized>(view: &V, caller: &Caller) -> Resul
 }
 
 /// Whether `caller` may run `cmd` against `view` (always, while auth is off).
+/// The switch is read first: with auth off nothing else is.
 pub(crate) fn authorize<V: View + ?Sized>(
     view: &V,
     caller: Option<&Caller>,
@@ -536,29 +524,36 @@ pub(crate) fn authorize<V: View + ?Sized>(
     if !status(view)?.enabled {
         return Ok(());
     }
-    let needs = needs(view, cmd)?;
-    check(view, caller, needs)
+    check_on(view, caller, needs(view, cmd)?)
 }
 
-fn check<V: View + ?Sized>(view: &V, caller: Option<&Caller>, needs: Needs) -> Result<(), Fail> {
-    if !status(view)?.enabled || needs.open {
+/// Whether `caller` has `needs`, with auth known to be on.
+fn check_on<V: View + ?Sized>(view: &V, caller: Option<&Caller>, needs: Needs) -> Result<(), Fail> {
+    if matches!(needs, Needs::Nothing) {
         return Ok(());
     }
-    let caller = caller.ok_or(StateError::NoToken)?;
     let user = current_user(view, caller)?;
     if user.is_root() {
         return Ok(());
     }
-    if needs.admin {
+    let Needs::Keys(keys) = needs else {
         return Err(StateError::PermissionDenied.into());
-    }
+    };
     let grants = Grants::of(view, &user)?;
-    for (access, key, range_end) in &needs.keys {
+    for (access, key, range_end) in &keys.0 {
         if !grants.covers(*access, key, range_end) {
             return Err(StateError::PermissionDenied.into());
         }
     }
     Ok(())
+}
+
+/// Whether `caller` has `needs` (always, while auth is off).
+fn check<V: View + ?Sized>(view: &V, caller: Option<&Caller>, needs: Needs) -> Result<(), Fail> {
+    if !status(view)?.enabled {
+        return Ok(());
+    }
+    check_on(view, caller, needs)
 }
 
 /// Whether `caller` may do `access` on `[key, range_end)` (reads served
@@ -570,9 +565,9 @@ pub(crate) fn authorize_keys<V: View + ?Sized>(
     key: &[u8],
     range_end: &[u8],
 ) -> Result<(), Fail> {
-    let mut needs = Needs::default();
-    needs.key(access, key, range_end);
-    check(view, caller, needs)
+    let mut keys = KeyNeeds::default();
+    keys.key(access, key, range_end);
+    check(view, caller, Needs::Keys(keys))
 }
 
 /// Whether `caller` may run `txn` (a read-only txn served without a command).
@@ -581,9 +576,9 @@ pub(crate) fn authorize_txn<V: View + ?Sized>(
     caller: Option<&Caller>,
     txn: &Txn,
 ) -> Result<(), Fail> {
-    let mut needs = Needs::default();
-    txn_needs(view, txn, &mut needs)?;
-    check(view, caller, needs)
+    let mut keys = KeyNeeds::default();
+    keys.txn(view, txn)?;
+    check(view, caller, Needs::Keys(keys))
 }
 
 /// Whether `caller` is root (always true while auth is off).
@@ -591,7 +586,7 @@ pub(crate) fn authorize_admin<V: View + ?Sized>(
     view: &V,
     caller: Option<&Caller>,
 ) -> Result<(), Fail> {
-    check(view, caller, Needs::admin())
+    check(view, caller, Needs::Root)
 }
 
 /// Whether `caller` is root or `allowed` holds of its record (always true
@@ -604,7 +599,7 @@ pub(crate) fn authorize_admin_or<V: View + ?Sized>(
     if !status(view)?.enabled {
         return Ok(());
     }
-    let user = current_user(view, caller.ok_or(StateError::NoToken)?)?;
+    let user = current_user(view, caller)?;
     if user.is_root() || allowed(&user) {
         Ok(())
     } else {

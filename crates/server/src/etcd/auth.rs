@@ -50,10 +50,6 @@ impl EtcdApi {
             Ok((read(sm)?, sm.revision()))
         })
     }
-
-    fn done(&self, revision: i64) -> Option<ResponseHeader> {
-        self.header(revision)
-    }
 }
 
 /// etcd refuses a bcrypt hash it did not make only from 3.5 on; Roster keeps
@@ -107,7 +103,7 @@ macro_rules! changed {
         let $r = $req.into_inner();
         let revision = $self.auth_change(caller, $op).await?;
         Ok(GrpcResponse::new($resp {
-            header: $self.done(revision),
+            header: $self.header(revision),
         }))
     }};
 }
@@ -205,7 +201,7 @@ impl Auth for EtcdApi {
         };
         let revision = self.auth_change(caller, op).await?;
         Ok(GrpcResponse::new(AuthUserAddResponse {
-            header: self.done(revision),
+            header: self.header(revision),
         }))
     }
 
@@ -271,7 +267,7 @@ impl Auth for EtcdApi {
         };
         let revision = self.auth_change(caller, op).await?;
         Ok(GrpcResponse::new(AuthUserChangePasswordResponse {
-            header: self.done(revision),
+            header: self.header(revision),
         }))
     }
 

@@ -58,8 +58,14 @@ pub fn state_status(error: &StateError) -> Status {
 
 /// A logical error as etcd's status; a storage failure as internal.
 pub fn fail_status(fail: Fail) -> Status {
+    fail_status_with(fail, state_status)
+}
+
+/// A logical error as `error_status` maps it (an API's own mapping, such as
+/// [`roster_status`]); a storage failure as internal.
+pub fn fail_status_with(fail: Fail, error_status: fn(&StateError) -> Status) -> Status {
     match fail {
-        Fail::State(error) => state_status(&error),
+        Fail::State(error) => error_status(&error),
         Fail::Engine(error) => engine_status(error),
     }
 }

@@ -9,7 +9,7 @@ use roster_proto::etcdserverpb::{
 };
 use roster_proto::mvccpb;
 use roster_state::auth::Caller;
-use roster_state::{Command, Fail, KeyValue, Put, Response, StateError};
+use roster_state::{Command, KeyValue, Put, Response, StateError};
 use tonic::{Request, Response as GrpcResponse, Status};
 
 use super::errors::{empty_key, fail_status, state_status, too_large};
@@ -48,10 +48,9 @@ impl EtcdApi {
         error_status: fn(&StateError) -> Status,
     ) -> Result<Response, Status> {
         if caller.is_some() {
-            self.read(|sm| match sm.authorize(caller.as_ref(), &command) {
-                Ok(()) => Ok(()),
-                Err(Fail::State(e)) => Err(error_status(&e)),
-                Err(Fail::Engine(e)) => Err(super::errors::engine_status(e)),
+            self.read(|sm| {
+                sm.authorize(caller.as_ref(), &command)
+                    .map_err(|fail| super::errors::fail_status_with(fail, error_status))
             })?;
         }
         let response = self

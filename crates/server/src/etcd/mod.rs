@@ -117,13 +117,10 @@ impl EtcdApi {
         (key, range_end): (&[u8], &[u8]),
         error_status: fn(&roster_state::StateError) -> Status,
     ) -> Result<(), Status> {
-        self.read(
-            |sm| match sm.authorize_keys(caller, access, key, range_end) {
-                Ok(()) => Ok(()),
-                Err(roster_state::Fail::State(e)) => Err(error_status(&e)),
-                Err(roster_state::Fail::Engine(e)) => Err(errors::engine_status(e)),
-            },
-        )
+        self.read(|sm| {
+            sm.authorize_keys(caller, access, key, range_end)
+                .map_err(|fail| errors::fail_status_with(fail, error_status))
+        })
     }
 
     /// Refuses `caller` unless it is root (anyone, while auth is off), with
@@ -138,10 +135,9 @@ impl EtcdApi {
         caller: Option<&Caller>,
         error_status: fn(&roster_state::StateError) -> Status,
     ) -> Result<(), Status> {
-        self.read(|sm| match sm.authorize_admin(caller) {
-            Ok(()) => Ok(()),
-            Err(roster_state::Fail::State(e)) => Err(error_status(&e)),
-            Err(roster_state::Fail::Engine(e)) => Err(errors::engine_status(e)),
+        self.read(|sm| {
+            sm.authorize_admin(caller)
+                .map_err(|fail| errors::fail_status_with(fail, error_status))
         })
     }
 
